@@ -1,0 +1,231 @@
+"""The `repro` command line.
+
+\b
+The pipeline, one store per run (a zarr directory you can open with xarray):
+  repro fz       --profile P --store S   feature visualizations of every tap's center neurons
+  repro natural  --profile P --store S   natural-image activations and top-9 exemplars
+  repro metrics  --store S               stimulus responses, mix ratios, scale criteria
+  repro ablate   --store S               scale-robust ablation of invariant vs random channels
+  repro report   --store S --out DIR     both papers' figures, checked against the published numbers
+`repro pipeline --profile toy --store S` runs them all; `repro profile show toy` prints a profile.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from repro import profiles
+from repro.errors import UserError
+from repro.model import ModelSpec, describe_taps, load_model
+from repro.store import Store
+
+
+def parse_list(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def parse_channels(text: str | None) -> list[int] | None:
+    """``0-15,32,40-41`` → [0, ..., 15, 32, 40, 41]."""
+    if not text:
+        return None
+    channels = []
+    try:
+        for piece in parse_list(text):
+            low, _, high = piece.partition("-")
+            channels.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise UserError(f"channels {text!r}: expected a list like 0-15,32") from None
+    return channels
+
+
+def resolve_profile(profile_name: str | None, store_path: Path | None, settings: dict) -> dict:
+    """The profile for this run: the named one, else the one the existing store was made with."""
+    if profile_name:
+        base = profiles.load(profile_name)
+    elif store_path is not None and Store(store_path).exists():
+        base = Store(store_path).profile
+    else:
+        raise UserError("no --profile given and no existing store to take one from")
+    return profiles.override(base, settings)
+
+
+def open_run(profile_name, store_path, weights, new_store, settings=None):
+    """Profile, model, weights record and store for one stage run."""
+    profile = resolve_profile(profile_name, store_path, {"model.weights": weights, **(settings or {})})
+    if weights:
+        profile["model"]["weights_sha256"] = ""  # a weights override drops the profile's pinned hash
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    store = Store.create_or_open(store_path, profile, record, new=new_store)
+    return profile, model, record, store
+
+
+def run_options(function):
+    """Options every stage that computes shares."""
+    for option in reversed([
+        click.option("--profile", "profile_name", help="Profile name (profiles/NAME.toml) or path; default: the store's."),
+        click.option("--weights", help="imagenet, random:SEED, or a path to a state_dict (overrides the profile)."),
+        click.option("--store", "store_path", type=click.Path(path_type=Path), required=True, help="The run's zarr store."),
+        click.option("--new-store", is_flag=True, help="Replace a store made with another profile or weights."),
+    ]):
+        function = option(function)
+    return function
+
+
+@click.group(help=__doc__)
+@click.version_option(package_name="residual-stream")
+def main():
+    pass
+
+
+@main.group()
+def profile():
+    """Profiles: the settings of an experiment."""
+
+
+@profile.command("show")
+@click.argument("name")
+def profile_show(name):
+    """Print the resolved settings of profile NAME."""
+    resolved = profiles.load(name)
+    click.echo(f"# profile {resolved['name']} (identity hash {profiles.identity_hash(resolved)})")
+    click.echo(profiles.to_json(resolved))
+
+
+@profile.command("list")
+def profile_list():
+    """List the profiles shipped with the package."""
+    for name in profiles.available():
+        click.echo(name)
+
+
+@main.command()
+@click.option("--model", "arch", default=None, help="Architecture (resnet18, resnet34, resnet50).")
+@click.option("--profile", "profile_name", default="paper", show_default=True)
+@click.option("--image-size", type=int, default=None, help="Defaults to the profile's.")
+def taps(arch, profile_name, image_size):
+    """List blocks, taps, shapes and center positions."""
+    profile = profiles.override(profiles.load(profile_name), {"model.arch": arch, "model.weights": "random:0"})
+    size = image_size or profile["model"]["image_size"]
+    model, _ = load_model(ModelSpec.from_profile(profile["model"]))
+    studied = set(profile["model"]["blocks"])
+    click.echo(f"{profile['model']['arch']} at {size} px (C x H x W; center = (H//2, W//2); * = studied block)")
+    for info in describe_taps(model, size):
+        mark = "*" if info.block in studied else " "
+        same = f"  same tensor as {info.same_as}" if info.same_as else ""
+        click.echo(f"{mark} {info.block} {info.tap}  {info.channels:4d} x {info.height:3d} x {info.width:3d}"
+                   f"  center {info.center}{same}")
+
+
+@main.command()
+@run_options
+@click.option("--blocks", help="Comma-separated blocks, e.g. 1.1,2.1 (default: the profile's).")
+@click.option("--taps", "tap_names", help="Comma-separated taps among I,B,O (default: all).")
+@click.option("--channels", help="Channel list such as 0-15 (default: all).")
+@click.option("--steps", type=int, help="Optimization steps (default: the profile's).")
+@click.option("--objective", type=click.Choice(["neuron", "channel"]), help="Center neuron or whole-channel mean.")
+@click.option("--aliased", is_flag=True, default=None, help="Reference compatibility: Lucent's aliased taps.")
+def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels, steps, objective, aliased):
+    """Feature visualizations (FZs) of center neurons, all channels of a tap in one batch."""
+    from repro import fz as fz_stage
+
+    settings = {"fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
+    profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
+                 channels=parse_channels(channels))
+
+
+@main.command()
+@run_options
+@click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's / $RESIDUAL_STREAM_IMAGES).")
+@click.option("--blocks", help="Comma-separated blocks (default: the profile's).")
+@click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
+def natural(profile_name, weights, store_path, new_store, images, blocks, float16):
+    """Natural-image center activations of every tap, and each channel's top-9 images."""
+    from repro import natural as natural_stage
+
+    settings = {"natural.dtype": "float16" if float16 else None, "natural.images": str(images) if images else None}
+    profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    natural_stage.run(store, model, record, profile, blocks=parse_list(blocks))
+
+
+@main.command()
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+@click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
+def metrics(store_path, weights):
+    """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
+    from repro import metrics as metrics_stage
+
+    profile, model, record, store = open_run(None, store_path, weights, False)
+    metrics_stage.run(store, model, record, profile)
+
+
+@main.command()
+@run_options
+@click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's).")
+@click.option("--blocks", help="Blocks to ablate, e.g. 2.1,3.1 (default: the profile's).")
+@click.option("--criterion", type=click.Choice(["naturally", "interpreting"]), help="Which paper's invariance criterion.")
+@click.option("--channels", "channel_sets", multiple=True, help="BLOCK=LIST, e.g. 2.1=13,15,18 (instead of metrics).")
+@click.option("--trials", type=int, help="Accepted random trials per block.")
+@click.option("--ablation", type=click.Choice(["mean", "zero"]))
+@click.option("--scale-definition", type=click.Choice(["paper", "code"]))
+def ablate(profile_name, weights, store_path, new_store, images, blocks, criterion, channel_sets, trials, ablation,
+           scale_definition):
+    """Ablate invariant vs random channels and measure top-1 under scale transforms."""
+    from repro import ablate as ablate_stage
+
+    settings = {"natural.images": str(images) if images else None, "ablation.blocks": parse_list(blocks),
+                "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
+                "ablation.scale_definition": scale_definition}
+    profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    chosen = {}
+    for item in channel_sets:
+        block, _, listed = item.partition("=")
+        if not listed:
+            raise UserError(f"--channels {item!r}: expected BLOCK=LIST such as 2.1=13,15")
+        chosen[block.strip()] = parse_channels(listed)
+    ablate_stage.run(store, model, record, profile, channel_sets=chosen or None)
+
+
+@main.command()
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+def report(store_path, out_dir):
+    """Rebuild both papers' figures and tables from a store and render HTML."""
+    from report import builder
+
+    builder.build(Store.existing(store_path), out_dir)
+
+
+@main.command()
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+@click.option("--strict", is_flag=True, help="Exit non-zero on any deviation from the published numbers.")
+def verify(store_path, strict):
+    """Print the claims table: each published number against the store's."""
+    from report import verify as verify_claims
+
+    deviations = verify_claims.print_claims(Store.existing(store_path))
+    if strict and deviations:
+        raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.option("--profile", "profile_name", default="toy", show_default=True)
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+@click.option("--new-store", is_flag=True)
+def pipeline(profile_name, store_path, new_store):
+    """Run every stage of a profile into one store (done units are skipped)."""
+    from repro import pipeline as pipeline_stages
+
+    pipeline_stages.run(profile_name, store_path, new_store=new_store)
+
+
+def _register_optional_groups():
+    try:
+        from repro.toy.commands import toy_group
+    except ImportError:
+        return
+    main.add_command(toy_group, "toy")
+
+
+_register_optional_groups()

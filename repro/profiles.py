@@ -1,0 +1,99 @@
+"""Profiles: TOML files that hold every setting of an experiment.
+
+A profile is named (``paper`` → ``profiles/paper.toml``) or given as a path. A profile may name a
+``base`` profile; its tables are merged over the base's. CLI flags override single settings for one run
+through ``override(profile, {"model.weights": ...})``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from repro.errors import UserError
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
+# Settings that describe the run rather than change its results; left out of the identity hash.
+NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "ablation.images"}
+
+
+def available() -> list[str]:
+    return sorted(path.stem for path in PROFILE_DIR.glob("*.toml"))
+
+
+def _path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" and candidate.is_file():
+        return candidate
+    named = PROFILE_DIR / f"{name_or_path}.toml"
+    if named.is_file():
+        return named
+    raise UserError(f"unknown profile {name_or_path!r}; profiles: {', '.join(available())} (or a path to a .toml)")
+
+
+def _merge(base: dict, top: Mapping) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load(name_or_path: str) -> dict:
+    """The resolved profile: base merged, path-valued settings made absolute, env defaults applied."""
+    path = _path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"profile {path} is not valid TOML: {error}") from None
+    profile = _merge(load(raw.pop("base")), raw) if "base" in raw else raw
+    profile["name"] = raw.get("name", path.stem)
+    weights = profile.get("model", {}).get("weights", "")
+    if weights.endswith((".pt", ".pth")) and not Path(weights).is_absolute():
+        # Relative weight paths in a profile are relative to the repository root.
+        profile["model"]["weights"] = str((PROFILE_DIR.parent / weights).resolve())
+    natural = profile.setdefault("natural", {})
+    if not natural.get("images"):
+        natural["images"] = os.environ.get(IMAGES_ENV, "")
+    return profile
+
+
+def override(profile: dict, settings: Mapping[str, Any]) -> dict:
+    """A copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored."""
+    updated = copy.deepcopy(profile)
+    for dotted, value in settings.items():
+        if value is None:
+            continue
+        *tables, key = dotted.split(".")
+        target = updated
+        for table in tables:
+            target = target.setdefault(table, {})
+        target[key] = value
+    return updated
+
+
+def _result_settings(profile: Mapping, prefix: str = "") -> dict:
+    kept = {}
+    for key, value in profile.items():
+        dotted = f"{prefix}{key}"
+        if dotted in NON_RESULT_KEYS:
+            continue
+        kept[key] = _result_settings(value, dotted + ".") if isinstance(value, Mapping) else value
+    return kept
+
+
+def identity_hash(profile: Mapping) -> str:
+    """Hash of every setting that changes results (not where images live, not worker counts)."""
+    text = json.dumps(_result_settings(profile), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def to_json(profile: Mapping) -> str:
+    return json.dumps(profile, sort_keys=True, indent=2)

@@ -127,10 +127,9 @@ def taps(arch, profile_name, image_size):
 @click.option("--aliased", is_flag=True, default=None, help="Reference compatibility: Lucent's aliased taps.")
 def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels, steps, objective, aliased):
     """Feature visualizations (FZs) of center neurons, all channels of a tap in one batch."""
-    from repro import fz as fz_stage
-
     settings = {"fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
     profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    from repro import fz as fz_stage
     fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
                  channels=parse_channels(channels))
 
@@ -142,10 +141,9 @@ def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels
 @click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
 def natural(profile_name, weights, store_path, new_store, images, blocks, float16):
     """Natural-image center activations of every tap, and each channel's top-9 images."""
-    from repro import natural as natural_stage
-
     settings = {"natural.dtype": "float16" if float16 else None, "natural.images": str(images) if images else None}
     profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    from repro import natural as natural_stage
     natural_stage.run(store, model, record, profile, blocks=parse_list(blocks))
 
 
@@ -154,9 +152,8 @@ def natural(profile_name, weights, store_path, new_store, images, blocks, float1
 @click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
 def metrics(store_path, weights):
     """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
-    from repro import metrics as metrics_stage
-
     profile, model, record, store = open_run(None, store_path, weights, False)
+    from repro import metrics as metrics_stage
     metrics_stage.run(store, model, record, profile)
 
 
@@ -172,8 +169,6 @@ def metrics(store_path, weights):
 def ablate(profile_name, weights, store_path, new_store, images, blocks, criterion, channel_sets, trials, ablation,
            scale_definition):
     """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    from repro import ablate as ablate_stage
-
     settings = {"natural.images": str(images) if images else None, "ablation.blocks": parse_list(blocks),
                 "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
                 "ablation.scale_definition": scale_definition}
@@ -184,6 +179,7 @@ def ablate(profile_name, weights, store_path, new_store, images, blocks, criteri
         if not listed:
             raise UserError(f"--channels {item!r}: expected BLOCK=LIST such as 2.1=13,15")
         chosen[block.strip()] = parse_channels(listed)
+    from repro import ablate as ablate_stage
     ablate_stage.run(store, model, record, profile, channel_sets=chosen or None)
 
 

@@ -18,8 +18,9 @@ from repro.errors import UserError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
-# Settings that describe the run rather than change its results; left out of the identity hash.
-NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "ablation.images"}
+# Settings that do not change stored results (where images live, worker counts) or that choose the group a
+# result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
+NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "fz.objective"}
 
 
 def available() -> list[str]:

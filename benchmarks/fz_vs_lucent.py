@@ -1,0 +1,212 @@
+"""The FZ engine against Lucent's ``render_vis`` run the way the authors ran it, on the same FZs.
+
+Lucent (the authors' way): one channel at a time, the full resnet18 with unfrozen weights, the objective
+``objectives.neuron("layer1_1_bn2", c)``, the paper's transforms and normalisation, Adam lr 0.05. Each
+channel gets a fresh copy of the model (Lucent's hooks stay on a model after ``render_vis``; the authors
+ran one process per channel). Copying and process start-up are not timed, which favours Lucent.
+
+The engine (``repro.fz``): all channels of the tap in one batch (chunked by ``fz.channel_batch``), the
+forward stopped after the tap, frozen weights, true tap values. Same recipe, same number of steps.
+
+Random resnet18 weights, 224 px (the paper profile), so nothing is downloaded. Modes:
+
+    # CPU comparison: 16 channels of 1.1 B and 3.1 B, 32 steps each way, time and ratio per tap
+    python benchmarks/fz_vs_lucent.py
+    # a GPU machine: the whole tap 3.1 B (256 channels, 2560 steps) and an extrapolation of the paper's sweep
+    python benchmarks/fz_vs_lucent.py --device cuda --full-tap
+    # bf16 autocast and channels_last, checked against float32 FZs of the same seeds
+    python benchmarks/fz_vs_lucent.py --device cuda --autocast bf16 --channels-last
+
+The bf16 / channels_last check: each FZ's tap value measured in float32 on its saved uint8 image; the mean
+over channels must be within ``--tolerance`` (relative) of the float32 FZs' mean.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from lucent.optvis import objectives, render
+from lucent.optvis import param as lucent_param
+
+from repro import fz, profiles
+from repro.model import ModelSpec, load_model
+
+PAPER_FZ_COUNT = 4672  # the paper's sweep: 7 blocks x 3 taps, a tensor shared by two taps counted once
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, function: Callable[[], object]) -> tuple[float, object]:
+    synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def lucent_layer(block: str, tap: str) -> str:
+    """Lucent's hook name for a tap that is a module's output (the ones the authors could name)."""
+    stage, index = block.split(".")
+    if tap == "B":
+        return f"layer{stage}_{index}_bn2"
+    if tap == "I" and index == "0" and stage != "1":
+        return f"layer{stage}_0_downsample_1"
+    raise SystemExit(f"tap {block} {tap} is no module output; Lucent comparisons take B taps and I of 2.0/3.0/4.0")
+
+
+def lucent_fzs(model, profile, block, tap, channels, steps, device) -> float:
+    """Seconds for Lucent to make one FZ per channel, one channel at a time (model copies untimed)."""
+    size = int(profile["model"]["image_size"])
+    transforms = fz.transforms(profile, fz.jitter_of(profile, block, tap))
+    total = 0.0
+    for channel in channels:
+        unfrozen = copy.deepcopy(model).to(device).eval().requires_grad_(True)
+        with fz.lucent_on(device):
+            seconds, _ = timed(device, lambda: render.render_vis(
+                unfrozen, objectives.neuron(lucent_layer(block, tap), channel),
+                param_f=lambda: lucent_param.image(size, decorrelate=True, fft=True),
+                optimizer=lambda params: torch.optim.Adam(params, lr=float(profile["fz"]["lr"])),
+                transforms=list(transforms), thresholds=(steps,), show_image=False, progress=False))
+        total += seconds
+    return total
+
+
+def engine_fzs(prepared, profile, block, tap, channels, steps, device, **options) -> tuple[float, np.ndarray]:
+    """Seconds for the engine to make the FZs, and the images (uint8) it made."""
+    jitter = fz.jitter_of(profile, block, tap)
+    batch = int(profile["fz"]["channel_batch"])
+    images, seconds = [], 0.0
+    for k in range(0, len(channels), batch):
+        chunk = channels[k:k + batch]
+        seed = fz.chunk_seed(int(profile["fz"]["seed"]), block, tap, jitter, k // batch)
+        elapsed, result = timed(device, lambda: fz.visualize(prepared, profile, block, tap, chunk, jitter=jitter,
+                                                             seed=seed, steps=steps, **options))
+        seconds += elapsed
+        images.append(fz.to_uint8(result.images))
+    return seconds, np.concatenate(images)
+
+
+def parse_taps(text: str) -> list[tuple[str, str]]:
+    return [tuple(item.split(":")) for item in text.split(",")]
+
+
+def amp_options(args) -> dict:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+    return {"autocast_dtype": dtype, "channels_last": args.channels_last}
+
+
+def check_fast_options(args, model, profile, block, tap, channels, steps, device, reference_images, reference_seconds):
+    """Time the engine with bf16 autocast / channels_last and compare its FZs with the float32 ones."""
+    options = amp_options(args)
+    fast_model = fz.prepare(model, device, channels_last=args.channels_last)
+    seconds, images = engine_fzs(fast_model, profile, block, tap, channels, steps, device, **options)
+    float32_model = fz.prepare(model, device)
+    reached = fz.measure(float32_model, profile, block, tap, images, channels)
+    reference = fz.measure(float32_model, profile, block, tap, reference_images, channels)
+    gap = abs(reached.mean() - reference.mean()) / max(abs(reference.mean()), 1e-6)
+    verdict = "within" if gap <= args.tolerance else "OUTSIDE"
+    print(f"  {block} {tap} {args.autocast or 'float32'}{' channels_last' if args.channels_last else ''}: "
+          f"{seconds:.1f} s ({reference_seconds / seconds:.2f}x float32); mean tap value on saved FZs "
+          f"{reached.mean():.3f} vs float32 {reference.mean():.3f}: gap {gap:.1%}, {verdict} the "
+          f"{args.tolerance:.0%} tolerance")
+    return gap <= args.tolerance
+
+
+def compare(args, model, profile, device) -> None:
+    prepared = fz.prepare(model, device)
+    print(f"{args.channels} channels x {args.steps} steps per tap, {profile['model']['image_size']} px, "
+          f"device {device}, {torch.get_num_threads()} CPU threads")
+    print(f"{'tap':8} {'lucent s':>10} {'engine s':>10} {'ratio':>7}")
+    all_faster, all_within = True, True
+    for block, tap in parse_taps(args.taps):
+        channels = list(range(args.channels))
+        # One untimed step each first, so kernel set-up is not charged to either side.
+        lucent_fzs(model, profile, block, tap, channels[:1], 1, device)
+        engine_fzs(prepared, profile, block, tap, channels, 1, device)
+        lucent_seconds = lucent_fzs(model, profile, block, tap, channels, args.steps, device)
+        engine_seconds, images = engine_fzs(prepared, profile, block, tap, channels, args.steps, device)
+        ratio = lucent_seconds / engine_seconds
+        all_faster &= ratio >= 1.0
+        print(f"{block} {tap:4} {lucent_seconds:10.1f} {engine_seconds:10.1f} {ratio:6.2f}x", flush=True)
+        if args.autocast or args.channels_last:
+            all_within &= check_fast_options(args, model, profile, block, tap, channels, args.steps, device,
+                                             images, engine_seconds)
+    print("engine never slower: " + ("yes" if all_faster else "NO"))
+    if args.autocast or args.channels_last:
+        print("fast options within tolerance: " + ("yes" if all_within else "NO"))
+
+
+def per_step_seconds(prepared, profile, job, device, probe_steps, **options) -> float:
+    """Seconds per step of one full chunk of this job (after one warm-up step)."""
+    chunk = fz.chunks(job, int(profile["fz"]["channel_batch"]))[0]
+    run = lambda steps: fz.visualize(prepared, profile, job.block, job.tap, chunk, jitter=job.jitter, seed=0,
+                                     steps=steps, **options)
+    run(1)
+    seconds, _ = timed(device, lambda: run(probe_steps))
+    return seconds / probe_steps
+
+
+def full_tap(args, model, profile, device) -> None:
+    """Tap 3.1 B in full, then the paper's whole sweep extrapolated from short probes of every tap."""
+    options = amp_options(args)
+    prepared = fz.prepare(model, device, channels_last=args.channels_last)
+    steps = int(profile["fz"]["steps"])  # the sweep estimate is always for the paper's steps
+    width, tap_steps = args.channels or 256, args.steps or steps
+    seconds, _ = engine_fzs(prepared, profile, "3.1", "B", list(range(width)), tap_steps, device, **options)
+    print(f"3.1 B: {width} FZs x {tap_steps} steps in {seconds:.1f} s ({seconds / width:.2f} s per FZ), "
+          f"channel_batch {profile['fz']['channel_batch']}, device {device}")
+    if args.autocast or args.channels_last:
+        print("(fast options on; the float32 comparison runs in the default mode)")
+    jobs = fz.plan(model, profile, fz.select(model, profile))
+    batch = int(profile["fz"]["channel_batch"])
+    sweep = 0.0
+    for job in jobs:
+        per_step = per_step_seconds(prepared, profile, job, device, args.probe_steps, **options)
+        estimate = per_step * steps * len(fz.chunks(job, batch))
+        sweep += estimate
+        print(f"  {job.title:14} jitter {job.jitter:2d}: {len(job.channels):3d} FZs ~ {estimate / 60:6.1f} min")
+    count = sum(len(job.channels) for job in jobs)
+    print(f"engine, whole sweep ({count} FZs; the paper's {PAPER_FZ_COUNT} plus 256 because 3.0 O and 3.1 I "
+          f"differ in jitter): ~{sweep / 3600:.2f} h")
+    lucent_step = lucent_fzs(model, profile, "3.1", "B", [0], args.probe_steps, device) / args.probe_steps
+    print(f"Lucent one channel at a time (full model every time, so the same cost for any tap): "
+          f"{lucent_step * 1000:.0f} ms/step -> {PAPER_FZ_COUNT} FZs ~{lucent_step * steps * PAPER_FZ_COUNT / 3600:.1f} h")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--taps", default="1.1:B,3.1:B", help="BLOCK:TAP list (B taps, or I of a downsample block)")
+    parser.add_argument("--channels", type=int, help="channels per tap, 0..N-1 (default 16; --full-tap: 256)")
+    parser.add_argument("--steps", type=int, help="steps per FZ (default 32; --full-tap: the profile's 2560)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--channel-batch", type=int, help="the engine's chunk size (default: the profile's)")
+    parser.add_argument("--full-tap", action="store_true", help="3.1 B whole (256 x 2560 steps) + sweep estimate")
+    parser.add_argument("--probe-steps", type=int, default=20, help="steps per probe of the sweep estimate")
+    parser.add_argument("--autocast", choices=["bf16", "fp16"], help="engine under autocast at this precision")
+    parser.add_argument("--channels-last", action="store_true", help="engine with channels_last model and input")
+    parser.add_argument("--tolerance", type=float, default=0.10,
+                        help="relative gap allowed between fast-option and float32 mean tap values")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = profiles.override(profiles.load("paper"), {"model.weights": "random:0",
+                                                         "fz.channel_batch": args.channel_batch})
+    model, _ = load_model(ModelSpec.from_profile(profile["model"]))
+    device = torch.device(args.device)
+    if args.full_tap:
+        full_tap(args, model, profile, device)
+    else:
+        args.channels, args.steps = args.channels or 16, args.steps or 32
+        compare(args, model, profile, device)
+
+
+if __name__ == "__main__":
+    main()

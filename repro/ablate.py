@@ -1,0 +1,702 @@
+"""Scale-robust ablation (paper "Naturally computed scale invariance", Fig. 2; METHOD.md "Ablation").
+
+For each studied block, top-1 accuracy on the validation images under three conditions:
+
+* ``none``: the unablated model;
+* ``invariant``: every scale-invariant channel of the block ablated (from the ``metrics`` group under the
+  profile's criterion, or from explicit ``channel_sets``);
+* ``random``: as many random valid non-invariant channels ablated, ``trials`` accepted draws. A draw is
+  kept only if its no-scale top-1 is at most the invariant set's plus ``screen_tolerance[block]``
+  percentage points; rejected draws are counted and kept in the store.
+
+Ablation overwrites the block's pre-ReLU ``O`` map of the chosen channels, at every position, with a
+constant: the mean over the natural images of ReLU(center ``O_c``) (``ablation = "mean"``) or 0 (``"zero"``).
+
+Each condition is measured at scale 0 (the standard eval crop) and at every scale p of the profile:
+CenterCrop of the Resize(resize) image, then a bilinear antialiased Resize to ``crop``. The crop is
+``resize - floor(resize * p)`` (``scale_definition = "paper"``, the paper's text) or ``int(crop * (1 - p))``
+(``"code"``, the authors' code). Crops are cut from the image cache with each image's resized size, so they
+are exactly torchvision's CenterCrop of the resized image (``repro.images.center_crop_from_cache``). The
+authors resized PIL images; here the resize is a tensor op on uint8 batches (torchvision's antialiased
+bilinear kernel). The two kernels round differently: outputs differ by a few intensity levels at most,
+well under one level on average (``tests/test_ablate.py`` measures it).
+
+Speed: the cached uint8 squares are read once per pass, cropped and resized once per batch, and every
+condition of a block is evaluated in one forward: the block's ``O`` map is computed once and fanned out
+into one copy per condition (``ablation_edit``), so only the rest of the network runs per condition.
+
+Resumable units, each written to its region of the ``ablation`` group before being marked done:
+
+* ``screen/<block>/<first>-<last>``: a round of ``trials`` random draws at scale 0 (round 0 also measures
+  ``none`` and ``invariant`` at scale 0);
+* ``screened/<block>``: the screening outcome: accepted sets, rejected draws, scale-0 accuracies;
+* ``scale/<block>/<p>``: every condition and trial of the block at scale p.
+
+A unit always evaluates the same conditions together, so a rerun recomputes it exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from repro import images
+from repro.errors import UserError
+from repro.model import OEdit, describe_taps
+from repro.model import run as run_model
+from repro.store import Store, labels, provenance
+
+GROUP = "ablation"
+CONDITIONS = ("none", "invariant", "random")
+CRITERIA = {"naturally": "invariant_naturally", "interpreting": "invariant_interpreting"}
+SCALE_DEFINITIONS = ("paper", "code")
+ABLATIONS = ("mean", "zero")
+# Accuracies of different correct-counts differ by at least 100 / n_images points, far more than this;
+# it only absorbs the float rounding of "reference + tolerance", so a draw exactly at the limit is kept.
+SCREEN_SLACK = 1e-9
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    blocks: tuple[str, ...]
+    criterion: str
+    stimulus_set: str
+    trials: int
+    scales: tuple[float, ...]  # 0.0 first, then the profile's scales
+    scale_definition: str
+    ablation: str
+    seed: int
+    batch_size: int
+    max_draws: int
+    screen_tolerance: Mapping[str, float]
+    resize: int
+    crop: int
+
+    @classmethod
+    def from_profile(cls, profile: Mapping) -> "Settings":
+        table = profile.get("ablation", {})
+        natural = profile.get("natural", {})
+        settings = cls(
+            blocks=tuple(table.get("blocks", ("2.1", "3.1"))),
+            criterion=table.get("criterion", "naturally"),
+            stimulus_set=table.get("stimulus_set", "fz"),
+            trials=int(table.get("trials", 10)),
+            scales=(0.0, *sorted({float(p) for p in table.get("scales", (0.1, 0.2, 0.3, 0.4, 0.5)) if p != 0})),
+            scale_definition=table.get("scale_definition", "paper"),
+            ablation=table.get("ablation", "mean"),
+            seed=int(table.get("seed", 0)),
+            batch_size=int(table.get("batch_size", 100)),
+            max_draws=int(table.get("max_draws", 2000)),
+            screen_tolerance={str(k): float(v) for k, v in table.get("screen_tolerance", {}).items()},
+            resize=int(natural.get("resize", 256)),
+            crop=int(natural.get("crop", 224)),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise UserError(f"ablation.criterion {self.criterion!r}: expected one of {', '.join(CRITERIA)}")
+        if self.scale_definition not in SCALE_DEFINITIONS:
+            raise UserError(f"ablation.scale_definition {self.scale_definition!r}: expected paper or code")
+        if self.ablation not in ABLATIONS:
+            raise UserError(f"ablation.ablation {self.ablation!r}: expected mean or zero")
+        if self.trials < 1 or self.max_draws < self.trials or self.batch_size < 1:
+            raise UserError("ablation needs trials >= 1, max_draws >= trials and batch_size >= 1")
+        if any(not 0 < p < 1 for p in self.scales[1:]) or any(self.crop_px(p) < 1 for p in self.scales):
+            raise UserError(f"ablation.scales {list(self.scales[1:])}: each must lie between 0 and 1 "
+                            "and leave a crop of at least one pixel")
+
+    def tolerance(self, block: str) -> float:
+        return self.screen_tolerance.get(block, 0.0)
+
+    def crop_px(self, scale: float) -> int:
+        return crop_size(scale, self.resize, self.crop, self.scale_definition)
+
+
+# ---------------------------------------------------------------- scale transforms
+
+
+def crop_size(scale: float, resize: int, crop: int, definition: str = "paper") -> int:
+    """Side of the center crop taken from the ``resize`` square at scale ``scale`` (a fraction).
+
+    Scale 0 is the standard eval crop. ``paper``: resize - floor(resize * p) (231 px for 10 % at 256);
+    ``code``: int(crop * (1 - p)) (201 px for 10 % at crop 224).
+    """
+    if scale == 0:
+        return crop
+    if definition == "paper":
+        return resize - math.floor(resize * scale)
+    if definition == "code":
+        return int(crop * (1 - scale))
+    raise UserError(f"unknown scale definition {definition!r}; expected paper or code")
+
+
+def resize_crops(crops: torch.Tensor, out_px: int) -> torch.Tensor:
+    """uint8 ``[N, s, s, 3]`` crops → uint8 ``[N, 3, out_px, out_px]``, bilinear with antialiasing (as PIL's
+    resize, which the authors used, always is)."""
+    crops = crops.permute(0, 3, 1, 2)
+    if crops.shape[-1] == out_px:
+        return crops
+    return TF.resize(crops, [out_px, out_px], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def scaled_inputs(batch: "CacheBatch", crop_px: int, out_px: int, profile: Mapping,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The network's input at one scale: CenterCrop(crop_px) of each resized image (cut exactly from its
+    cached square), Resize(out_px), ToTensor, Normalize: float ``[N, 3, out_px, out_px]``.
+
+    At ``crop_px == out_px`` (scale 0) this is the standard eval transform, as ``images.eval_from_cache``.
+    """
+    crops = images.center_crop_from_cache(batch.squares, crop_px, batch.resized_height, batch.resized_width)
+    resized = resize_crops(crops.to(device), out_px)
+    return images.normalize(resized.to(torch.float32).div(255), profile).contiguous()
+
+
+# ---------------------------------------------------------------- ablation as an O-map edit
+
+
+def ablation_values(natural: xr.Dataset | None, block: str, width: int, kind: str) -> np.ndarray:
+    """The constant each channel's ``O`` map is set to: mean over images of ReLU(center O_c), or 0."""
+    if kind == "zero":
+        return np.zeros(width, dtype=np.float64)
+    if natural is None:
+        raise UserError("mean ablation needs the natural-image activations; run `repro natural` first "
+                        "(or use --ablation zero)")
+    if block not in natural["block"].values:
+        raise UserError(f"the natural group has no activations for block {block}; rerun `repro natural`")
+    center = natural["activation"].sel(block=block, tap="O").isel(channel=slice(0, width))
+    if "corrupt" in natural:  # corrupt images have no activations (NaN): they are not part of the mean
+        center = center.isel(image=~natural["corrupt"].values.astype(bool))
+    values = np.maximum(center.values.astype(np.float64), 0).mean(axis=center.dims.index("image"))
+    if not np.isfinite(values).all():
+        raise UserError(f"natural activations of block {block} tap O hold NaN; rerun `repro natural`")
+    return values
+
+
+def condition_masks(channel_sets: Sequence[Iterable[int]], width: int) -> torch.Tensor:
+    """Bool ``[K, width]``: row k marks the channels condition k ablates (an empty set: no ablation)."""
+    masks = torch.zeros(len(channel_sets), width, dtype=torch.bool)
+    for row, channels in enumerate(channel_sets):
+        masks[row, list(channels)] = True
+    return masks
+
+
+def ablation_edit(masks: torch.Tensor, values: torch.Tensor) -> OEdit:
+    """An ``O``-map edit that fans the batch out into one copy per condition.
+
+    ``O [N, C, H, W]`` becomes ``[K * N, C, H, W]``: copy k (rows k*N .. k*N + N - 1) has the channels
+    ``masks[k]`` set to ``values`` at every position and every other value untouched. The layers before
+    the edit run once for all K conditions.
+    """
+
+    def edit(output: torch.Tensor) -> torch.Tensor:
+        mask = masks.to(output.device)[:, None, :, None, None]
+        constant = values.to(output.device, output.dtype)[None, None, :, None, None]
+        copies = output.unsqueeze(0).expand(len(masks), *output.shape)
+        return torch.where(mask, constant, copies).reshape(-1, *output.shape[1:])
+
+    return edit
+
+
+def count_correct(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, block: str,
+                  masks: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Top-1 hits ``[K]`` of the batch ``x`` under each of the K ablation conditions of ``block``."""
+    _, logits = run_model(model, x, edit_output={block: ablation_edit(masks, values)})
+    predictions = logits.argmax(dim=1).view(len(masks), len(x))
+    return (predictions == targets).sum(dim=1)
+
+
+# ---------------------------------------------------------------- the evaluation pass
+
+
+@dataclass(frozen=True)
+class Job:
+    """The conditions of one block evaluated together: one row of ``masks`` per condition."""
+
+    block: str
+    masks: torch.Tensor
+    values: torch.Tensor
+
+
+def evaluate(model: torch.nn.Module, batches: Iterable["CacheBatch"], jobs: Sequence[Job], crop_px: int,
+             out_px: int, profile: Mapping, *, total: int | None = None, desc: str = "ablation") -> list[np.ndarray]:
+    """Correct-counts per job and condition over all batches at one scale.
+
+    Each batch is cropped, resized and normalized once; then every job runs one forward with all its
+    conditions.
+    """
+    device = next(model.parameters()).device
+    counts = [torch.zeros(len(job.masks), dtype=torch.int64, device=device) for job in jobs]
+    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", leave=False) as progress:
+        for batch in batches:
+            x = scaled_inputs(batch, crop_px, out_px, profile, device)
+            targets = torch.from_numpy(batch.targets).to(device)
+            for job, count in zip(jobs, counts):
+                count += count_correct(model, x, targets, job.block, job.masks, job.values)
+            progress.update(len(batch.targets))
+    return [count.cpu().numpy() for count in counts]
+
+
+def percent(correct: np.ndarray, n_images: int) -> np.ndarray:
+    return 100.0 * np.asarray(correct, dtype=np.float64) / n_images
+
+
+# ---------------------------------------------------------------- the image cache
+
+
+@dataclass(frozen=True)
+class CacheBatch:
+    """Consecutive decodable images of the cache: squares uint8 [N, R, R, 3], labels and resized sizes."""
+
+    squares: np.ndarray
+    targets: np.ndarray
+    resized_height: np.ndarray
+    resized_width: np.ndarray
+
+
+@dataclass
+class CachedImages:
+    """The image cache (``repro.images``): each image's Resize(resize) + CenterCrop(resize) square, its
+    label, its size after Resize(resize) (to cut any center crop exactly) and whether it was corrupt.
+    Corrupt images are left out of every accuracy, as the natural stage leaves them out."""
+
+    pixels: xr.DataArray  # uint8 (image, y, x, rgb)
+    targets: np.ndarray
+    paths: np.ndarray
+    resized_height: np.ndarray
+    resized_width: np.ndarray
+    corrupt: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, cache: xr.Dataset) -> "CachedImages":
+        return cls(cache["pixels"], np.asarray(cache["label"].values, dtype=np.int64), np.asarray(cache["path"].values),
+                   np.asarray(cache["resized_height"].values), np.asarray(cache["resized_width"].values),
+                   np.asarray(cache["corrupt"].values, dtype=bool))
+
+    @property
+    def count(self) -> int:
+        """Images that count: the decodable ones."""
+        return int((~self.corrupt).sum())
+
+    def identity(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(json.dumps([str(p) for p in self.paths]).encode())
+        for array in (self.targets, self.resized_height, self.resized_width, self.corrupt):
+            digest.update(np.asarray(array, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
+    def read(self, start: int, stop: int) -> CacheBatch:
+        keep = ~self.corrupt[start:stop]
+        squares = np.asarray(self.pixels[start:stop].values)[keep]
+        return CacheBatch(squares, self.targets[start:stop][keep], self.resized_height[start:stop][keep],
+                          self.resized_width[start:stop][keep])
+
+    def batches(self, batch_size: int) -> Iterator[CacheBatch]:
+        """Batches in image order; the next batch is read while the current one is evaluated."""
+        total = len(self.targets)
+        bounds = [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = reader.submit(self.read, *bounds[0]) if bounds else None
+            for following in [*bounds[1:], None]:
+                if pending is None:
+                    return
+                batch = pending.result()
+                pending = reader.submit(self.read, *following) if following else None
+                if len(batch.targets):
+                    yield batch
+
+
+def open_image_cache(store: Store, settings: Settings) -> CachedImages:
+    """The store's complete image cache, checked against the profile's resize."""
+    cache = CachedImages.from_dataset(images.open_cache(store))
+    side = cache.pixels.sizes["y"], cache.pixels.sizes["x"]
+    if side != (settings.resize, settings.resize):
+        raise UserError(f"the image cache holds {side[0]} x {side[1]} px squares, but natural.resize is "
+                        f"{settings.resize}; rerun `repro natural` with this profile")
+    if cache.count == 0:
+        raise UserError("the image cache holds no decodable images")
+    return cache
+
+
+# ---------------------------------------------------------------- which channels
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    block: str
+    width: int
+    invariant: tuple[int, ...]
+    candidates: tuple[int, ...]  # valid, non-invariant: the pool random sets are drawn from
+    values: np.ndarray  # the ablation constant of every channel [width]
+    tolerance: float
+
+    def job(self, channel_sets: Sequence[Iterable[int]]) -> Job:
+        return Job(self.block, condition_masks(channel_sets, self.width), torch.from_numpy(self.values).float())
+
+
+def block_widths(model: torch.nn.Module, image_size: int) -> dict[str, int]:
+    return {info.block: info.channels for info in describe_taps(model, image_size) if info.tap == "O"}
+
+
+def _metrics_valid(metrics: xr.Dataset | None, block: str, width: int) -> list[int]:
+    """Channels the metrics stage could measure (every channel of the block without metrics)."""
+    if metrics is None:
+        return list(range(width))
+    if block not in metrics["block"].values:
+        raise UserError(f"the metrics group has no block {block}; rerun `repro metrics`")
+    return [int(c) for c in np.flatnonzero(metrics["valid"].sel(block=block).values.astype(bool)[:width])]
+
+
+def _metrics_invariant(metrics: xr.Dataset | None, block: str, width: int, settings: Settings) -> list[int]:
+    """The block's scale-invariant valid channels under the profile's criterion."""
+    if metrics is None:
+        raise UserError(f"no channel set for block {block}: run `repro metrics` first, or pass "
+                        f"--channels {block}=LIST (and --blocks to choose which blocks to ablate)")
+    flags = metrics[CRITERIA[settings.criterion]].sel(block=block, stimulus_set=settings.stimulus_set)
+    invariant = flags.values.astype(bool)[:width]
+    return [c for c in _metrics_valid(metrics, block, width) if invariant[c]]
+
+
+def plan_blocks(store: Store, model: torch.nn.Module, settings: Settings,
+                channel_sets: Mapping[str, Sequence[int]] | None) -> list[BlockPlan]:
+    """Every ablated block with its invariant set, the pool for random sets and the ablation constants.
+
+    The blocks are the profile's ``ablation.blocks`` and any block named in ``channel_sets``; a block's
+    invariant set comes from ``channel_sets`` when named there, otherwise from the metrics group.
+    """
+    channel_sets = {str(k): list(v) for k, v in (channel_sets or {}).items()}
+    widths = block_widths(model, settings.crop)
+    chosen = list(settings.blocks) + [b for b in channel_sets if b not in settings.blocks]
+    unknown = [b for b in chosen if b not in widths]
+    if unknown:
+        raise UserError(f"unknown block(s) {', '.join(unknown)}; this model has blocks {', '.join(widths)}")
+    chosen.sort(key=list(widths).index)
+    metrics = store.dataset("metrics") if store.has("metrics") else None
+    natural = store.dataset("natural") if settings.ablation == "mean" and store.has("natural") else None
+    plans = []
+    for block in chosen:
+        width = widths[block]
+        if block in channel_sets:
+            invariant = sorted(set(channel_sets[block]))
+        else:
+            invariant = _metrics_invariant(metrics, block, width, settings)
+        valid = _metrics_valid(metrics, block, width)
+        plans.append(_plan(block, width, invariant, valid, natural, settings))
+    return plans
+
+
+def _plan(block, width, invariant, valid, natural, settings) -> BlockPlan:
+    outside = [c for c in invariant if not 0 <= c < width]
+    if outside:
+        raise UserError(f"block {block} has channels 0-{width - 1}; channels {outside} do not exist")
+    if not invariant:
+        raise UserError(f"block {block} has no scale-invariant channels under criterion {settings.criterion!r}; "
+                        "nothing to ablate (choose other --blocks)")
+    candidates = sorted(set(valid) - set(invariant))
+    if len(candidates) < len(invariant):
+        raise UserError(f"block {block}: {len(invariant)} invariant channels but only {len(candidates)} "
+                        "non-invariant valid channels to draw random sets of that size from")
+    values = ablation_values(natural, block, width, settings.ablation)
+    return BlockPlan(block, width, tuple(invariant), tuple(candidates), values, settings.tolerance(block))
+
+
+# ---------------------------------------------------------------- random draws and screening
+
+
+def random_draw(seed: int, block: str, draw: int, candidates: Sequence[int], size: int) -> list[int]:
+    """Draw number ``draw`` for ``block``: ``size`` distinct candidates, the same on every run."""
+    rng = np.random.default_rng([seed, *(int(part) for part in block.split(".")), draw])
+    return sorted(int(c) for c in rng.choice(np.asarray(candidates), size=size, replace=False))
+
+
+@dataclass(frozen=True)
+class Screening:
+    accepted: tuple[int, ...]  # draw numbers, in trial order
+    rejected: tuple[int, ...]
+    complete: bool  # ``trials`` draws accepted
+
+    @property
+    def draws_made(self) -> int:
+        return max((*self.accepted, *self.rejected), default=-1) + 1
+
+
+def screen(draw_accuracies: Sequence[float], reference: float, tolerance: float, trials: int) -> Screening:
+    """Walk the draws in order: keep a draw iff its no-scale top-1 <= reference + tolerance (points),
+    until ``trials`` are kept. Draws after the last kept one are not part of the outcome."""
+    accepted, rejected = [], []
+    for draw, accuracy in enumerate(draw_accuracies):
+        if len(accepted) == trials:
+            break
+        (accepted if accuracy <= reference + tolerance + SCREEN_SLACK else rejected).append(draw)
+    return Screening(tuple(accepted), tuple(rejected), len(accepted) == trials)
+
+
+# ---------------------------------------------------------------- the store group
+
+
+def _template(plans: Sequence[BlockPlan], settings: Settings, max_width: int) -> xr.Dataset:
+    n_blocks, n_conditions, trials, draws = len(plans), len(CONDITIONS), settings.trials, settings.max_draws
+    n_scales = len(settings.scales)
+
+    def full(shape, value, dtype, chunks):
+        return da.full(shape, value, dtype=dtype, chunks=chunks)
+
+    values = np.full((n_blocks, max_width), np.nan)
+    for row, plan in enumerate(plans):
+        values[row, : plan.width] = plan.values
+    dims4 = ("block", "condition", "trial", "scale")
+    return xr.Dataset(
+        {
+            "accuracy": (dims4, full((n_blocks, n_conditions, trials, n_scales), np.nan, np.float64,
+                                     (1, n_conditions, trials, 1))),
+            "channels": (("block", "condition", "trial", "channel"),
+                         full((n_blocks, n_conditions, trials, max_width), False, bool,
+                              (1, n_conditions, trials, max_width))),
+            "rejected_draws": (("block",), full((n_blocks,), 0, np.int64, (1,))),
+            "draw_accuracy": (("block", "draw"), full((n_blocks, draws), np.nan, np.float64, (1, draws))),
+            "draw_channels": (("block", "draw", "channel"), full((n_blocks, draws, max_width), False, bool,
+                                                                 (1, draws, max_width))),
+            "rejected": (("block", "draw"), full((n_blocks, draws), False, bool, (1, draws))),
+            "draw_trial": (("block", "draw"), full((n_blocks, draws), -1, np.int64, (1, draws))),
+            "ablation_value": (("block", "channel"), values),
+        },
+        coords={
+            "block": labels(p.block for p in plans),
+            "condition": labels(CONDITIONS),
+            "trial": np.arange(trials),
+            "scale": np.asarray(settings.scales, dtype=np.float64),
+            "crop_px": ("scale", np.asarray([settings.crop_px(s) for s in settings.scales], dtype=np.int64)),
+            "draw": np.arange(draws),
+            "channel": np.arange(max_width),
+            "set_size": ("block", np.asarray([len(p.invariant) for p in plans], dtype=np.int64)),
+            "screen_tolerance": ("block", np.asarray([p.tolerance for p in plans], dtype=np.float64)),
+        },
+    )
+
+
+def _signature(plans: Sequence[BlockPlan], settings: Settings, cache: CachedImages) -> str:
+    """What the group's units depend on: a rerun with anything else starts the group afresh."""
+    described = {
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        "plans": [[p.block, p.width, list(p.invariant), list(p.candidates), p.tolerance,
+                   hashlib.sha256(p.values.tobytes()).hexdigest()] for p in plans],
+        "images": [cache.count, cache.identity()],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def _group_attrs(profile, weights_record, settings: Settings, cache: CachedImages) -> dict:
+    return {
+        **provenance(profile, weights_record, stage="ablation"),
+        "scale_definition": settings.scale_definition,
+        "ablation": settings.ablation,
+        "criterion": settings.criterion,
+        "stimulus_set": settings.stimulus_set,
+        "seed": settings.seed,
+        "trials": settings.trials,
+        "max_draws": settings.max_draws,
+        "n_images": cache.count,
+        "accuracy_units": "percent top-1",
+        "layout": ("accuracy[block, condition, trial, scale]: none and invariant in trial 0 (NaN in the other "
+                   "trials), random in every trial; scale 0 is the standard eval crop, crop_px the crop side. "
+                   "channels: the ablated sets. draw_*: every random draw made in order, rejected marks "
+                   "the ones screening dropped, draw_trial the trial an accepted draw became."),
+    }
+
+
+# ---------------------------------------------------------------- stages of the run
+
+
+class AblationRun:
+    """One ablation run over a store: screening first, then every scale."""
+
+    def __init__(self, store: Store, model: torch.nn.Module, settings: Settings, plans: Sequence[BlockPlan],
+                 cache: CachedImages, profile: Mapping):
+        self.store, self.model, self.settings = store, model, settings
+        self.plans, self.cache, self.profile = list(plans), cache, profile
+        self.row = {plan.block: row for row, plan in enumerate(self.plans)}
+
+    # -------------------------------------------------- helpers
+
+    def _pass(self, jobs: Sequence[Job], scale: float, desc: str) -> list[np.ndarray]:
+        crop_px = self.settings.crop_px(scale)
+        counts = evaluate(self.model, self.cache.batches(self.settings.batch_size), jobs, crop_px,
+                          self.settings.crop, self.profile, total=self.cache.count, desc=desc)
+        return [percent(c, self.cache.count) for c in counts]
+
+    def _write(self, unit: str, variables: Mapping[str, tuple], **region: slice) -> None:
+        part = xr.Dataset({name: (dims, np.asarray(data)) for name, (dims, data) in variables.items()})
+        whole = {dim: region.get(dim, slice(0, size)) for dim, size in part.sizes.items()}
+        self.store.write_unit(GROUP, unit, part, region=whole)
+
+    def _stored(self) -> xr.Dataset:
+        return self.store.dataset(GROUP)
+
+    def _draw(self, plan: BlockPlan, draw: int) -> list[int]:
+        return random_draw(self.settings.seed, plan.block, draw, plan.candidates, len(plan.invariant))
+
+    # -------------------------------------------------- screening
+
+    def _round(self, start: int) -> range:
+        return range(start, min(start + self.settings.trials, self.settings.max_draws))
+
+    def _round_unit(self, plan: BlockPlan, draws: range) -> str:
+        return f"screen/{plan.block}/{draws.start}-{draws.stop - 1}"
+
+    def screening(self) -> None:
+        """Rounds of ``trials`` draws for every block still screening, all blocks of a round in one pass."""
+        done = self.store.done(GROUP)
+        open_plans = [p for p in self.plans if f"screened/{p.block}" not in done]
+        next_draw = {p.block: 0 for p in open_plans}
+        while open_plans:
+            outcomes = {p.block: self._screen_so_far(p, next_draw[p.block]) for p in open_plans}
+            for plan in [p for p in open_plans if outcomes[p.block].complete]:
+                self._write_screened(plan, outcomes[plan.block])
+            open_plans = [p for p in open_plans if not outcomes[p.block].complete]
+            for plan in open_plans:
+                if next_draw[plan.block] >= self.settings.max_draws:
+                    self._too_many_draws(plan, outcomes[plan.block])
+            pending = [p for p in open_plans if self._round_unit(p, self._round(next_draw[p.block])) not in done]
+            if pending:
+                self._evaluate_rounds(pending, next_draw)
+                done = self.store.done(GROUP)
+            for plan in open_plans:
+                next_draw[plan.block] = self._round(next_draw[plan.block]).stop
+
+    def _evaluate_rounds(self, plans: Sequence[BlockPlan], next_draw: Mapping[str, int]) -> None:
+        jobs, rounds = [], []
+        for plan in plans:
+            draws = self._round(next_draw[plan.block])
+            sets = [self._draw(plan, d) for d in draws]
+            if draws.start == 0:
+                sets = [[], list(plan.invariant), *sets]
+            jobs.append(plan.job(sets))
+            rounds.append(draws)
+        desc = "screening " + ", ".join(f"{p.block} draws {r.start}-{r.stop - 1}" for p, r in zip(plans, rounds))
+        for plan, draws, accuracy in zip(plans, rounds, self._pass(jobs, 0.0, desc)):
+            self._write_round(plan, draws, accuracy)
+
+    def _write_round(self, plan: BlockPlan, draws: range, accuracy: np.ndarray) -> None:
+        row = slice(self.row[plan.block], self.row[plan.block] + 1)
+        variables = {"draw_accuracy": (("block", "draw"), accuracy[-len(draws):][None])}
+        region = {"block": row, "draw": slice(draws.start, draws.stop)}
+        if draws.start == 0:  # round 0 also holds the no-scale none and invariant accuracies
+            variables["accuracy"] = (("block", "condition", "trial", "scale"), accuracy[:2].reshape(1, 2, 1, 1))
+            region.update(condition=slice(0, 2), trial=slice(0, 1), scale=slice(0, 1))
+        self._write(self._round_unit(plan, draws), variables, **region)
+
+    def _screen_so_far(self, plan: BlockPlan, draws_evaluated: int) -> Screening:
+        if draws_evaluated == 0:
+            return Screening((), (), False)
+        stored = self._stored().sel(block=plan.block)
+        reference = float(stored["accuracy"].sel(condition="invariant", trial=0, scale=0.0))
+        accuracies = stored["draw_accuracy"].values[:draws_evaluated]
+        return screen(accuracies, reference, plan.tolerance, self.settings.trials)
+
+    def _too_many_draws(self, plan: BlockPlan, outcome: Screening) -> None:
+        stored = self._stored().sel(block=plan.block)
+        reference = float(stored["accuracy"].sel(condition="invariant", trial=0, scale=0.0))
+        best = float(np.nanmin(stored["draw_accuracy"].values))
+        raise UserError(
+            f"block {plan.block}: only {len(outcome.accepted)} of {self.settings.trials} random sets passed "
+            f"screening in {self.settings.max_draws} draws (ablation.max_draws). A random set is kept when its "
+            f"no-scale top-1 is at most the invariant set's {reference:.3f} % + {plan.tolerance:g} points "
+            f"(ablation.screen_tolerance); the lowest random top-1 was {best:.3f} %. Raise "
+            "ablation.max_draws or the block's screen_tolerance."
+        )
+
+    def _write_screened(self, plan: BlockPlan, outcome: Screening) -> None:
+        """The screening outcome and every scale-0 accuracy of the block, as one unit."""
+        stored = self._stored().sel(block=plan.block)
+        settings, width = self.settings, stored.sizes["channel"]
+        made = outcome.draws_made
+        draw_accuracy = np.full(settings.max_draws, np.nan)
+        draw_accuracy[:made] = stored["draw_accuracy"].values[:made]
+        draw_channels = np.zeros((settings.max_draws, width), dtype=bool)
+        for draw in range(made):
+            draw_channels[draw, self._draw(plan, draw)] = True
+        draw_trial = np.full(settings.max_draws, -1, dtype=np.int64)
+        draw_trial[list(outcome.accepted)] = np.arange(settings.trials)
+        rejected = np.zeros(settings.max_draws, dtype=bool)
+        rejected[list(outcome.rejected)] = True
+
+        accuracy = np.full((len(CONDITIONS), settings.trials), np.nan)
+        accuracy[:2, 0] = stored["accuracy"].sel(trial=0, scale=0.0).values[:2]
+        accuracy[2] = draw_accuracy[list(outcome.accepted)]
+        channels = np.zeros((len(CONDITIONS), settings.trials, width), dtype=bool)
+        channels[1, 0, list(plan.invariant)] = True
+        channels[2] = draw_channels[list(outcome.accepted)]
+        self._write(f"screened/{plan.block}", {
+            "accuracy": (("block", "condition", "trial", "scale"), accuracy[None, :, :, None]),
+            "channels": (("block", "condition", "trial", "channel"), channels[None]),
+            "rejected_draws": (("block",), np.array([len(outcome.rejected)])),
+            "draw_accuracy": (("block", "draw"), draw_accuracy[None]),
+            "draw_channels": (("block", "draw", "channel"), draw_channels[None]),
+            "rejected": (("block", "draw"), rejected[None]),
+            "draw_trial": (("block", "draw"), draw_trial[None]),
+        }, block=slice(self.row[plan.block], self.row[plan.block] + 1), scale=slice(0, 1))
+
+    # -------------------------------------------------- scales
+
+    def _scale_unit(self, plan: BlockPlan, scale: float) -> str:
+        return f"scale/{plan.block}/{scale:g}"
+
+    def scales(self) -> None:
+        """Every condition and trial of every block at each nonzero scale; one pass per scale."""
+        stored = self._stored()
+        done = self.store.done(GROUP)
+        for index, scale in enumerate(self.settings.scales):
+            if scale == 0:
+                continue
+            pending = [p for p in self.plans if self._scale_unit(p, scale) not in done]
+            if not pending:
+                continue
+            jobs = [p.job(self._condition_sets(stored, p)) for p in pending]
+            desc = f"scale {scale:.0%} ({self.settings.crop_px(scale)} px): {', '.join(p.block for p in pending)}"
+            for plan, accuracy in zip(pending, self._pass(jobs, scale, desc)):
+                self._write_scale(plan, index, accuracy)
+
+    def _condition_sets(self, stored: xr.Dataset, plan: BlockPlan) -> list[list[int]]:
+        """none, invariant, then the accepted random sets in trial order (from the screening outcome)."""
+        random_sets = stored["channels"].sel(block=plan.block, condition="random").values
+        return [[], list(plan.invariant), *([int(c) for c in np.flatnonzero(row)] for row in random_sets)]
+
+    def _write_scale(self, plan: BlockPlan, index: int, accuracy: np.ndarray) -> None:
+        table = np.full((len(CONDITIONS), self.settings.trials), np.nan)
+        table[:2, 0] = accuracy[:2]
+        table[2] = accuracy[2:]
+        row = self.row[plan.block]
+        self._write(self._scale_unit(plan, self.settings.scales[index]),
+                    {"accuracy": (("block", "condition", "trial", "scale"), table[None, :, :, None])},
+                    block=slice(row, row + 1), scale=slice(index, index + 1))
+
+
+def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
+        channel_sets: Mapping[str, Sequence[int]] | None = None) -> xr.Dataset:
+    """Run (or resume) the ablation experiment into the store's ``ablation`` group and return it."""
+    settings = Settings.from_profile(profile)
+    cache = open_image_cache(store, settings)
+    plans = plan_blocks(store, model, settings, channel_sets)
+    max_width = max(block_widths(model, settings.crop).values())
+    store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
+                  signature=_signature(plans, settings, cache))
+    experiment = AblationRun(store, model, settings, plans, cache, profile)
+    experiment.screening()
+    experiment.scales()
+    store.finish(GROUP)
+    return store.dataset(GROUP)

@@ -1,0 +1,396 @@
+"""Feature visualizations (FZs) of every tap's center neurons: the papers' Lucent recipe, batched.
+
+The algorithm is the papers' (see METHOD.md, "Feature visualization"): Lucent's
+``param.image(size, decorrelate=True, fft=True)``, Adam over its parameters, Lucent's transforms chosen
+by the tap's jitter, the profile's normalisation, and the objective "minus the center neuron of channel
+c at the tap". What makes it fast is only how the same computation is arranged:
+
+* all channels of one tap are optimized together, one image per channel (chunked by
+  ``fz.channel_batch``). The loss is the sum of the per-image objectives, so each image receives exactly
+  the gradient of its own objective (images never interact: every transform and the eval-mode model act
+  per image), and Adam is elementwise, so each image follows its own single-image trajectory;
+* the forward stops right after the tap and the weights are frozen, so nothing after the tap and no
+  weight gradient is computed;
+* taps that are the same tensor (``O`` of 2.0 is ``I`` of 2.1) are optimized once when their jitter
+  agrees and stored under both labels. When it does not (paper profile: ``O`` of 3.0 has jitter 4,
+  ``I`` of 3.1 has 16), they are different FZs and are made separately.
+
+Lucent's transforms draw one random setting per call for the whole batch (numpy's global generator), so
+the images of one chunk share their transform draws. The method does not need independent draws per
+image: an image's trajectory is still a valid single-image FZ for that draw sequence. Each chunk is
+seeded from (``fz.seed``, tensor block and tap, jitter, chunk index), so a resumed or repeated run gives
+identical images for the same profile and chunking.
+
+Values are the taps' true values (``repro.model.run``); ``model.aliased`` reproduces the by-reference
+hook of Lucent (and of the authors' FZs) for reference compatibility only.
+
+Stored: group ``fz`` for the center-neuron objective, ``fz_channel`` for the whole-channel-mean
+objective (used by the figure grids), so both can live in one store. Variables:
+``image`` uint8 (block, tap, channel, y, x, rgb), saved as Lucent's export does (``x * 255`` truncated);
+``activation`` float32 (block, tap, channel): the tap's clean (non-aliased) center value on the saved
+uint8 image, whatever the objective; ``initial_objective`` / ``final_objective``: the objective being
+maximized (the loss is its negative) at the first step, on the initial image, and at the last step, each
+under that step's transform draw; ``valid`` (block, channel): the channel exists in that block.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import xarray as xr
+import dask.array as da
+from lucent.optvis import param as lucent_param
+from lucent.optvis import transform as lucent_transform
+from tqdm import tqdm
+
+from repro import model as taps_model
+from repro.errors import UserError
+from repro.store import Store, labels, provenance
+
+OBJECTIVES = ("neuron", "channel")
+GROUPS = {"neuron": "fz", "channel": "fz_channel"}
+Label = tuple[str, str]
+
+
+def group_name(objective: str) -> str:
+    """The store group of an objective: ``fz`` (center neuron) or ``fz_channel`` (channel mean)."""
+    if objective not in GROUPS:
+        raise UserError(f"unknown FZ objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
+    return GROUPS[objective]
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def jitter_of(profile: Mapping, block: str, tap: str) -> int:
+    try:
+        return int(profile["fz"]["jitter"][block][tap])
+    except KeyError:
+        raise UserError(f"profile {profile.get('name', '')!r} sets no fz.jitter for block {block} tap {tap}") from None
+
+
+def transforms(profile: Mapping, jitter: int) -> list[Callable]:
+    """Lucent's transform list for a tap of this jitter (the authors' schedule)."""
+    settings = profile["fz"]
+    degrees = int(settings["rotate_degrees"])
+    scale_rotate = [lucent_transform.random_scale(list(settings["random_scale"])),
+                    lucent_transform.random_rotate(list(range(-degrees, degrees + 1)))]
+    if jitter < int(settings["pad_from_jitter"]):
+        return scale_rotate
+    if jitter // 2 < 2:
+        raise UserError(f"jitter {jitter}: jitter({jitter // 2}) needs jitter >= 4 (Lucent's jitter(d) needs d > 1)")
+    return [lucent_transform.pad(jitter), lucent_transform.jitter(jitter), *scale_rotate,
+            lucent_transform.jitter(jitter // 2), T.CenterCrop(int(profile["model"]["image_size"]))]
+
+
+def normalizer(profile: Mapping) -> Callable:
+    """Lucent's ImageNet normalisation, with the profile's mean and std."""
+    return T.Normalize(mean=list(profile["model"]["normalize_mean"]), std=list(profile["model"]["normalize_std"]))
+
+
+def tap_values(model: torch.nn.Module, pixels: torch.Tensor, block: str, tap: str, channels: torch.Tensor,
+               *, objective: str = "neuron", aliased: bool = False) -> torch.Tensor:
+    """Image i's objective value for channel ``channels[i]``: center neuron or channel mean, shape [n]."""
+    center = objective == "neuron"
+    values, _ = taps_model.run(model, pixels, [(block, tap)], stop=True, aliased=aliased, center=center)
+    maps = values[(block, tap)]
+    if center:
+        return maps.gather(1, channels[:, None]).squeeze(1)
+    rows = torch.arange(len(channels), device=maps.device)
+    return maps[rows, channels].float().mean(dim=(-2, -1))
+
+
+def chunk_seed(seed: int, block: str, tap: str, jitter: int, chunk: int) -> int:
+    """A stable 32-bit seed for one chunk (Python's hash() is salted per process)."""
+    text = f"{seed}/{block}:{tap}/jitter{jitter}/chunk{chunk}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the global generators Lucent draws from (torch for the image, numpy for transforms), then restore them."""
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+def lucent_device() -> torch.device:
+    """Lucent builds its tensors on CUDA whenever CUDA exists; the model has to live there too."""
+    return torch.device(lucent_param.spatial.device)
+
+
+@contextlib.contextmanager
+def lucent_on(device: torch.device) -> Iterator[None]:
+    """Point Lucent's module-level device at ``device`` (as the authors did for multi-GPU machines)."""
+    modules = (lucent_transform, lucent_param.spatial, lucent_param.color)
+    saved = [getattr(module, "device", None) for module in modules]
+    for module in modules:
+        module.device = device
+    try:
+        yield
+    finally:
+        for module, device_before in zip(modules, saved):
+            module.device = device_before
+
+
+def prepare(model: torch.nn.Module, device: torch.device | str | None = None, *, channels_last: bool = False
+            ) -> torch.nn.Module:
+    """A frozen eval-mode copy of the model on ``device`` (default: Lucent's), optionally channels_last."""
+    device = torch.device(device) if device is not None else lucent_device()
+    if device.type == "cpu" and torch.cuda.is_available():
+        # Lucent's colour decorrelation always puts its matrix on CUDA when CUDA exists.
+        raise UserError("Lucent's parameterization runs on CUDA whenever CUDA is present; use the cuda device")
+    prepared = copy.deepcopy(model).eval().requires_grad_(False).to(device)
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    return prepared
+
+
+@dataclass
+class FZResult:
+    images: torch.Tensor  # [n, 3, H, W] in [0, 1], on the CPU
+    initial_objective: torch.Tensor  # [n]: objective at the first step, on the initial image
+    final_objective: torch.Tensor  # [n]: objective at the last step
+
+
+def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, channels: Sequence[int], *,
+              jitter: int, seed: int, steps: int | None = None, objective: str | None = None,
+              aliased: bool | None = None, autocast_dtype: torch.dtype | None = None,
+              channels_last: bool = False, progress: Callable[[int], object] | None = None) -> FZResult:
+    """One FZ per channel of tap (block, tap), all optimized as one batch.
+
+    ``model`` should come from ``prepare`` (frozen, eval, on Lucent's device). ``steps``, ``objective``
+    and ``aliased`` default to the profile's. ``autocast_dtype`` (e.g. bfloat16) and ``channels_last``
+    are speed options; the float32 default is the papers' arithmetic.
+    """
+    settings = profile["fz"]
+    steps = int(settings["steps"] if steps is None else steps)
+    objective = objective or settings.get("objective", "neuron")
+    aliased = bool(profile["model"].get("aliased", False) if aliased is None else aliased)
+    if steps < 1:
+        raise UserError(f"fz.steps must be at least 1, not {steps}")
+    group_name(objective)
+    device = next(model.parameters()).device
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=device)
+    size = int(profile["model"]["image_size"])
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with seeded(seed), lucent_on(device):
+        params, image_f = lucent_param.image(size, batch=len(index), decorrelate=bool(settings["decorrelate"]),
+                                             fft=bool(settings["fft"]))
+        optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
+        transform_f = lucent_transform.compose(transforms(profile, jitter) + [normalizer(profile)])
+        initial = final = None
+        for step in range(steps):
+            optimizer.zero_grad()
+            pixels = transform_f(image_f())
+            if channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            with amp:
+                values = tap_values(model, pixels, block, tap, index, objective=objective, aliased=aliased)
+            # The sum gives every image the gradient of its own objective alone.
+            (-values.float().sum()).backward()
+            optimizer.step()
+            final = values.detach().float().cpu()
+            initial = final if initial is None else initial
+            if progress is not None:
+                progress(1)
+        images = image_f().detach().float().cpu()
+    return FZResult(images, initial, final)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[n, 3, H, W] in [0, 1] → uint8 [n, H, W, 3], truncated as Lucent's export and the authors' saving do."""
+    return (images.permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def measure(model: torch.nn.Module, profile: Mapping, block: str, tap: str, images: np.ndarray,
+            channels: Sequence[int]) -> np.ndarray:
+    """The clean (non-aliased) center value of channel ``channels[i]`` on saved uint8 image i."""
+    device = next(model.parameters()).device
+    pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=device)
+    with torch.no_grad():
+        values = tap_values(model, normalizer(profile)(pixels), block, tap, index, objective="neuron", aliased=False)
+    return values.float().cpu().numpy()
+
+
+# ---------------------------------------------------------------- what to make
+
+
+@dataclass(frozen=True)
+class Selection:
+    blocks: tuple[str, ...]
+    taps: tuple[str, ...]
+    channels: tuple[int, ...]  # sorted; the group's channel coordinate
+    widths: Mapping[str, int]  # channels per block
+    image_size: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One set of FZs: a tensor (its canonical label) at one jitter, stored under every label in ``labels``."""
+    block: str
+    tap: str
+    jitter: int
+    labels: tuple[Label, ...]
+    channels: tuple[int, ...]
+
+    @property
+    def title(self) -> str:
+        return " = ".join(f"{block} {tap}" for block, tap in self.labels)
+
+
+def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | None = None,
+           taps: Iterable[str] | None = None, channels: Iterable[int] | None = None) -> Selection:
+    """The validated selection; None means the profile's blocks, all its taps, all channels."""
+    known = list(taps_model.blocks(model))
+    wanted_blocks = list(blocks) if blocks else list(profile["model"]["blocks"])
+    wanted_taps = list(taps) if taps else list(profile["model"].get("taps", taps_model.TAPS))
+    taps_model.check_taps(model, [(b, t) for b in wanted_blocks for t in wanted_taps])
+    block_order = [b for b in known if b in set(wanted_blocks)]
+    tap_order = [t for t in taps_model.TAPS if t in set(wanted_taps)]
+    size = int(profile["model"]["image_size"])
+    widths = {info.block: info.channels for info in taps_model.describe_taps(model, size) if info.tap == "B"}
+    widest = max(widths[b] for b in block_order)
+    chosen = sorted(set(channels)) if channels is not None else list(range(widest))
+    if not chosen:
+        raise UserError("no channels selected")
+    outside = [c for c in chosen if not 0 <= c < widest]
+    if outside:
+        raise UserError(f"channels {outside[:5]} out of range: the widest selected block has {widest} channels")
+    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen),
+                     {b: widths[b] for b in block_order}, size)
+
+
+def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list[Job]:
+    """The jobs: one per (tensor, jitter), so shared tensors at equal jitter are optimized once."""
+    grouped: dict[tuple[str, str, int], list[Label]] = {}
+    for block in selection.blocks:
+        for tap in selection.taps:
+            tensor = taps_model.same_tensor(model, block, tap)
+            grouped.setdefault((*tensor, jitter_of(profile, block, tap)), []).append((block, tap))
+    jobs = []
+    for (block, tap, jitter), stored_as in grouped.items():
+        width = selection.widths[stored_as[0][0]]
+        jobs.append(Job(block, tap, jitter, tuple(stored_as), tuple(c for c in selection.channels if c < width)))
+    return jobs
+
+
+def chunks(job: Job, channel_batch: int) -> list[tuple[int, ...]]:
+    return [job.channels[start:start + channel_batch] for start in range(0, len(job.channels), channel_batch)]
+
+
+def unit_name(label: Label, jitter: int, channels: Sequence[int]) -> str:
+    return f"{label[0]}:{label[1]}:j{jitter}:c{channels[0]}-{channels[-1]}"
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def template(selection: Selection, channel_batch: int) -> xr.Dataset:
+    """The group's layout: every variable's dims, coords, dtype and chunks (no data but ``valid``)."""
+    nb, nt, nc, size = len(selection.blocks), len(selection.taps), len(selection.channels), selection.image_size
+    per_tap = (1, 1, nc)
+    lazy = {
+        "image": (("block", "tap", "channel", "y", "x", "rgb"),
+                  da.zeros((nb, nt, nc, size, size, 3), dtype=np.uint8,
+                           chunks=(1, 1, min(channel_batch, nc), size, size, 3))),
+        **{name: (("block", "tap", "channel"), da.zeros((nb, nt, nc), dtype=np.float32, chunks=per_tap))
+           for name in ("activation", "initial_objective", "final_objective")},
+    }
+    channel = np.array(selection.channels)
+    valid = channel[None, :] < np.array([selection.widths[b] for b in selection.blocks])[:, None]
+    return xr.Dataset({**lazy, "valid": (("block", "channel"), valid)},
+                      coords={"block": labels(selection.blocks), "tap": labels(selection.taps), "channel": channel})
+
+
+def signature(profile: Mapping, selection: Selection) -> str:
+    """What the group's layout and values depend on beyond the store's profile."""
+    settings = profile["fz"]
+    return json.dumps({"blocks": selection.blocks, "taps": selection.taps, "channels": selection.channels,
+                       "image_size": selection.image_size, "channel_batch": int(settings["channel_batch"]),
+                       "steps": int(settings["steps"]), "objective": settings.get("objective", "neuron"),
+                       "aliased": bool(profile["model"].get("aliased", False)), "seed": int(settings["seed"])},
+                      sort_keys=True)
+
+
+def _unit_part(selection: Selection, label: Label, channels: Sequence[int], images: np.ndarray,
+               result: FZResult, activation: np.ndarray) -> tuple[xr.Dataset, dict[str, slice]]:
+    first = selection.channels.index(channels[0])
+    block_at, tap_at = selection.blocks.index(label[0]), selection.taps.index(label[1])
+    region = {"block": slice(block_at, block_at + 1), "tap": slice(tap_at, tap_at + 1),
+              "channel": slice(first, first + len(channels))}
+    per_tap = ("block", "tap", "channel")
+    part = xr.Dataset({
+        "image": (per_tap + ("y", "x", "rgb"), images[None, None]),
+        "activation": (per_tap, activation[None, None].astype(np.float32)),
+        "initial_objective": (per_tap, result.initial_objective.numpy()[None, None].astype(np.float32)),
+        "final_objective": (per_tap, result.final_objective.numpy()[None, None].astype(np.float32)),
+    })
+    return part, region
+
+
+def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
+        blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
+        channels: Iterable[int] | None = None) -> xr.Dataset:
+    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``), skipping done units.
+
+    A unit is (block, tap, channel chunk). The group's layout is every tap and channel of the profile's
+    blocks (plus any other block asked for), so runs with different selections fill the same group. A
+    channel selection makes the whole chunks that hold those channels: chunks, and so seeds, stay those
+    of a full run. Another FZ setting (steps, seed, chunking) replaces the group.
+    """
+    settings = profile["fz"]
+    objective = settings.get("objective", "neuron")
+    group = group_name(objective)
+    wanted = select(model, profile, blocks, taps, channels)
+    layout_blocks = list(profile["model"]["blocks"]) + [b for b in wanted.blocks if b not in profile["model"]["blocks"]]
+    layout = select(model, profile, layout_blocks)
+    wanted_labels = {(b, t) for b in wanted.blocks for t in wanted.taps}
+    jobs = [job for job in plan(model, profile, layout) if wanted_labels & set(job.labels)]
+    batch = int(settings["channel_batch"])
+    same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in plan(model, profile, layout)
+               if len(job.labels) > 1]
+    attrs = {"objective": objective, "aliased": bool(profile["model"].get("aliased", False)),
+             "steps": int(settings["steps"]), "channel_batch": batch, "same_fz": same_fz,
+             **provenance(profile, weights_record, stage="fz")}
+    store.declare(group, template(layout, batch), attrs, signature=signature(profile, layout))
+    engine_model = prepare(model)
+    for job in jobs:
+        _run_job(store, group, engine_model, profile, layout, job, batch, set(wanted.channels))
+    store.finish(group)
+    return store.dataset(group)
+
+
+def _run_job(store: Store, group: str, model: torch.nn.Module, profile: Mapping, selection: Selection,
+             job: Job, batch: int, wanted_channels: set[int]) -> None:
+    done = store.done(group)
+    todo = [(k, chunk) for k, chunk in enumerate(chunks(job, batch))
+            if wanted_channels & set(chunk)
+            and any(unit_name(label, job.jitter, chunk) not in done for label in job.labels)]
+    steps = int(profile["fz"]["steps"])
+    with tqdm(total=len(todo) * steps, desc=f"fz {job.title}", unit="step") as bar:
+        for k, chunk in todo:
+            seed = chunk_seed(int(profile["fz"]["seed"]), job.block, job.tap, job.jitter, k)
+            result = visualize(model, profile, job.block, job.tap, chunk, jitter=job.jitter, seed=seed,
+                               progress=bar.update)
+            images = to_uint8(result.images)
+            activation = measure(model, profile, job.block, job.tap, images, chunk)
+            for label in job.labels:
+                name = unit_name(label, job.jitter, chunk)
+                if name not in done:
+                    part, region = _unit_part(selection, label, chunk, images, result, activation)
+                    store.write_unit(group, name, part, region=region)

@@ -1,0 +1,464 @@
+"""The `metrics` stage: stimulus responses, mix ratios and the scale-invariance criteria.
+
+Reads the store's ``fz`` group (and ``natural`` + ``image_cache`` when present) and writes two groups.
+
+``responses``: ``response`` (block, tap, channel, source, transform, stimulus_set) is tap ``tap``'s
+center value for channel c when shown source tap ``source``'s stimulus for channel c, unscaled
+(``none``), scaled up (``S``) or down (``S_inv``), see :mod:`repro.stimulus`. Stimulus sets:
+
+* ``fz``: the saved uint8 FZ of (block, source, c), normalized as the network sees it;
+* ``top9``: the 9 natural images that most activate the source tap's center neuron of channel c; each
+  image's response is computed (after the transform) and the 9 responses are averaged. Filled only
+  when the store has a complete ``natural`` group and ``image_cache``, for the blocks ``natural`` has
+  (attr ``top9_blocks``); otherwise NaN, and the attrs ``top9_available`` / ``top9_note`` say why.
+
+``metrics``: per (block, channel, stimulus_set), in the papers' notation (X̂_T = the stimulus of tap T):
+
+* ``mix`` M = O_c(X̂_I) / O_c(X̂_B); O_c(X̂_B) ≤ 0 → 5 (skip); else O_c(X̂_I) ≤ 0 → 0 (overwrite);
+  clamped to ``metrics.mix_clamp`` (5). ``mix_ok``: mix_low < M < mix_high (strict).
+* ``up_delta`` = B_c(S(X̂_I)) − ReLU(B_c(X̂_I)), ``up_ok`` = up_delta > 0.
+* ``down_delta`` = I_c(S⁻¹(X̂_B)) − ReLU(I_c(X̂_B)), ``down_ok`` = down_delta > 0.
+* ``scale_metric`` = up_delta / B_c(X̂_B) + down_delta / I_c(X̂_I).
+* ``invariant_naturally`` = mix ∧ up; ``invariant_interpreting`` = mix ∧ up ∧ down.
+* ``failed_fz``: both O responses ≤ 0 (see :func:`mix_ratio`); warned (:class:`FailedFZWarning`) and
+  counted per block in the attrs ``failed_fz_count`` / ``failed_fz_total``.
+
+and per (block, channel): ``bn2_weight_abs`` = |bn2.weight[c]| and ``conv2_weight_mean_abs`` = mean
+|conv2.weight[c]| (for a Bottleneck block, the block's last BN and conv: bn3 and conv3), ``tuning_rho``
+(Spearman ρ of I_c and B_c over the natural images with I_c > 0), ``valid``; per block: ``downsample``.
+
+Work is batched: a block's stimuli for all channels of one source tap go through the model together
+(``metrics.batch_size`` images per forward, default 64), each forward reads the three taps' center
+values at once, and channel c's value is taken from image c. Taps hold their true values (never the
+aliased reading, which is for making FZs only); the model runs on the GPU when there is one. Units are
+(block, stimulus_set) plus one per block for the weight and tuning columns; a rerun skips done units.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from scipy import stats
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+from tqdm import tqdm
+
+from repro import images as imgs
+from repro import model as taps_model
+from repro.errors import UserError
+from repro.model import TAPS
+from repro.stimulus import TRANSFORMS, ScaleTransforms
+from repro.store import Store, labels, provenance
+
+STIMULUS_SETS = ("fz", "top9")
+TOP9_RANKS = 9
+MIN_TUNING_IMAGES = 3
+DEFAULT_BATCH_SIZE = 64
+
+
+class FailedFZWarning(UserWarning):
+    """Some channels' FZs drive neither O response above zero: their mix ratio is meaningless."""
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    low: float = 2 / 3
+    high: float = 1.5
+    clamp: float = 5.0
+
+    @classmethod
+    def from_profile(cls, profile: Mapping) -> "MixSettings":
+        metrics = profile.get("metrics", {})
+        return cls(float(metrics.get("mix_low", 2 / 3)), float(metrics.get("mix_high", 1.5)),
+                   float(metrics.get("mix_clamp", 5.0)))
+
+
+# ---------------------------------------------------------------- formulas
+
+
+def relu(values: np.ndarray) -> np.ndarray:
+    return np.maximum(values, 0.0)
+
+
+def mix_ratio(o_input: np.ndarray, o_block: np.ndarray, clamp: float = 5.0) -> np.ndarray:
+    """M = O_c(X̂_I) / O_c(X̂_B) with the papers' conventions, in this order.
+
+    O_c(X̂_B) ≤ 0 → ``clamp`` (5: a skip, the block's own feature does not reach the output); else
+    O_c(X̂_I) ≤ 0 → 0 (an overwrite); else the ratio, clamped to ``clamp``. A channel whose two O
+    responses are both ≤ 0 (a failed FZ) therefore gets M = 5 by the first rule; it is flagged as
+    ``failed_fz`` and kept out of every invariance criterion (``mix_ok`` is false for it). NaN in, NaN out.
+    """
+    o_input = np.asarray(o_input, dtype=np.float64)
+    o_block = np.asarray(o_block, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.minimum(o_input / o_block, clamp)
+    mix = np.where(o_block <= 0, clamp, np.where(o_input <= 0, 0.0, ratio))
+    return np.where(np.isnan(o_input) | np.isnan(o_block), np.nan, mix)
+
+
+def channel_metrics(response: xr.DataArray, settings: MixSettings) -> xr.Dataset:
+    """Every per-channel metric from one block's responses (tap, channel, source, transform)."""
+
+    def value(tap: str, source: str, transform: str = "none") -> np.ndarray:
+        return response.sel(tap=tap, source=source, transform=transform).values.astype(np.float64)
+
+    o_input, o_block = value("O", "I"), value("O", "B")
+    mix = mix_ratio(o_input, o_block, settings.clamp)
+    failed_fz = (o_input <= 0) & (o_block <= 0)
+    up_delta = value("B", "I", "S") - relu(value("B", "I"))
+    down_delta = value("I", "B", "S_inv") - relu(value("I", "B"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale_metric = up_delta / value("B", "B") + down_delta / value("I", "I")
+    mix_ok = (settings.low < mix) & (mix < settings.high) & ~failed_fz
+    up_ok, down_ok = up_delta > 0, down_delta > 0
+    columns = {
+        "mix": mix.astype(np.float32),
+        "up_delta": up_delta.astype(np.float32),
+        "down_delta": down_delta.astype(np.float32),
+        "scale_metric": scale_metric.astype(np.float32),
+        "mix_ok": mix_ok,
+        "up_ok": up_ok,
+        "down_ok": down_ok,
+        "invariant_naturally": mix_ok & up_ok,
+        "invariant_interpreting": mix_ok & up_ok & down_ok,
+        "failed_fz": failed_fz,
+    }
+    return xr.Dataset({name: ("channel", data) for name, data in columns.items()},
+                      coords={"channel": response["channel"].values})
+
+
+def block_weights(block: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """|weight[c]| of the block's last BN and mean |weight[c, :, :, :]| of its last conv.
+
+    BasicBlock: bn2 and conv2 (the papers' analysis). Bottleneck: bn3 and conv3, the modules that
+    play the same role (they produce the summand B).
+    """
+    bn, conv = (block.bn3, block.conv3) if isinstance(block, Bottleneck) else (block.bn2, block.conv2)
+    bn_abs = bn.weight.detach().abs().cpu().double().numpy()
+    conv_mean_abs = conv.weight.detach().abs().flatten(1).mean(1).cpu().double().numpy()
+    return bn_abs, conv_mean_abs
+
+
+def tuning_rho(input_activation: np.ndarray, block_activation: np.ndarray) -> np.ndarray:
+    """Per channel, Spearman ρ of I_c and B_c over the images with I_c > 0 (rows: channels, columns: images).
+
+    NaN where fewer than 3 images drive I_c above zero or either side is constant there.
+    """
+    rho = np.full(input_activation.shape[0], np.nan)
+    for c, (input_c, block_c) in enumerate(zip(input_activation, block_activation)):
+        driven = input_c > 0
+        if driven.sum() < MIN_TUNING_IMAGES:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            rho[c] = stats.spearmanr(input_c[driven], block_c[driven]).statistic
+    return rho
+
+
+# ---------------------------------------------------------------- images and forwards
+
+
+def fz_tensor(images: np.ndarray, profile: Mapping) -> torch.Tensor:
+    """Saved FZs, uint8 ``[N, H, W, 3]``, as the normalized float ``[N, 3, H, W]`` the network sees."""
+    return imgs.normalize(imgs.to_unit_float(images), profile)
+
+
+def to_accelerator(model: nn.Module) -> None:
+    """Move the model to the GPU when there is one; otherwise it stays where it is."""
+    if torch.cuda.is_available():
+        model.to("cuda")
+
+
+def own_channel_responses(model: nn.Module, x: torch.Tensor, block: str, channels: np.ndarray) -> np.ndarray:
+    """``[3 taps, N]``: tap T's center value of channel ``channels[i]`` at image ``x[i]``, one forward."""
+    with torch.inference_mode():
+        values, _ = taps_model.run(model, x, [(block, tap) for tap in TAPS], stop=True, center=True)
+    rows = torch.arange(len(channels), device=x.device)
+    index = torch.as_tensor(channels, device=x.device)
+    return np.stack([values[(block, tap)][rows, index].double().cpu().numpy() for tap in TAPS])
+
+
+def batched_responses(model, load, channels: np.ndarray, block: str, transform, batch_size: int) -> np.ndarray:
+    """``[3 taps, N]``: stimulus ``load(rows)[i]`` shown to channel ``channels[rows][i]``, ``batch_size`` per forward.
+
+    Stimuli move to the model's device before they are transformed, so resizing runs there too.
+    """
+    device = next(model.parameters()).device
+    out = np.empty((len(TAPS), len(channels)))
+    for start in range(0, len(channels), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(channels)))
+        x = transform(load(rows).to(device))
+        out[:, rows] = own_channel_responses(model, x, block, channels[rows])
+    return out
+
+
+# ---------------------------------------------------------------- the store's inputs
+
+
+@dataclass
+class Inputs:
+    fz: xr.Dataset
+    natural: xr.Dataset | None
+    cache: xr.Dataset | None
+    blocks: list[str]
+    top9_note: str
+
+    @property
+    def top9_available(self) -> bool:
+        return self.natural is not None and self.cache is not None
+
+    def stimulus_sets(self, block: str) -> list[str]:
+        sets = ["fz"]
+        if self.top9_available and block in self.natural["block"].values:
+            sets.append("top9")
+        return sets
+
+    def valid_channels(self, block: str) -> np.ndarray:
+        valid = self.fz["valid"].sel(block=block).values.astype(bool)
+        return self.fz["channel"].values[valid]
+
+
+def _group_state(store: Store, group: str) -> dict:
+    attrs = store.group_attrs(group)
+    return {"signature": attrs.get("signature", ""), "units": sorted(attrs.get("units_done", []))}
+
+
+def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = None) -> Inputs:
+    if not store.has("fz"):
+        raise UserError(f"store {store.path} has no 'fz' group; run `repro fz` first")
+    if not store.group_attrs("fz").get("complete", False):
+        raise UserError(f"the 'fz' group of {store.path} is incomplete; finish `repro fz` first")
+    fz = store.dataset("fz")
+    missing_taps = set(TAPS) - set(fz["tap"].values)
+    if missing_taps:
+        raise UserError(f"the 'fz' group lacks taps {', '.join(sorted(missing_taps))}; metrics need I, B and O")
+    size = int(profile["model"]["image_size"])
+    if fz.sizes["y"] != size or fz.sizes["x"] != size:
+        raise UserError(f"stored FZs are {fz.sizes['y']}x{fz.sizes['x']} px, the profile's image size is {size}")
+    stored = [str(block) for block in fz["block"].values]
+    unknown = [block for block in blocks or () if block not in stored]
+    if unknown:
+        raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
+    chosen = [block for block in stored if not blocks or block in blocks]
+
+    natural = cache = None
+    if not store.has("natural"):
+        note = "no natural group in the store: top9 not computed (NaN)"
+    elif not store.group_attrs("natural").get("complete", False):
+        note = "the natural group is incomplete: top9 not computed (NaN)"
+    elif not store.has(imgs.CACHE_GROUP) or not store.group_attrs(imgs.CACHE_GROUP).get("complete", False):
+        note = "no complete image_cache group in the store: top9 not computed (NaN)"
+    else:
+        natural, cache = store.dataset("natural"), imgs.open_cache(store)
+        note = "top9 = mean response over each source tap's 9 top natural images"
+    return Inputs(fz, natural, cache, chosen, note)
+
+
+def input_signature(store: Store, inputs: Inputs) -> str:
+    """What the stage's results depend on beyond the store's profile and weights."""
+    state = {
+        "blocks": inputs.blocks,
+        "channels": int(inputs.fz.sizes["channel"]),
+        "fz": _group_state(store, "fz"),
+        "natural": _group_state(store, "natural") if inputs.top9_available else None,
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- responses of one block
+
+
+def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> np.ndarray:
+    """(tap, channel, source, transform) responses of a block's valid channels to their own FZs."""
+    scale = ScaleTransforms.from_profile(profile)
+    channels = inputs.valid_channels(block)
+    out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
+    for s, source in enumerate(TAPS):
+        images = inputs.fz["image"].sel(block=block, tap=source, channel=channels).values
+        for t, name in enumerate(TRANSFORMS):
+            out[:, :, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
+                                                block, lambda x, name=name: scale.apply(name, x), batch_size)
+    return out
+
+
+def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> np.ndarray:
+    """(tap, channel, source, transform) mean responses over each source tap's top natural images."""
+    scale = ScaleTransforms.from_profile(profile)
+    channels = inputs.valid_channels(block)
+    out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
+    for s, source in enumerate(TAPS):
+        top = inputs.natural["top_images"].sel(block=block, tap=source, channel=channels).values[:, :TOP9_RANKS]
+        top = top.astype(np.int64)
+        pair_channel, pair_rank = np.nonzero(top >= 0)  # unfilled ranks (negative indices) are skipped
+        if len(pair_channel) == 0:
+            continue
+        wanted = top[pair_channel, pair_rank]
+        unique, position = np.unique(wanted, return_inverse=True)
+        cached = inputs.cache[["pixels", "resized_height", "resized_width"]].isel(image=unique).load()  # read once
+
+        def load(rows, position=position, cached=cached):
+            at = position[rows]
+            return imgs.eval_from_cache(cached["pixels"].values[at], profile, cached["resized_height"].values[at],
+                                        cached["resized_width"].values[at])
+
+        for t, name in enumerate(TRANSFORMS):
+            per_pair = batched_responses(model, load, channels[pair_channel], block,
+                                         lambda x, name=name: scale.apply(name, x), batch_size)
+            summed = np.zeros((len(TAPS), len(channels)))
+            np.add.at(summed, (slice(None), pair_channel), per_pair)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, :, s, t] = summed / np.bincount(pair_channel, minlength=len(channels))
+    return out
+
+
+# ---------------------------------------------------------------- templates and parts
+
+
+def _coords(inputs: Inputs) -> dict:
+    return {
+        "block": labels(inputs.blocks),
+        "tap": labels(TAPS),
+        "channel": inputs.fz["channel"].values,
+        "source": labels(TAPS),
+        "transform": labels(TRANSFORMS),
+        "stimulus_set": labels(STIMULUS_SETS),
+    }
+
+
+def responses_template(inputs: Inputs) -> xr.Dataset:
+    coords = _coords(inputs)
+    dims = ("block", "tap", "channel", "source", "transform", "stimulus_set")
+    shape = tuple(len(coords[dim]) for dim in dims)
+    chunks = (1, len(TAPS), shape[2], len(TAPS), len(TRANSFORMS), 1)
+    response = da.full(shape, np.nan, dtype=np.float32, chunks=chunks)
+    return xr.Dataset({"response": (dims, response)}, coords=coords)
+
+
+PER_SET_FLOATS = ("mix", "up_delta", "down_delta", "scale_metric")
+PER_SET_FLAGS = ("mix_ok", "up_ok", "down_ok", "invariant_naturally", "invariant_interpreting", "failed_fz")
+PER_CHANNEL_FLOATS = ("bn2_weight_abs", "conv2_weight_mean_abs", "tuning_rho")
+
+
+def metrics_template(inputs: Inputs) -> xr.Dataset:
+    coords = {key: value for key, value in _coords(inputs).items() if key in ("block", "channel", "stimulus_set")}
+    n_blocks, n_channels = len(inputs.blocks), len(coords["channel"])
+    per_set, per_channel = (n_blocks, n_channels, len(STIMULUS_SETS)), (n_blocks, n_channels)
+    variables = {}
+    for name in PER_SET_FLOATS:
+        variables[name] = (("block", "channel", "stimulus_set"),
+                           da.full(per_set, np.nan, dtype=np.float32, chunks=(1, n_channels, 1)))
+    for name in PER_SET_FLAGS:
+        variables[name] = (("block", "channel", "stimulus_set"),
+                           da.zeros(per_set, dtype=bool, chunks=(1, n_channels, 1)))
+    for name in PER_CHANNEL_FLOATS:
+        variables[name] = (("block", "channel"), da.full(per_channel, np.nan, dtype=np.float32, chunks=(1, n_channels)))
+    variables["valid"] = (("block", "channel"), da.zeros(per_channel, dtype=bool, chunks=(1, n_channels)))
+    variables["downsample"] = (("block",), da.zeros(n_blocks, dtype=bool, chunks=1))
+    return xr.Dataset(variables, coords=coords)
+
+
+def response_part(inputs: Inputs, block: str, stimulus_set: str, values: np.ndarray) -> xr.Dataset:
+    """One unit of ``responses``: the valid channels' values placed on the full channel axis."""
+    coords = _coords(inputs)
+    full = np.full((len(TAPS), len(coords["channel"]), len(TAPS), len(TRANSFORMS)), np.nan, dtype=np.float32)
+    full[:, inputs.fz["valid"].sel(block=block).values.astype(bool)] = values
+    coords.update(block=labels([block]), stimulus_set=labels([stimulus_set]))
+    dims = ("block", "tap", "channel", "source", "transform", "stimulus_set")
+    return xr.Dataset({"response": (dims, full[None, ..., None])}, coords=coords)
+
+
+def metrics_part(block: str, stimulus_set: str, metrics: xr.Dataset) -> xr.Dataset:
+    return metrics.expand_dims(block=labels([block]), stimulus_set=labels([stimulus_set])).transpose(
+        "block", "channel", "stimulus_set")
+
+
+def block_part(model: nn.Module, inputs: Inputs, block: str) -> xr.Dataset:
+    """The per-channel columns that need no stimuli: weights, tuning correlation, validity."""
+    channels = inputs.fz["channel"].values
+    valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
+    present = channels[valid]
+    module = taps_model.blocks(model)[block]
+    columns = {name: np.full(len(channels), np.nan, dtype=np.float32) for name in PER_CHANNEL_FLOATS}
+    bn_abs, conv_mean_abs = block_weights(module)
+    columns["bn2_weight_abs"][valid] = bn_abs[present]
+    columns["conv2_weight_mean_abs"][valid] = conv_mean_abs[present]
+    if inputs.natural is not None and block in inputs.natural["block"].values:
+        activation = inputs.natural["activation"].sel(block=block, channel=present)
+        columns["tuning_rho"][valid] = tuning_rho(activation.sel(tap="I").values.astype(np.float64),
+                                                  activation.sel(tap="B").values.astype(np.float64))
+    variables = {name: (("block", "channel"), data[None]) for name, data in columns.items()}
+    variables["valid"] = (("block", "channel"), valid[None])
+    variables["downsample"] = (("block",), np.array([module.downsample is not None]))
+    return xr.Dataset(variables, coords={"block": labels([block]), "channel": channels})
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def warn_failed(block: str, stimulus_set: str, metrics: xr.Dataset, valid: np.ndarray) -> None:
+    failed = metrics["channel"].values[metrics["failed_fz"].values & valid]
+    if len(failed):
+        warnings.warn(
+            f"block {block} ({stimulus_set}): {len(failed)} channel(s) with both O responses <= 0 "
+            f"(failed FZ; M = 5, excluded from invariance): {', '.join(map(str, failed))}",
+            FailedFZWarning, stacklevel=3)
+
+
+def failed_counts(metrics: xr.Dataset) -> dict:
+    """{block: {stimulus_set: number of valid channels flagged failed_fz}} from the stored group."""
+    flagged = (metrics["failed_fz"] & metrics["valid"]).sum("channel").load()
+    return {str(block): {str(s): int(flagged.sel(block=block, stimulus_set=s)) for s in metrics["stimulus_set"].values}
+            for block in metrics["block"].values}
+
+
+def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
+        blocks: Sequence[str] | None = None) -> None:
+    """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``."""
+    inputs = read_inputs(store, profile, blocks)
+    settings = MixSettings.from_profile(profile)
+    batch_size = int(profile.get("metrics", {}).get("batch_size", DEFAULT_BATCH_SIZE))
+    to_accelerator(model)
+    signature = input_signature(store, inputs)
+    attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
+                       top9_note=inputs.top9_note)
+    store.declare("responses", responses_template(inputs), attrs, signature=signature)
+    store.declare("metrics", metrics_template(inputs), {
+        **attrs,
+        "mix_conventions": "M = O(X_I)/O(X_B); O(X_B) <= 0 -> clamp; else O(X_I) <= 0 -> 0; clamp to mix_clamp",
+        "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
+        "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
+    }, signature=signature)
+
+    units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
+    for block, stimulus_set in tqdm(units, desc="metrics", disable=None):
+        _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size)
+    for block in inputs.blocks:
+        if f"{block}:channel" not in store.done("metrics"):
+            store.write_unit("metrics", f"{block}:channel", block_part(model, inputs, block))
+
+    counts = failed_counts(store.dataset("metrics"))
+    top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
+    store.finish("responses", top9_blocks=top9_blocks)
+    store.finish("metrics", top9_blocks=top9_blocks, failed_fz_count=counts,
+                 failed_fz_total=sum(sum(c.values()) for c in counts.values()))
+
+
+def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:
+    unit = f"{block}:{stimulus_set}"
+    if unit not in store.done("responses"):
+        compute = fz_responses if stimulus_set == "fz" else top9_responses
+        values = compute(model, inputs, block, profile, batch_size)
+        store.write_unit("responses", unit, response_part(inputs, block, stimulus_set, values))
+    if unit not in store.done("metrics"):
+        response = store.dataset("responses")["response"].sel(block=block, stimulus_set=stimulus_set).load()
+        metrics = channel_metrics(response, settings)
+        valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
+        warn_failed(block, stimulus_set, metrics, valid)
+        store.write_unit("metrics", unit, metrics_part(block, stimulus_set, metrics))

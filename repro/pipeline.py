@@ -1,0 +1,68 @@
+"""Every stage of a profile into one store: FZs (center neuron and whole channel), natural images,
+metrics and ablation. Each stage skips the units already done, so a rerun with nothing changed is quick."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from repro import ablate, fz, metrics, natural, profiles
+from repro.errors import UserError
+from repro.model import ModelSpec, load_model
+from repro.store import Store
+
+REPO_ROOT = profiles.PROFILE_DIR.parent
+
+
+def toy_images(profile: dict) -> Path:
+    """The toy world's held-out split, generated from the profile's seed unless already there."""
+    from repro.toy import data as toy_data
+    from repro.toy import train as toy_train
+
+    settings = profile["toy"]
+    data_dir = Path(settings["data_dir"])
+    data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
+    split_dir = data_dir / toy_train.HELDOUT
+    wanted = {"seed": int(settings["seed"]), "per_class": int(settings["heldout_per_class"])}
+    manifest = split_dir / toy_data.MANIFEST_NAME
+    if manifest.is_file() and _matches(json.loads(manifest.read_text()), wanted):
+        return split_dir
+    click.echo(f"generating the toy world's held-out split in {split_dir}")
+    split = toy_train.heldout_split(profile, workers=int(settings.get("workers", 1)))
+    return toy_data.write_split(data_dir, split)
+
+
+def _matches(manifest: dict, wanted: dict) -> bool:
+    return all(manifest.get(key) == value for key, value in wanted.items())
+
+
+def images_for(profile: dict) -> Path:
+    if profile["natural"].get("images"):
+        return Path(profile["natural"]["images"])
+    if "toy" in profile:
+        return toy_images(profile)
+    raise UserError(f"profile {profile['name']!r} needs an image folder: pass --images or set "
+                    f"{profiles.IMAGES_ENV}")
+
+
+def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
+    profile = profiles.load(profile_name)
+    profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    store = Store.create_or_open(store_path, profile, record, new=new_store)
+    stages = [
+        ("fz (center neuron)", lambda: fz.run(store, model, record, profile)),
+        ("fz (whole channel, for the grids)",
+         lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))),
+        ("natural images", lambda: natural.run(store, model, record, profile)),
+        ("metrics", lambda: metrics.run(store, model, record, profile)),
+        ("ablation", lambda: ablate.run(store, model, record, profile)),
+    ]
+    for title, stage in stages:
+        started = time.perf_counter()
+        click.echo(f"== {title}")
+        stage()
+        click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
+    return store

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -395,6 +396,11 @@ def plan_blocks(store: Store, model: torch.nn.Module, settings: Settings,
             invariant = sorted(set(channel_sets[block]))
         else:
             invariant = _metrics_invariant(metrics, block, width, settings)
+            if not invariant:
+                # A model may simply have none (the papers found none in 3.0, 4.0, 4.1): say so, ablate the rest.
+                warnings.warn(f"block {block} has no scale-invariant channels under criterion "
+                              f"{settings.criterion!r}; it is not ablated", stacklevel=2)
+                continue
         valid = _metrics_valid(metrics, block, width)
         plans.append(_plan(block, width, invariant, valid, natural, settings))
     return plans
@@ -687,11 +693,17 @@ class AblationRun:
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
-        channel_sets: Mapping[str, Sequence[int]] | None = None) -> xr.Dataset:
-    """Run (or resume) the ablation experiment into the store's ``ablation`` group and return it."""
+        channel_sets: Mapping[str, Sequence[int]] | None = None) -> xr.Dataset | None:
+    """Run (or resume) the ablation experiment into the store's ``ablation`` group and return it.
+
+    Blocks without invariant channels are skipped with a warning; with none left, nothing is written.
+    """
     settings = Settings.from_profile(profile)
     cache = open_image_cache(store, settings)
     plans = plan_blocks(store, model, settings, channel_sets)
+    if not plans:
+        warnings.warn("no block to ablate: none of the ablation blocks has scale-invariant channels", stacklevel=2)
+        return None
     max_width = max(block_widths(model, settings.crop).values())
     store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
                   signature=_signature(plans, settings, cache))

@@ -17,7 +17,6 @@ import click
 
 from repro import profiles
 from repro.errors import UserError
-from repro.model import ModelSpec, describe_taps, load_model
 from repro.store import Store
 
 
@@ -55,6 +54,8 @@ def open_run(profile_name, store_path, weights, new_store, settings=None):
     profile = resolve_profile(profile_name, store_path, {"model.weights": weights, **(settings or {})})
     if weights:
         profile["model"]["weights_sha256"] = ""  # a weights override drops the profile's pinned hash
+    from repro.model import ModelSpec, load_model  # torch loads only for commands that compute
+
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.create_or_open(store_path, profile, record, new=new_store)
     return profile, model, record, store
@@ -105,6 +106,8 @@ def profile_list():
 @click.option("--image-size", type=int, default=None, help="Defaults to the profile's.")
 def taps(arch, profile_name, image_size):
     """List blocks, taps, shapes and center positions."""
+    from repro.model import ModelSpec, describe_taps, load_model
+
     profile = profiles.override(profiles.load(profile_name), {"model.arch": arch, "model.weights": "random:0"})
     size = image_size or profile["model"]["image_size"]
     model, _ = load_model(ModelSpec.from_profile(profile["model"]))

@@ -439,8 +439,9 @@ def test_explicit_channel_sets_and_zero_ablation_need_no_metrics_or_natural(tmp_
 def test_bad_inputs_stop_with_one_clear_message(tmp_path, image_folder):
     profile = small_profile(**{"ablation.blocks": ["3.0"]})
     store, model, record = make_store(tmp_path / "run.zarr", profile, image_folder)
-    with pytest.raises(UserError, match="no scale-invariant channels"):
-        ablate.run(store, model, record, profile)
+    with pytest.warns(UserWarning, match="no scale-invariant channels"):
+        assert ablate.run(store, model, record, profile) is None
+    assert not store.has("ablation")
     with pytest.raises(UserError, match="unknown block"):
         ablate.run(store, model, record, profile, channel_sets={"9.9": [1]})
     with pytest.raises(UserError, match="do not exist"):

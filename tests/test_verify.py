@@ -1,0 +1,212 @@
+"""Badges from the comparison rules on constructed agreeing, noisy and deviating inputs, comparability, and
+`repro verify --strict`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from analyses import stats
+from report import spec, verify
+from report.verify import DEVIATES, NOT_COMPARABLE, VERIFIED, WITHIN_NOISE
+from test_report import make_store, metrics_dataset, root_attrs
+
+WIDTHS = {"1.1": 64, "2.0": 128, "2.1": 128, "3.0": 256, "3.1": 256, "4.0": 512, "4.1": 512}
+PUBLISHED_SETS = {block: spec.NATURALLY["invariant_channels"][block] for block in WIDTHS}
+
+
+def claim(claim_id: str) -> spec.Claim:
+    return next(claim for claim in spec.CLAIMS if claim.id == claim_id)
+
+
+def outcome(claim_id: str, groups: dict[str, xr.Dataset], attrs: dict | None = None) -> verify.Outcome:
+    """The claim on in-memory groups, narrowed by the claim's own selections."""
+    chosen = claim(claim_id)
+    inputs = {name: groups[sel.group].sel(**sel.sel) if sel.sel else groups[sel.group]
+              for name, sel in chosen.inputs.items()}
+    return verify.evaluate_claim(chosen, inputs, attrs or root_attrs())
+
+
+def perturbed(sets: dict[str, list[int]], drop: float, add: int, seed: int = 0) -> dict[str, list[int]]:
+    """Each set with a share of its channels dropped and ``add`` other channels added."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for block, channels in sets.items():
+        kept = [c for c in channels if rng.random() >= drop]
+        others = [c for c in range(WIDTHS[block]) if c not in channels]
+        result[block] = sorted(kept + list(rng.choice(others, size=add, replace=False)))
+    return result
+
+
+# ---------------------------------------------------------------- rules on constructed values
+
+@pytest.mark.parametrize("measured, badge", [
+    (list(range(20)), VERIFIED),                                  # identical
+    (list(range(18)) + [40], VERIFIED),                           # Jaccard 18/21
+    (list(range(8, 20)) + list(range(40, 46)), WITHIN_NOISE),     # Jaccard 12/26
+    (list(range(100, 120)), DEVIATES),                            # disjoint
+])
+def test_channel_sets_by_overlap(measured, badge):
+    result = verify.set_overlap(list(range(20)), measured, **spec.SET_TOLERANCE)
+    assert result.badge == badge
+    assert "Jaccard" in result.detail and "precision" in result.detail and "recall" in result.detail
+
+
+def test_empty_published_set():
+    assert verify.set_overlap([], [], **spec.SET_TOLERANCE).badge == VERIFIED
+    assert verify.set_overlap([], [3], **spec.SET_TOLERANCE).badge == WITHIN_NOISE
+    assert verify.set_overlap([], list(range(10)), **spec.SET_TOLERANCE).badge == DEVIATES
+
+
+@pytest.mark.parametrize("measured, badge", [(23, VERIFIED), (26, VERIFIED), (30, WITHIN_NOISE), (60, DEVIATES)])
+def test_counts_by_tolerance(measured, badge):
+    assert verify.number_close(23, measured, **spec.COUNT_TOLERANCE).badge == badge
+
+
+@pytest.mark.parametrize("measured, badge", [(69.76, VERIFIED), (69.5, WITHIN_NOISE), (65.0, DEVIATES)])
+def test_accuracy_by_tolerance(measured, badge):
+    assert verify.number_close(69.758, measured, **spec.TOP1_TOLERANCE).badge == badge
+
+
+def test_qualitative_levels_map_to_badges():
+    assert verify.qualitative("x", verify.Evidence("holds", "")).badge == VERIFIED
+    assert verify.qualitative("x", verify.Evidence("weakly", "")).badge == WITHIN_NOISE
+    assert verify.qualitative("x", verify.Evidence("fails", "")).badge == DEVIATES
+
+
+# ---------------------------------------------------------------- spec claims on constructed stores' groups
+
+@pytest.fixture(scope="module")
+def agreeing():
+    return {"metrics": metrics_dataset(WIDTHS, np.random.default_rng(1), PUBLISHED_SETS)}
+
+
+def test_agreeing_channel_sets_and_counts_are_verified(agreeing):
+    for block in WIDTHS:
+        bid = block.replace(".", "-")
+        assert outcome(f"claim-naturally-invariant-{bid}", agreeing).badge == VERIFIED
+        assert outcome(f"claim-naturally-count-{bid}", agreeing).badge == VERIFIED
+    for block in [block for block in WIDTHS if block in spec.NATURALLY["invariant_percent"]]:
+        assert outcome(f"claim-naturally-percent-{block.replace('.', '-')}", agreeing).badge == VERIFIED
+    assert outcome("claim-naturally-exemplary-3-1", agreeing).badge == VERIFIED
+    assert outcome("claim-naturally-no-invariant", agreeing).badge == VERIFIED
+
+
+def test_noisy_channel_sets_are_within_noise():
+    noisy = {"metrics": metrics_dataset(WIDTHS, np.random.default_rng(2), perturbed(PUBLISHED_SETS, 0.3, 5))}
+    badges = {outcome(f"claim-naturally-invariant-{b}", noisy).badge for b in ("2-1", "3-1")}
+    assert badges == {WITHIN_NOISE}
+
+
+def test_deviating_channel_sets_deviate():
+    other = {block: list(range(WIDTHS[block] - 20, WIDTHS[block])) for block in WIDTHS}
+    deviating = {"metrics": metrics_dataset(WIDTHS, np.random.default_rng(3), other)}
+    for bid in ("1-1", "2-1", "3-1"):
+        assert outcome(f"claim-naturally-invariant-{bid}", deviating).badge == DEVIATES
+    assert outcome("claim-naturally-no-invariant", deviating).badge == DEVIATES
+    assert outcome("claim-naturally-count-3-1", deviating).badge == DEVIATES
+
+
+def with_weights_trend(metrics: xr.Dataset, slope: float, noise: float, seed: int = 0) -> xr.Dataset:
+    """bn2 and conv2 weight magnitudes that fall (slope < 0) or rise with the mix ratio."""
+    rng = np.random.default_rng(seed)
+    mix = metrics["mix"].sel(stimulus_set="fz")
+    trend = 1.0 + slope * mix / 5 + noise * rng.normal(size=mix.shape)
+    return metrics.assign(bn2_weight_abs=trend.drop_vars("stimulus_set"),
+                          conv2_weight_mean_abs=(trend * 0.1).drop_vars("stimulus_set"))
+
+
+@pytest.mark.parametrize("slope, noise, badge", [(-1.0, 0.05, VERIFIED), (-0.02, 1.0, None), (1.0, 0.05, DEVIATES)])
+def test_weight_sign_rule(agreeing, slope, noise, badge):
+    groups = {"metrics": with_weights_trend(agreeing["metrics"], slope, noise)}
+    result = outcome("claim-interpreting-weights-3-1", groups)
+    if badge is None:  # a weak negative trend: significant or not, never a deviation if negative
+        mix = groups["metrics"]["mix"].sel(stimulus_set="fz", block="3.1").values
+        rho, _ = stats.spearman(mix, groups["metrics"]["bn2_weight_abs"].sel(block="3.1").values)
+        assert result.badge in ((VERIFIED, WITHIN_NOISE) if rho < 0 else (DEVIATES,))
+    else:
+        assert result.badge == badge
+    assert "rho" in result.detail
+
+
+def test_overwrite_skew_rule(agreeing):
+    metrics = agreeing["metrics"].copy(deep=True)
+    for block in ("2.0", "3.0", "4.0", "4.1"):
+        metrics["mix"].loc[{"block": block}] = 0.1
+    assert outcome("claim-interpreting-overwrite-skew", {"metrics": metrics}).badge == VERIFIED
+    metrics["mix"].loc[{"block": "4.1"}] = 3.0
+    metrics["mix"].loc[{"block": "3.0"}] = 3.0
+    assert outcome("claim-interpreting-overwrite-skew", {"metrics": metrics}).badge == DEVIATES
+
+
+def test_top_mixes_by_overlap(agreeing):
+    metrics = agreeing["metrics"].copy(deep=True)
+    metrics["mix"].loc[{"block": "1.1"}] = 3.0
+    for rank, channel in enumerate(spec.INTERPRETING["top_mixes"]["1.1"]):
+        metrics["mix"].loc[{"block": "1.1", "channel": channel}] = 1.0 + 0.001 * (rank + 1)
+    assert outcome("claim-interpreting-a4-1-1", {"metrics": metrics}).badge == VERIFIED
+    metrics["mix"].loc[{"block": "1.1", "channel": spec.INTERPRETING["top_mixes"]["1.1"][0]}] = 3.0
+    metrics["mix"].loc[{"block": "1.1", "channel": 0}] = 1.0
+    assert outcome("claim-interpreting-a4-1-1", {"metrics": metrics}).badge == VERIFIED  # 2 of 3 shared
+    for channel in (1, 2):
+        metrics["mix"].loc[{"block": "1.1", "channel": channel}] = 1.0
+    assert outcome("claim-interpreting-a4-1-1", {"metrics": metrics}).badge == DEVIATES
+
+
+# ---------------------------------------------------------------- comparability
+
+def test_other_weights_are_not_comparable_but_still_measured(agreeing):
+    attrs = root_attrs(weights="random:0")
+    result = outcome("claim-naturally-invariant-2-1", agreeing, attrs)
+    assert result.badge == NOT_COMPARABLE
+    assert result.measured == PUBLISHED_SETS["2.1"]
+    assert "IMAGENET1K_V1" in result.detail and "IMAGENET1K_V1" in verify.comparability(attrs)[1]
+
+
+def test_weights_file_hash_alone_makes_imagenet_weights_comparable(agreeing):
+    attrs = {**root_attrs(weights="random:0"), "weights": "/models/resnet18.pth",
+             "weights_file_sha256": "f37072fd" + "1" * 56}
+    assert outcome("claim-naturally-invariant-2-1", agreeing, attrs).badge == VERIFIED
+
+
+def test_toy_profile_is_not_comparable(agreeing):
+    import json
+
+    attrs = root_attrs(profile_name="toy")
+    profile = json.loads(attrs["profile"])
+    profile["model"]["image_size"], profile["fz"]["steps"] = 64, 128
+    attrs["profile"] = json.dumps(profile)
+    result = outcome("claim-naturally-count-2-1", agreeing, attrs)
+    assert result.badge == NOT_COMPARABLE and "profile" in result.detail and result.measured == 23
+    assert "fz.steps" in verify.comparability(attrs)[1]
+
+
+def test_missing_groups_are_not_comparable():
+    chosen = claim("claim-naturally-ablation-2-1")
+    result = verify.evaluate_claim(chosen, {"ablation": None}, root_attrs())
+    assert result.badge == NOT_COMPARABLE and "ablation" in result.detail
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_verify_strict_exits_non_zero_on_a_deviating_store(tmp_path):
+    from repro.cli import main
+
+    other = {block: list(range(WIDTHS[block] - 30, WIDTHS[block])) for block in WIDTHS}
+    make_store(tmp_path / "store.zarr", widths=WIDTHS, invariant=other, pixels=False)
+    runner = CliRunner()
+    strict = runner.invoke(main, ["verify", "--store", str(tmp_path / "store.zarr"), "--strict"])
+    assert strict.exit_code != 0, strict.output
+    assert "deviates" in strict.output and "claim-naturally-invariant-3-1" in strict.output
+    lenient = runner.invoke(main, ["verify", "--store", str(tmp_path / "store.zarr")])
+    assert lenient.exit_code == 0, lenient.output
+
+
+def test_verify_on_other_weights_reports_no_deviation(tmp_path):
+    from repro.cli import main
+
+    make_store(tmp_path / "store.zarr", widths=WIDTHS, weights="random:0", pixels=False)
+    result = CliRunner().invoke(main, ["verify", "--store", str(tmp_path / "store.zarr"), "--strict"])
+    assert result.exit_code == 0, result.output
+    assert "not comparable" in result.output and "0 deviates" in result.output

@@ -308,7 +308,8 @@ def template(selection: Selection, channel_batch: int) -> xr.Dataset:
         "image": (("block", "tap", "channel", "y", "x", "rgb"),
                   da.zeros((nb, nt, nc, size, size, 3), dtype=np.uint8,
                            chunks=(1, 1, min(channel_batch, nc), size, size, 3))),
-        **{name: (("block", "tap", "channel"), da.zeros((nb, nt, nc), dtype=np.float32, chunks=per_tap))
+        # NaN until made, so channels a partial run left out read as missing, not as zero.
+        **{name: (("block", "tap", "channel"), da.full((nb, nt, nc), np.nan, dtype=np.float32, chunks=per_tap))
            for name in ("activation", "initial_objective", "final_objective")},
     }
     channel = np.array(selection.channels)
@@ -371,7 +372,9 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     engine_model = prepare(model)
     for job in jobs:
         _run_job(store, group, engine_model, profile, layout, job, batch, set(wanted.channels))
-    store.finish(group)
+    every_unit = {unit_name(label, job.jitter, chunk) for job in plan(model, profile, layout)
+                  for chunk in chunks(job, batch) for label in job.labels}
+    store.finish(group, complete=every_unit <= store.done(group))
     return store.dataset(group)
 
 

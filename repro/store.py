@@ -165,10 +165,10 @@ class Store:
         part.to_zarr(str(self.path), group=group, region=region, mode="r+", consolidated=False)
         self.update_attrs(group, units_done=sorted(self.done(group) | {unit}))
 
-    def finish(self, group: str, **attrs) -> None:
-        """Mark a group complete and refresh the consolidated metadata users open."""
-        self.update_attrs(group, complete=True, finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          **attrs)
+    def finish(self, group: str, *, complete: bool = True, **attrs) -> None:
+        """Record whether every unit of the group's layout is done; refresh the metadata users open."""
+        self.update_attrs(group, complete=complete,
+                          finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **attrs)
         zarr.consolidate_metadata(str(self.path))
 
     def dataset(self, group: str) -> xr.Dataset:

@@ -60,7 +60,8 @@ def stored(tiny, tmp_path_factory):
     profile, model, record = tiny
     store = Store.create_or_open(tmp_path_factory.mktemp("fz") / "run.zarr", profile, record)
     dataset = fz.run(store, model, record, profile, blocks=["2.0", "2.1"], channels=range(4))
-    return store, dataset.load()
+    # The group's layout is the whole profile; the selection filled blocks 2.0 and 2.1, channels 0-3.
+    return store, dataset.sel(block=["2.0", "2.1"], channel=slice(0, 3)).load()
 
 
 def reference_taps(model: torch.nn.Module, pixels: torch.Tensor) -> dict:
@@ -220,8 +221,9 @@ def test_stored_group_layout(stored):
     assert dataset["valid"].values.all()
     attrs = store.group_attrs("fz")
     assert attrs["objective"] == "neuron" and attrs["aliased"] is False and attrs["steps"] == 32
-    assert attrs["complete"] and attrs["stage"] == "fz" and attrs["profile_hash"]
-    assert attrs["same_fz"] == ["2.0:O = 2.1:I"]
+    assert attrs["stage"] == "fz" and attrs["profile_hash"]
+    assert not attrs["complete"]  # only blocks 2.0 and 2.1, channels 0-3 of the profile's layout were made
+    assert "2.0:O = 2.1:I" in attrs["same_fz"]
     # One FZ set for the shared tensor, stored under both labels.
     np.testing.assert_array_equal(dataset["image"].sel(block="2.0", tap="O"), dataset["image"].sel(block="2.1", tap="I"))
     assert not np.array_equal(dataset["image"].sel(block="2.0", tap="B"), dataset["image"].sel(block="2.1", tap="B"))
@@ -234,8 +236,10 @@ def test_channel_objective_goes_to_its_own_group(tiny, stored):
     channel_profile = profiles.override(profile, {"fz.objective": "channel", "fz.steps": 2})
     dataset = fz.run(store, model, record, channel_profile, blocks=["1.1"], taps=["B"], channels=[0, 1])
     assert store.group_attrs("fz_channel")["objective"] == "channel"
-    assert dataset["image"].shape == (1, 1, 2, 32, 32, 3)
-    assert store.group_attrs("fz")["complete"]  # the center-neuron group is untouched
+    made = dataset["activation"].sel(block="1.1", tap="B")
+    assert not made.sel(channel=[0, 1]).isnull().any() and made.sel(channel=slice(8, None)).isnull().all()
+    assert store.done("fz_channel") == {"1.1:B:j0:c0-3"}  # the chunk holding channels 0 and 1
+    assert len(store.done("fz")) == 2 * 3  # the center-neuron group is untouched
 
 
 # ---------------------------------------------------------------- the command line

@@ -452,6 +452,13 @@ CLAIMS = [*CLAIMS_NATURALLY, *CLAIMS_INTERPRETING]
 
 # ---------------------------------------------------------------- third chapter: superposition and alignment
 
+RESIDUAL_ALIGNMENT = Table(
+    "tbl-alignment-residual", "alignment", "—", "Alignment of two residual-stream blocks, raw and recovered",
+    "Linear CKA, RSA and regression between the post-ReLU O taps of blocks 3.0 and 3.1 over this store's natural "
+    "images (center neurons), on the raw channels and on sparse features recovered from each block and matched "
+    "one-to-one. Superposition predicts raw scores deflated relative to the recovered features'.",
+    fg.residual_stream_alignment_table, {"natural": Selection("natural")})
+
 def has_alignment() -> bool:
     return importlib.util.find_spec(ALIGNMENT_MODULE) is not None
 
@@ -468,7 +475,7 @@ def alignment_figures() -> list[Figure]:
                     for name, function in inspect.getmembers(module, inspect.isfunction)
                     if name.endswith("_figure") and not name.startswith("_") and function.__module__ == module.__name__
                     and all(p.default is not p.empty for p in inspect.signature(function).parameters.values())]
-    entries = []
+    entries = [RESIDUAL_ALIGNMENT]
     for item in declared:
         item = item if isinstance(item, dict) else vars(item)
         function = item["function"]

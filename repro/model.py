@@ -252,7 +252,8 @@ def run(
 
     def keep(block: str, tap: str, tensor: torch.Tensor) -> None:
         if (block, tap) in wanted:
-            values[(block, tap)] = center_of(tensor) if center else tensor
+            # A clone, so the full map is freed once the forward moves on.
+            values[(block, tap)] = center_of(tensor).clone() if center else tensor
             if stop and len(values) == len(wanted):
                 raise _Done
 

@@ -1,0 +1,169 @@
+"""Natural-image stage: one pass for every tap against one full pass per tap (the authors' way).
+
+    python benchmarks/natural_pass.py [--images 200] [--size 224] [--threads N] [--workers 0]
+
+Both variants read the same generated ImageFolder (JPEGs about SIZE px, varied aspect ratios) with a
+random-init resnet18 and the paper profile's eval transform, blocks and taps (7 blocks x 3 taps):
+
+* one pass: ``repro.natural.run`` into a temporary store: each image decoded once, one forward stopped
+  after the last block read, center neurons of every tap, the activation cube, the running top-9 and the
+  decoded-image cache written shard by shard.
+* per tap: for each of the 21 taps, a DataLoader with the eval transform (decoding every image again)
+  and a full forward with a forward hook that clones the tap, keeping its center neurons; then each
+  channel's top-9 by a full sort.
+
+Each variant runs in its own process, so its peak resident memory (``ru_maxrss``) is its own; the
+increase over the process's peak before the pass (imports and model loaded) is printed too.
+Images/s = images / wall time of the whole variant (for the per-tap variant, all 21 passes); imports and
+model loading are not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_TAPS = 21
+
+
+def make_folder(root: Path, count: int, size: int, seed: int = 0) -> Path:
+    """``count`` JPEGs in 10 class folders, short side ``size``, long side up to 1.5 x ``size``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        folder = root / f"n{index % 10:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        long_side = int(size * rng.uniform(1.0, 1.5))
+        width, height = (long_side, size) if index % 2 else (size, long_side)
+        coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+        noisy = np.clip(np.asarray(image, dtype=np.int16) + rng.integers(-15, 16, (height, width, 3)), 0, 255)
+        Image.fromarray(noisy.astype(np.uint8)).save(folder / f"img{index:05d}.JPEG", quality=90)
+    return root
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def bench_profile(images: Path, workers: int) -> dict:
+    from repro import profiles
+
+    return profiles.override(profiles.load("paper"), {
+        "model.weights": "random:0", "natural.images": str(images), "natural.workers": workers,
+        "natural.batch_size": 50, "natural.shard_size": 100,
+    })
+
+
+def one_pass(model, record, profile: dict, scratch: Path) -> None:
+    from repro import natural
+    from repro.store import Store
+
+    store = Store.create_or_open(scratch / "bench.zarr", profile, record)
+    natural.run(store, model, record, profile)
+
+
+def tap_modules(model, blocks):
+    """(block, tap, module, hook kind) the way a hook-based extractor reads each tap."""
+    named = [(f"{stage}.{i}", block) for stage in range(1, 5) for i, block in enumerate(getattr(model, f"layer{stage}"))]
+    where = {}
+    for position, (name, block) in enumerate(named):
+        where[(name, "B")] = (block.bn2, "output")
+        where[(name, "O")] = (block.relu, "last input")  # the ReLU's last call gets bn2 + identity
+        if block.downsample is not None:
+            where[(name, "I")] = (block.downsample, "output")
+        else:
+            where[(name, "I")] = (named[position - 1][1].relu, "last input")
+    return [(block, tap, *where[(block, tap)]) for block in blocks for tap in "IBO"]
+
+
+def per_tap(model, record, profile: dict, scratch: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import datasets
+
+    from repro.images import eval_transform
+
+    folder = datasets.ImageFolder(profile["natural"]["images"], transform=eval_transform(profile))
+    for block, tap, module, kind in tap_modules(model, profile["model"]["blocks"]):
+        captured = []
+
+        def keep(tensor):
+            captured.append(tensor[:, :, tensor.shape[2] // 2, tensor.shape[3] // 2].clone())
+
+        if kind == "output":
+            handle = module.register_forward_hook(lambda m, args, output: keep(output))
+        else:
+            handle = module.register_forward_pre_hook(lambda m, args: keep(args[0]))
+        loader = DataLoader(folder, batch_size=50, num_workers=profile["natural"]["workers"])
+        centers = []
+        with torch.inference_mode():
+            for batch, _ in loader:
+                captured.clear()
+                model(batch)
+                centers.append(captured[-1])
+        handle.remove()
+        values = torch.cat(centers).numpy().T  # [channel, image]
+        index = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+        np.lexsort((index, -values), axis=-1)[:, :profile["natural"]["top_k"]]
+
+
+def run_variant(variant: str, images: Path, workers: int, threads: int | None) -> None:
+    import torch
+    import torchvision.datasets  # noqa: F401  (imports are not timed)
+
+    import repro.natural  # noqa: F401
+    from repro.model import ModelSpec, load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    profile = bench_profile(images, workers)
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    with tempfile.TemporaryDirectory() as scratch:
+        before = peak_rss_mib()
+        start = time.perf_counter()
+        (one_pass if variant == "one-pass" else per_tap)(model, record, profile, Path(scratch))
+        seconds = time.perf_counter() - start
+    print(json.dumps({"variant": variant, "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+                      "rss_increase_mib": peak_rss_mib() - before, "threads": torch.get_num_threads()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of both variants")
+    parser.add_argument("--variant", choices=["one-pass", "per-tap"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        run_variant(args.variant, args.folder, args.workers, args.threads)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = make_folder(Path(scratch) / "val", args.images, args.size)
+        results = {}
+        for variant in ("one-pass", "per-tap"):
+            command = [sys.executable, __file__, "--variant", variant, "--folder", str(folder),
+                       "--workers", str(args.workers)] + (["--threads", str(args.threads)] if args.threads else [])
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[variant] = json.loads(output.strip().splitlines()[-1])
+    print(f"{args.images} images of about {args.size} px, random-init resnet18, 7 blocks x 3 taps, "
+          f"{results['one-pass']['threads']} torch thread(s), {args.workers} DataLoader worker(s)")
+    for variant, result in results.items():
+        print(f"  {variant:9s} {args.images / result['seconds']:8.2f} images/s  ({result['seconds']:.1f} s)  "
+              f"peak RSS {result['peak_rss_mib']:.0f} MiB (+{result['rss_increase_mib']:.0f} MiB during the pass)")
+    speedup = results["per-tap"]["seconds"] / results["one-pass"]["seconds"]
+    print(f"  one pass is {speedup:.1f}x faster than one pass per tap")
+
+
+if __name__ == "__main__":
+    main()

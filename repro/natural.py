@@ -1,0 +1,348 @@
+"""Natural-image center activations of every tap, and each channel's top-k exemplar images.
+
+One pass over an ImageFolder (the ImageNet validation set in the paper profile): each batch is decoded
+once (in DataLoader workers), one forward reads every tap of every block (``repro.model.run``, center
+neurons only; a tensor two taps share is computed once and stored under both labels), and the
+activations are written shard by shard. Memory is bounded by one shard, whatever the number of images.
+
+Group ``natural``:
+
+* ``activation`` (block, tap, channel, image): float32, or float16 with ``natural.dtype = "float16"``;
+  NaN for corrupt images and for channels a narrower block lacks.
+* ``top_images`` int64 and ``top_values`` float32 (block, tap, channel, rank): the ``natural.top_k``
+  images with the largest center value, highest first, ties to the lower image index; corrupt images
+  never rank; -1 / NaN where fewer than k images are valid. Values are float32 even for a float16 cube.
+* ``valid`` bool (block, channel); ``corrupt`` bool (image).
+* ``shard_top_values`` / ``shard_top_images`` (shard, block, tap, channel, rank): each shard's own top-k,
+  the resumable state of the running top-k (see below).
+* coords ``image`` (index), ``path`` (relative to the folder), ``label`` (ImageFolder class index).
+* attrs: provenance (``stage="natural"``, ``images_root``) and, once complete, ``corrupt_images``.
+
+The decoded-image cache (group ``image_cache``, see ``repro.images``) is written in the same pass.
+
+Resuming: a unit is an image shard (``natural.shard_size`` images). It writes the shard's cache squares,
+then its activations and its own top-k candidates, and only then is marked done. At the end the
+candidates are merged shard by shard. The order (value descending, then image index ascending) is
+total, so every channel's global top-k lies within the union of the shards' top-k and the merge equals a
+full sort; a resumed run merges the same stored candidates as an uninterrupted one. Batches never cross
+a shard boundary, so a shard is computed by the same batches whichever shards a run has left to do, and
+its floats are identical too.
+
+Taps hold true values (``aliased`` is for feature visualizations only): the authors' activation
+extraction cloned its hooked tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import click
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from repro import images as imgs
+from repro.errors import UserError
+from repro.model import TAPS, check_taps, describe_taps, run as run_model, same_tensor
+from repro.store import Store, labels, provenance
+
+GROUP = "natural"
+CACHE_GROUP = imgs.CACHE_GROUP
+TOP_K_UNIT = "top-k"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+# ---------------------------------------------------------------- settings and layout
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: str
+    resize: int
+    crop: int
+    top_k: int
+    batch_size: int
+    workers: int
+    shard_size: int
+    dtype: type
+
+    @classmethod
+    def from_profile(cls, profile: Mapping) -> "Settings":
+        natural = profile["natural"]
+        resize, crop = imgs.check_sizes(profile)
+        dtype = str(natural.get("dtype", "float32"))
+        if dtype not in DTYPES:
+            raise UserError(f"natural.dtype {dtype!r}: expected float32 or float16")
+        settings = cls(str(natural.get("images", "") or ""), resize, crop, int(natural["top_k"]),
+                       int(natural["batch_size"]), int(natural["workers"]), int(natural["shard_size"]), DTYPES[dtype])
+        for name in ("top_k", "batch_size", "shard_size"):
+            if getattr(settings, name) < 1:
+                raise UserError(f"natural.{name} must be at least 1")
+        if settings.workers < 0:
+            raise UserError("natural.workers must be 0 or more")
+        return settings
+
+
+@dataclass(frozen=True)
+class TapLayout:
+    """The stored (block, tap, channel) grid and which computed tensor fills each of its labels."""
+
+    blocks: tuple[str, ...]
+    widths: tuple[int, ...]  # channels of each block (its three taps share the width)
+    source: dict  # (block, tap) label → canonical (block, tap) that run() computes
+
+    @property
+    def max_width(self) -> int:
+        return max(self.widths)
+
+    @property
+    def computed(self) -> list[tuple[str, str]]:
+        return sorted(set(self.source.values()))
+
+    def valid(self) -> np.ndarray:
+        return np.arange(self.max_width)[None, :] < np.array(self.widths)[:, None]
+
+
+def tap_layout(model: torch.nn.Module, blocks: Sequence[str], crop: int) -> TapLayout:
+    blocks = tuple(dict.fromkeys(blocks))
+    if not blocks:
+        raise UserError("no blocks to record")
+    check_taps(model, [(block, tap) for block in blocks for tap in TAPS])
+    channels = {(info.block, info.tap): info.channels for info in describe_taps(model, crop)}
+    widths = tuple(channels[(block, "O")] for block in blocks)
+    source = {(block, tap): same_tensor(model, block, tap) for block in blocks for tap in TAPS}
+    return TapLayout(blocks, widths, source)
+
+
+def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
+
+
+def shard_unit(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def _digest(content) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- top-k
+
+
+def top_k(values: np.ndarray, image_index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest values along the last axis, highest first, ties to the lower image index.
+
+    ``values`` [..., n]; ``image_index`` [n] or [..., n]. NaN never ranks: where fewer than k values are
+    finite the tail is NaN with index -1. Returns (values float32 [..., k], indices int64 [..., k]).
+    """
+    image_index = np.broadcast_to(image_index, values.shape)
+    if values.shape[-1] < k:
+        padding = [(0, 0)] * (values.ndim - 1) + [(0, k - values.shape[-1])]
+        values = np.pad(values, padding, constant_values=np.nan)
+        image_index = np.pad(image_index, padding, constant_values=-1)
+    order = np.lexsort((image_index, -values), axis=-1)[..., :k]  # NaN sorts last
+    top_values = np.take_along_axis(values, order, axis=-1).astype(np.float32)
+    top_index = np.take_along_axis(image_index, order, axis=-1).astype(np.int64)
+    top_index[np.isnan(top_values)] = -1
+    return top_values, top_index
+
+
+def merge_top_k(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], k: int):
+    """Top-k of two candidate sets (values, indices), by the same order as :func:`top_k`."""
+    return top_k(np.concatenate([first[0], second[0]], axis=-1), np.concatenate([first[1], second[1]], axis=-1), k)
+
+
+# ---------------------------------------------------------------- store layout
+
+
+def _image_coords(images: imgs.ImageList) -> dict:
+    return {"image": np.arange(len(images)), "path": ("image", labels(images.paths)),
+            "label": ("image", np.array(images.labels, dtype=np.int64))}
+
+
+def _lazy(shape, chunks, dtype, fill):
+    return da.full(shape, fill, dtype=dtype, chunks=chunks)
+
+
+def natural_template(images: imgs.ImageList, layout: TapLayout, settings: Settings) -> xr.Dataset:
+    blocks, width, count, k = len(layout.blocks), layout.max_width, len(images), settings.top_k
+    shards = len(shard_ranges(count, settings.shard_size))
+    grid, candidates = ("block", "tap", "channel"), ("shard", "block", "tap", "channel", "rank")
+    shard_chunk = (1, blocks, len(TAPS), width, k)
+    return xr.Dataset(
+        {
+            "activation": (grid + ("image",), _lazy((blocks, len(TAPS), width, count),
+                                                    (1, 1, width, settings.shard_size), settings.dtype, np.nan)),
+            "top_images": (grid + ("rank",), _lazy((blocks, len(TAPS), width, k), -1, np.int64, -1)),
+            "top_values": (grid + ("rank",), _lazy((blocks, len(TAPS), width, k), -1, np.float32, np.nan)),
+            "shard_top_images": (candidates, _lazy((shards,) + shard_chunk[1:], shard_chunk, np.int64, -1)),
+            "shard_top_values": (candidates, _lazy((shards,) + shard_chunk[1:], shard_chunk, np.float32, np.nan)),
+            "corrupt": (("image",), _lazy((count,), settings.shard_size, bool, False)),
+            "valid": (("block", "channel"), layout.valid()),
+        },
+        coords={"block": labels(layout.blocks), "tap": labels(TAPS), "channel": np.arange(width),
+                "rank": np.arange(k), "shard": np.arange(shards), **_image_coords(images)},
+    )
+
+
+def cache_images_per_chunk(settings: Settings) -> int:
+    """A few images per chunk, dividing the shard so that units write whole chunks."""
+    return max(size for size in range(1, 9) if settings.shard_size % size == 0)
+
+
+def cache_template(images: imgs.ImageList, settings: Settings) -> xr.Dataset:
+    count, side, per_chunk = len(images), settings.resize, cache_images_per_chunk(settings)
+    return xr.Dataset(
+        {
+            "pixels": (("image", "y", "x", "rgb"), _lazy((count, side, side, 3), (per_chunk, side, side, 3), np.uint8, 0)),
+            "resized_height": (("image",), _lazy((count,), settings.shard_size, np.int32, 0)),
+            "resized_width": (("image",), _lazy((count,), settings.shard_size, np.int32, 0)),
+            "corrupt": (("image",), _lazy((count,), settings.shard_size, bool, False)),
+        },
+        coords={"rgb": labels(["r", "g", "b"]), **_image_coords(images)},
+    )
+
+
+def declare_groups(store: Store, images, layout, settings, profile, weights) -> None:
+    listing = {"paths": list(images.paths), "labels": list(images.labels)}
+    common = {"images_root": str(images.root), "shard_size": settings.shard_size}
+    store.declare(GROUP, natural_template(images, layout, settings),
+                  provenance(profile, weights, stage=GROUP, top_k=settings.top_k, **common),
+                  signature=_digest({**listing, "blocks": layout.blocks, "widths": layout.widths}))
+    store.declare(CACHE_GROUP, cache_template(images, settings),
+                  provenance(profile, weights, stage=CACHE_GROUP, resize=settings.resize, **common),
+                  signature=_digest({**listing, "resize": settings.resize}))
+
+
+# ---------------------------------------------------------------- the pass
+
+
+class ShardBuffer:
+    """One shard's results, filled batch by batch, written as one unit."""
+
+    def __init__(self, shard: int, bounds: tuple[int, int], layout: TapLayout, resize: int):
+        self.shard, (self.start, self.stop) = shard, bounds
+        count = self.stop - self.start
+        self.activation = np.full((len(layout.blocks), len(TAPS), layout.max_width, count), np.nan, np.float32)
+        self.pixels = np.zeros((count, resize, resize, 3), np.uint8)
+        self.resized = np.zeros((2, count), np.int32)
+        self.corrupt = np.zeros(count, bool)
+        self.filled = 0
+
+    @property
+    def full(self) -> bool:
+        return self.filled == self.stop - self.start
+
+    def add(self, index, squares, heights, widths, errors, values: dict, layout: TapLayout) -> None:
+        """Take one batch: consecutive images (batches are cut within the shard)."""
+        first = int(index[0]) - self.start
+        rows = slice(first, first + len(index))
+        self.pixels[rows] = squares.numpy()
+        self.resized[:, rows] = np.stack([heights.numpy(), widths.numpy()])
+        for b, block in enumerate(layout.blocks):
+            for t, tap in enumerate(TAPS):
+                tap_values = self.activation[b, t]  # a view [channel, image]
+                tap_values[:layout.widths[b], rows] = values[layout.source[(block, tap)]].numpy().T
+        broken = np.array([bool(error) for error in errors])
+        self.corrupt[rows] = broken
+        self.activation[..., rows][..., broken] = np.nan  # corrupt images never rank
+        self.filled += len(index)
+
+
+def _batches(shards: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Batches cut within each shard, from its start, so a shard is always computed the same way."""
+    return [list(range(first, min(first + batch_size, stop)))
+            for start, stop in shards for first in range(start, stop, batch_size)]
+
+
+def _write_shard(store: Store, buffer: ShardBuffer, settings: Settings) -> None:
+    region = {"image": slice(buffer.start, buffer.stop)}
+    cache_part = xr.Dataset({
+        "pixels": (("image", "y", "x", "rgb"), buffer.pixels),
+        "resized_height": (("image",), buffer.resized[0]),
+        "resized_width": (("image",), buffer.resized[1]),
+        "corrupt": (("image",), buffer.corrupt),
+    })
+    store.write_unit(CACHE_GROUP, shard_unit(buffer.shard), cache_part, region=region)
+    candidates = top_k(buffer.activation, np.arange(buffer.start, buffer.stop), settings.top_k)
+    candidate_dims = ("shard", "block", "tap", "channel", "rank")
+    natural_part = xr.Dataset({
+        "activation": (("block", "tap", "channel", "image"), buffer.activation.astype(settings.dtype)),
+        "corrupt": (("image",), buffer.corrupt),
+        "shard_top_values": (candidate_dims, candidates[0][None]),
+        "shard_top_images": (candidate_dims, candidates[1][None]),
+    })
+    store.write_unit(GROUP, shard_unit(buffer.shard), natural_part,
+                     region={**region, "shard": slice(buffer.shard, buffer.shard + 1)})
+
+
+def batch_center_values(model, profile, layout: TapLayout, squares, heights, widths) -> dict:
+    """Center values of every computed tap for one batch of cached squares.
+
+    Copied out of the full maps (run() returns views of them), so a batch's maps are freed before the
+    next batch's forward.
+    """
+    inputs = imgs.eval_from_cache(squares, profile, heights, widths)
+    values, _ = run_model(model, inputs, layout.computed, center=True, stop=True)
+    return {key: value.clone() for key, value in values.items()}
+
+
+def compute_shards(store, model, profile, images, layout, settings, todo: Sequence[int]) -> dict[str, str]:
+    """Run the pass over the shards in ``todo``; return {path: decode error} of corrupt images met."""
+    bounds = shard_ranges(len(images), settings.shard_size)
+    loader = DataLoader(imgs.DecodedSquares(images, settings.resize),
+                        batch_sampler=_batches([bounds[s] for s in todo], settings.batch_size),
+                        num_workers=settings.workers)
+    errors: dict[str, str] = {}
+    batches = iter(loader)
+    total = sum(bounds[s][1] - bounds[s][0] for s in todo)
+    with tqdm(total=total, unit="img", desc="natural images", dynamic_ncols=True) as progress, torch.inference_mode():
+        for shard in todo:
+            buffer = ShardBuffer(shard, bounds[shard], layout, settings.resize)
+            while not buffer.full:
+                index, squares, heights, widths, batch_errors = next(batches)
+                values = batch_center_values(model, profile, layout, squares, heights, widths)
+                buffer.add(index, squares, heights, widths, batch_errors, values, layout)
+                errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
+                progress.update(len(index))
+            _write_shard(store, buffer, settings)
+    return errors
+
+
+def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Mapping[str, str]) -> list[str]:
+    """Merge the shards' top-k candidates, record corrupt images, mark both groups complete."""
+    stored = store.dataset(GROUP)
+    merged = None
+    for shard in range(stored.sizes["shard"]):
+        candidates = stored[["shard_top_values", "shard_top_images"]].isel(shard=shard)
+        candidates = (candidates.shard_top_values.values, candidates.shard_top_images.values)
+        merged = candidates if merged is None else merge_top_k(merged, candidates, settings.top_k)
+    grid = ("block", "tap", "channel", "rank")
+    top = xr.Dataset({"top_values": (grid, merged[0]), "top_images": (grid, merged[1])})
+    store.write_unit(GROUP, TOP_K_UNIT, top, region={dim: slice(None) for dim in grid})
+    corrupt = [images.paths[i] for i in np.flatnonzero(stored.corrupt.values)]
+    imgs.warn_corrupt(corrupt, len(images), errors)
+    store.finish(CACHE_GROUP, corrupt_images=corrupt)
+    store.finish(GROUP, corrupt_images=corrupt)
+    return corrupt
+
+
+def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
+        blocks: Sequence[str] | None = None) -> None:
+    """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
+    settings = Settings.from_profile(profile)
+    images = imgs.find_images(settings.root)
+    layout = tap_layout(model, blocks or profile["model"]["blocks"], settings.crop)
+    declare_groups(store, images, layout, settings, profile, weights)
+    if store.group_attrs(GROUP).get("complete") and store.group_attrs(CACHE_GROUP).get("complete"):
+        click.echo(f"natural: {store.path} is already complete ({len(images)} images)", err=True)
+        return
+    done = store.done(GROUP) & store.done(CACHE_GROUP)
+    todo = [s for s in range(len(shard_ranges(len(images), settings.shard_size))) if shard_unit(s) not in done]
+    errors = compute_shards(store, model, profile, images, layout, settings, todo) if todo else {}
+    finish(store, images, settings, errors)

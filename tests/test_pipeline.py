@@ -1,0 +1,53 @@
+"""End to end: `repro pipeline` then `repro report` on the tiny twin of the embedded default, as `make report`
+runs them on the toy profile."""
+import time
+
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from repro.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    profile = root / "tiny-here.toml"
+    profile.write_text(f'base = "tiny"\nname = "tiny"\n\n[toy]\ndata_dir = "{root / "data"}"\n')
+    store, out = root / "run.zarr", root / "report"
+    runner = CliRunner()
+    first = runner.invoke(main, ["pipeline", "--profile", str(profile), "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    report = runner.invoke(main, ["report", "--store", str(store), "--out", str(out)])
+    assert report.exit_code == 0, report.output
+    return runner, profile, store, out
+
+
+def test_every_stage_lands_in_the_store(built):
+    _, _, store, _ = built
+    for group in ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics"):
+        dataset = xr.open_zarr(store, group=group)
+        assert dataset.attrs["complete"], group
+        assert dataset.attrs["profile_name"] == "tiny" and dataset.attrs["weights_sha256"]
+    metrics = xr.open_zarr(store, group="metrics")
+    assert set(metrics.block.values) == {"1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"}
+    assert metrics.mix.sel(stimulus_set="fz").notnull().any()
+
+
+def test_the_report_has_every_chapter(built):
+    _, _, _, out = built
+    site = out / "_site"
+    for page in ("index.html", "naturally-computed.html", "interpreting.html", "alignment.html"):
+        assert (site / page).is_file(), page
+    assert "not comparable" in (site / "interpreting.html").read_text()
+
+
+def test_a_rerun_with_nothing_changed_is_quick(built):
+    runner, profile, store, out = built
+    started = time.perf_counter()
+    again = runner.invoke(main, ["pipeline", "--profile", str(profile), "--store", str(store)])
+    report = runner.invoke(main, ["report", "--store", str(store), "--out", str(out)])
+    assert again.exit_code == 0 and report.exit_code == 0, again.output + report.output
+    assert time.perf_counter() - started < 30

@@ -8,6 +8,8 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 PROFILE ?= toy
 STORE ?= build/$(PROFILE).zarr
 REPORT_DIR ?= build/report
+# Passive OpenMP waiting: spinning threads stall on a busy 2-core machine (speed only, not results).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test report clean benchmarks
 

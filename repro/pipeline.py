@@ -52,10 +52,11 @@ def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Stor
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.create_or_open(store_path, profile, record, new=new_store)
-    stages = [
-        ("fz (center neuron)", lambda: fz.run(store, model, record, profile)),
-        ("fz (whole channel, for the grids)",
-         lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))),
+    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile))]
+    if profile["fz"].get("channel_grids", True):
+        stages.append(("fz (whole channel, for the grids)",
+                       lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))))
+    stages += [
         ("natural images", lambda: natural.run(store, model, record, profile)),
         ("metrics", lambda: metrics.run(store, model, record, profile)),
         ("ablation", lambda: ablate.run(store, model, record, profile)),

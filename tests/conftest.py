@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # {class folder: [(width, height), ...]}; files are named img0.JPEG, img1.JPEG, ... in this order.
@@ -55,3 +56,12 @@ def make_image_folder(root: Path, sizes: dict = IMAGE_FOLDER_SIZES, seed: int = 
 def image_folder(tmp_path_factory) -> Path:
     """A fresh 3-class, 12-JPEG ImageFolder (see the module docstring)."""
     return make_image_folder(tmp_path_factory.mktemp("images") / "val")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Small convolutions run fastest on one thread, and a busy shared machine makes two threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from analyses import ablation as analysis
+from helpers import randomize_batchnorm
 from repro import ablate, images, profiles
 from repro.errors import UserError
 from repro.model import ModelSpec, blocks, load_model
@@ -32,19 +33,6 @@ def small_profile(**settings):
         "ablation.screen_tolerance": {"2.1": 25.0, "3.1": 0.0},
     })
     return profiles.override(profile, settings)
-
-
-def randomize_batchnorm(model, seed=0):
-    """Non-trivial BN statistics, so every channel carries a different signal."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.randn(n, generator=generator))
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
-    return model
 
 
 def calibrated_model(profile, pictures):
@@ -157,11 +145,6 @@ def make_store(path, profile, root, with_metrics=True, with_natural=True):
     return store, model, record
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

@@ -38,11 +38,6 @@ def tiny_profile(**settings) -> dict:
     return profiles.override(profiles.load("paper"), {**base, **settings})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CI machine's cores are shared; one thread is both faster there and deterministic across processes.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

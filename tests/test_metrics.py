@@ -26,11 +26,6 @@ SIZE = 32
 MARGIN = 1e-3  # planted deltas and ratios stay this far from their thresholds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run fastest on one thread; several threads thrash on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 

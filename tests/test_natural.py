@@ -98,11 +98,6 @@ def full_sort_top_k(activation: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------- activations and top-k
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small convolutions on a shared two-core machine run many times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

@@ -1,6 +1,8 @@
 """End to end: `repro pipeline` then `repro report` on the tiny twin of the embedded default, as `make report`
 runs them on the toy profile."""
+import re
 import time
+from pathlib import Path
 
 import pytest
 import xarray as xr
@@ -51,3 +53,11 @@ def test_a_rerun_with_nothing_changed_is_quick(built):
     report = runner.invoke(main, ["report", "--store", str(store), "--out", str(out)])
     assert again.exit_code == 0 and report.exit_code == 0, again.output + report.output
     assert time.perf_counter() - started < 30
+
+
+def test_the_readme_slicing_example_runs_on_the_store(built):
+    _, _, store, _ = built
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Slicing the store", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(example.replace("build/toy.zarr", str(store)), {})

@@ -574,9 +574,10 @@ class AblationRun:
             for plan in [p for p in open_plans if outcomes[p.block].complete]:
                 self._write_screened(plan, outcomes[plan.block])
             open_plans = [p for p in open_plans if not outcomes[p.block].complete]
-            for plan in open_plans:
-                if next_draw[plan.block] >= self.settings.max_draws:
-                    self._too_many_draws(plan, outcomes[plan.block])
+            for plan in [p for p in open_plans if next_draw[p.block] >= self.settings.max_draws]:
+                self._too_many_draws(plan, outcomes[plan.block])
+                self._write_screened(plan, outcomes[plan.block])
+            open_plans = [p for p in open_plans if next_draw[p.block] < self.settings.max_draws]
             pending = [p for p in open_plans if self._round_unit(p, self._round(next_draw[p.block])) not in done]
             if pending:
                 self._evaluate_rounds(pending, next_draw)
@@ -615,15 +616,16 @@ class AblationRun:
         return screen(accuracies, reference, plan.tolerance, self.settings.trials)
 
     def _too_many_draws(self, plan: BlockPlan, outcome: Screening) -> None:
+        """Say that the block goes on with fewer random sets than asked; the store records how many."""
         stored = self._stored().sel(block=plan.block)
         reference = float(stored["accuracy"].sel(condition="invariant", trial=0, scale=0.0))
         best = float(np.nanmin(stored["draw_accuracy"].values))
-        raise UserError(
+        warnings.warn(
             f"block {plan.block}: only {len(outcome.accepted)} of {self.settings.trials} random sets passed "
-            f"screening in {self.settings.max_draws} draws (ablation.max_draws). A random set is kept when its "
-            f"no-scale top-1 is at most the invariant set's {reference:.3f} % + {plan.tolerance:g} points "
-            f"(ablation.screen_tolerance); the lowest random top-1 was {best:.3f} %. Raise "
-            "ablation.max_draws or the block's screen_tolerance."
+            f"screening in {self.settings.max_draws} draws (ablation.max_draws); the block goes on with those. "
+            f"A random set is kept when its no-scale top-1 is at most the invariant set's {reference:.3f} % + "
+            f"{plan.tolerance:g} points (ablation.screen_tolerance); the lowest random top-1 was {best:.3f} %.",
+            stacklevel=2,
         )
 
     def _write_screened(self, plan: BlockPlan, outcome: Screening) -> None:
@@ -637,16 +639,17 @@ class AblationRun:
         for draw in range(made):
             draw_channels[draw, self._draw(plan, draw)] = True
         draw_trial = np.full(settings.max_draws, -1, dtype=np.int64)
-        draw_trial[list(outcome.accepted)] = np.arange(settings.trials)
+        accepted = len(outcome.accepted)  # fewer than ``trials`` when max_draws ran out
+        draw_trial[list(outcome.accepted)] = np.arange(accepted)
         rejected = np.zeros(settings.max_draws, dtype=bool)
         rejected[list(outcome.rejected)] = True
 
         accuracy = np.full((len(CONDITIONS), settings.trials), np.nan)
         accuracy[:2, 0] = stored["accuracy"].sel(trial=0, scale=0.0).values[:2]
-        accuracy[2] = draw_accuracy[list(outcome.accepted)]
+        accuracy[2, :accepted] = draw_accuracy[list(outcome.accepted)]
         channels = np.zeros((len(CONDITIONS), settings.trials, width), dtype=bool)
         channels[1, 0, list(plan.invariant)] = True
-        channels[2] = draw_channels[list(outcome.accepted)]
+        channels[2, :accepted] = draw_channels[list(outcome.accepted)]
         self._write(f"screened/{plan.block}", {
             "accuracy": (("block", "condition", "trial", "scale"), accuracy[None, :, :, None]),
             "channels": (("block", "condition", "trial", "channel"), channels[None]),
@@ -680,12 +683,13 @@ class AblationRun:
     def _condition_sets(self, stored: xr.Dataset, plan: BlockPlan) -> list[list[int]]:
         """none, invariant, then the accepted random sets in trial order (from the screening outcome)."""
         random_sets = stored["channels"].sel(block=plan.block, condition="random").values
-        return [[], list(plan.invariant), *([int(c) for c in np.flatnonzero(row)] for row in random_sets)]
+        accepted = [row for row in random_sets if row.any()]  # trials screening filled
+        return [[], list(plan.invariant), *([int(c) for c in np.flatnonzero(row)] for row in accepted)]
 
     def _write_scale(self, plan: BlockPlan, index: int, accuracy: np.ndarray) -> None:
         table = np.full((len(CONDITIONS), self.settings.trials), np.nan)
         table[:2, 0] = accuracy[:2]
-        table[2] = accuracy[2:]
+        table[2, :len(accuracy) - 2] = accuracy[2:]
         row = self.row[plan.block]
         self._write(self._scale_unit(plan, self.settings.scales[index]),
                     {"accuracy": (("block", "condition", "trial", "scale"), table[None, :, :, None])},

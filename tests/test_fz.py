@@ -38,9 +38,6 @@ def tiny_profile(**settings) -> dict:
     return profiles.override(profiles.load("paper"), {**base, **settings})
 
 
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -26,9 +26,6 @@ SIZE = 32
 MARGIN = 1e-3  # planted deltas and ratios stay this far from their thresholds
 
 
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_profile(**settings):
     return profiles.override(profiles.load("paper"), {

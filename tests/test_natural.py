@@ -98,9 +98,6 @@ def full_sort_top_k(activation: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 # ---------------------------------------------------------------- activations and top-k
 
 
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def shared_folder(tmp_path_factory) -> Path:

@@ -243,7 +243,8 @@ def run(
     Returns ``(values, logits)``. ``values[(block, tap)]`` is the full map ``[N, C, H, W]``, or the
     center neuron ``[N, C]`` with ``center=True``. With ``stop=True`` the forward ends right after the
     last requested tap and ``logits`` is None. ``edit_output[block]`` replaces the block's pre-ReLU
-    ``O`` map before its ReLU (used for ablation). ``aliased=True`` reads ``B`` and the pre-ReLU taps
+    ``O`` map before its ReLU (used for ablation); it may return a larger batch, such as one copy of the
+    batch per ablation condition, and the rest of the forward runs on that. ``aliased=True`` reads ``B`` and the pre-ReLU taps
     as the post-ReLU block output, as a by-reference hook does (reference compatibility only).
     """
     wanted = set(check_taps(model, taps))

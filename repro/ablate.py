@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from repro import images
 from repro.errors import UserError
-from repro.model import OEdit, describe_taps
+from repro.model import OEdit, block_widths
 from repro.model import run as run_model
 from repro.store import Store, labels, provenance
 
@@ -350,10 +350,6 @@ class BlockPlan:
         return Job(self.block, condition_masks(channel_sets, self.width), torch.from_numpy(self.values).float())
 
 
-def block_widths(model: torch.nn.Module, image_size: int) -> dict[str, int]:
-    return {info.block: info.channels for info in describe_taps(model, image_size) if info.tap == "O"}
-
-
 def _metrics_valid(metrics: xr.Dataset | None, block: str, width: int) -> list[int]:
     """Channels the metrics stage could measure (every channel of the block without metrics)."""
     if metrics is None:
@@ -381,7 +377,7 @@ def plan_blocks(store: Store, model: torch.nn.Module, settings: Settings,
     invariant set comes from ``channel_sets`` when named there, otherwise from the metrics group.
     """
     channel_sets = {str(k): list(v) for k, v in (channel_sets or {}).items()}
-    widths = block_widths(model, settings.crop)
+    widths = block_widths(model)
     chosen = list(settings.blocks) + [b for b in channel_sets if b not in settings.blocks]
     unknown = [b for b in chosen if b not in widths]
     if unknown:
@@ -708,7 +704,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     if not plans:
         warnings.warn("no block to ablate: none of the ablation blocks has scale-invariant channels", stacklevel=2)
         return None
-    max_width = max(block_widths(model, settings.crop).values())
+    max_width = max(block_widths(model).values())
     store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
                   signature=_signature(plans, settings, cache))
     experiment = AblationRun(store, model, settings, plans, cache, profile)

@@ -263,7 +263,7 @@ def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | Non
     block_order = [b for b in known if b in set(wanted_blocks)]
     tap_order = [t for t in taps_model.TAPS if t in set(wanted_taps)]
     size = int(profile["model"]["image_size"])
-    widths = {info.block: info.channels for info in taps_model.describe_taps(model, size) if info.tap == "B"}
+    widths = taps_model.block_widths(model)
     widest = max(widths[b] for b in block_order)
     chosen = sorted(set(channels)) if channels is not None else list(range(widest))
     if not chosen:
@@ -361,10 +361,10 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     layout_blocks = list(profile["model"]["blocks"]) + [b for b in wanted.blocks if b not in profile["model"]["blocks"]]
     layout = select(model, profile, layout_blocks)
     wanted_labels = {(b, t) for b in wanted.blocks for t in wanted.taps}
-    jobs = [job for job in plan(model, profile, layout) if wanted_labels & set(job.labels)]
+    every_job = plan(model, profile, layout)
+    jobs = [job for job in every_job if wanted_labels & set(job.labels)]
     batch = int(settings["channel_batch"])
-    same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in plan(model, profile, layout)
-               if len(job.labels) > 1]
+    same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in every_job if len(job.labels) > 1]
     attrs = {"objective": objective, "aliased": bool(profile["model"].get("aliased", False)),
              "steps": int(settings["steps"]), "channel_batch": batch, "same_fz": same_fz,
              **provenance(profile, weights_record, stage="fz")}
@@ -372,7 +372,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     engine_model = prepare(model)
     for job in jobs:
         _run_job(store, group, engine_model, profile, layout, job, batch, set(wanted.channels))
-    every_unit = {unit_name(label, job.jitter, chunk) for job in plan(model, profile, layout)
+    every_unit = {unit_name(label, job.jitter, chunk) for job in every_job
                   for chunk in chunks(job, batch) for label in job.labels}
     store.finish(group, complete=every_unit <= store.done(group))
     return store.dataset(group)

@@ -191,6 +191,12 @@ def blocks(model: nn.Module) -> dict[str, nn.Module]:
     return named
 
 
+def block_widths(model: nn.Module) -> dict[str, int]:
+    """Channels of every block's taps: its last BN's width (I and O have the same)."""
+    return {name: (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
+            for name, block in blocks(model).items()}
+
+
 def check_taps(model: nn.Module, wanted: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     known = blocks(model)
     wanted = list(wanted)

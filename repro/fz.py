@@ -35,6 +35,7 @@ under that step's transform draw; ``valid`` (block, channel): the channel exists
 from __future__ import annotations
 
 import contextlib
+import functools
 import copy
 import hashlib
 import json
@@ -51,6 +52,7 @@ from lucent.optvis import transform as lucent_transform
 from tqdm import tqdm
 
 from repro import model as taps_model
+from repro.images import normalize as normalize_image
 from repro.errors import UserError
 from repro.store import Store, labels, provenance
 
@@ -91,8 +93,8 @@ def transforms(profile: Mapping, jitter: int) -> list[Callable]:
 
 
 def normalizer(profile: Mapping) -> Callable:
-    """Lucent's ImageNet normalisation, with the profile's mean and std."""
-    return T.Normalize(mean=list(profile["model"]["normalize_mean"]), std=list(profile["model"]["normalize_std"]))
+    """Lucent's ImageNet normalisation step, with the profile's mean and std."""
+    return functools.partial(normalize_image, profile=profile)
 
 
 def tap_values(model: torch.nn.Module, pixels: torch.Tensor, block: str, tap: str, channels: torch.Tensor,

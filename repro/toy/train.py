@@ -26,6 +26,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from repro.errors import UserError
+from repro.images import normalize as normalize_image
 from repro.model import ModelSpec, file_sha256, load_model
 from repro.toy.data import GENERATOR_VERSION, ToySplit, ToyWorld, generate
 
@@ -96,9 +97,7 @@ def as_tensors(split: ToySplit) -> tuple[torch.Tensor, torch.Tensor]:
 
 def normalizer(profile: Mapping) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 [N, 3, H, W] → float, scaled to [0, 1] and normalized with the profile's mean and std."""
-    mean = torch.tensor(profile["model"]["normalize_mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(profile["model"]["normalize_std"], dtype=torch.float32).view(1, 3, 1, 1)
-    return lambda pixels: (pixels.float() / 255 - mean) / std
+    return lambda pixels: normalize_image(pixels.float() / 255, profile)
 
 
 def augmenter(settings: TrainSettings, size: int) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
+import click
 import dask.array as da
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from repro import images
+from repro import images, profiles
 from repro.errors import UserError
 from repro.model import OEdit, block_widths
 from repro.model import run as run_model
@@ -89,22 +90,21 @@ class Settings:
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "Settings":
-        table = profile.get("ablation", {})
-        natural = profile.get("natural", {})
+        table, natural = profile["ablation"], profile["natural"]
         settings = cls(
-            blocks=tuple(table.get("blocks", ("2.1", "3.1"))),
-            criterion=table.get("criterion", "naturally"),
-            stimulus_set=table.get("stimulus_set", "fz"),
-            trials=int(table.get("trials", 10)),
-            scales=(0.0, *sorted({float(p) for p in table.get("scales", (0.1, 0.2, 0.3, 0.4, 0.5)) if p != 0})),
-            scale_definition=table.get("scale_definition", "paper"),
-            ablation=table.get("ablation", "mean"),
-            seed=int(table.get("seed", 0)),
-            batch_size=int(table.get("batch_size", 100)),
-            max_draws=int(table.get("max_draws", 2000)),
-            screen_tolerance={str(k): float(v) for k, v in table.get("screen_tolerance", {}).items()},
-            resize=int(natural.get("resize", 256)),
-            crop=int(natural.get("crop", 224)),
+            blocks=tuple(table["blocks"]),
+            criterion=table["criterion"],
+            stimulus_set=table["stimulus_set"],
+            trials=int(table["trials"]),
+            scales=(0.0, *sorted({float(p) for p in table["scales"] if p != 0})),
+            scale_definition=table["scale_definition"],
+            ablation=table["ablation"],
+            seed=int(table["seed"]),
+            batch_size=int(table["batch_size"]),
+            max_draws=int(table["max_draws"]),
+            screen_tolerance={str(k): float(v) for k, v in table["screen_tolerance"].items()},
+            resize=int(natural["resize"]),
+            crop=int(natural["crop"]),
         )
         settings.check()
         return settings
@@ -491,15 +491,27 @@ def _template(plans: Sequence[BlockPlan], settings: Settings, max_width: int) ->
     )
 
 
-def _signature(plans: Sequence[BlockPlan], settings: Settings, cache: CachedImages) -> str:
-    """What the group's units depend on: a rerun with anything else starts the group afresh."""
-    described = {
-        "settings": {k: v for k, v in settings.__dict__.items()},
+def group_settings(profile: Mapping, plans: Sequence[BlockPlan], settings: Settings,
+                   channel_sets: Mapping | None) -> dict:
+    """What the group's units depend on beyond its input groups: another value replaces the group."""
+    return {
+        **profiles.read_by(profile, "model", "stimulus", "ablation"),
+        "natural": {key: profile["natural"][key] for key in ("resize", "crop")},
+        "channel_sets": {str(k): sorted(int(c) for c in v) for k, v in (channel_sets or {}).items()},
         "plans": [[p.block, p.width, list(p.invariant), list(p.candidates), p.tolerance,
                    hashlib.sha256(p.values.tobytes()).hexdigest()] for p in plans],
-        "images": [cache.count, cache.identity()],
     }
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def input_groups(settings: Settings, channel_sets: Mapping | None) -> list[str]:
+    """The store groups an ablation reads: metrics unless every set is given, natural for mean values."""
+    named = set(channel_sets or {})
+    groups = [images.CACHE_GROUP]
+    if not set(settings.blocks) <= named:
+        groups.append("metrics")
+    if settings.ablation == "mean":
+        groups.append("natural")
+    return groups
 
 
 def _group_attrs(profile, weights_record, settings: Settings, cache: CachedImages) -> dict:
@@ -699,14 +711,20 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     Blocks without invariant channels are skipped with a warning; with none left, nothing is written.
     """
     settings = Settings.from_profile(profile)
+    inputs = [group for group in input_groups(settings, channel_sets) if store.has(group)]
     cache = open_image_cache(store, settings)
     plans = plan_blocks(store, model, settings, channel_sets)
     if not plans:
         warnings.warn("no block to ablate: none of the ablation blocks has scale-invariant channels", stacklevel=2)
         return None
+    settings_read = group_settings(profile, plans, settings, channel_sets)
+    if store.is_current(GROUP, settings_read, inputs) and store.group_attrs(GROUP).get("complete"):
+        click.echo(f"ablation: already complete in {store.path}", err=True)
+        return store.dataset(GROUP)
+    store.require_intact(inputs)
     max_width = max(block_widths(model).values())
     store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
-                  signature=_signature(plans, settings, cache))
+                  settings=settings_read, inputs=inputs)
     experiment = AblationRun(store, model, settings, plans, cache, profile)
     experiment.screening()
     experiment.scales()

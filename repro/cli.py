@@ -17,7 +17,7 @@ import click
 
 from repro import profiles
 from repro.errors import UserError
-from repro.store import Store
+from repro.store import Store, disk_error
 
 
 def parse_list(text: str | None) -> list[str] | None:
@@ -38,6 +38,11 @@ def parse_channels(text: str | None) -> list[int] | None:
     return channels
 
 
+def resolved(path: Path | None) -> str | None:
+    """An image folder as stored: absolute, symlinks resolved."""
+    return str(path.expanduser().resolve()) if path else None
+
+
 def resolve_profile(profile_name: str | None, store_path: Path | None, settings: dict) -> dict:
     """The profile for this run: the named one, else the one the existing store was made with."""
     if profile_name:
@@ -56,8 +61,9 @@ def open_run(profile_name, store_path, weights, new_store, settings=None):
         profile["model"]["weights_sha256"] = ""  # a weights override drops the profile's pinned hash
     from repro.model import ModelSpec, load_model  # torch loads only for commands that compute
 
+    Store(store_path).check_path()  # before loading weights: a wrong --store is the cheaper mistake
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
-    store = Store.create_or_open(store_path, profile, record, new=new_store)
+    store = Store.for_run(store_path, profile, record, new=new_store)  # created at the first declaration
     return profile, model, record, store
 
 
@@ -67,13 +73,32 @@ def run_options(function):
         click.option("--profile", "profile_name", help="Profile name (profiles/NAME.toml) or path; default: the store's."),
         click.option("--weights", help="imagenet, random:SEED, or a path to a state_dict (overrides the profile)."),
         click.option("--store", "store_path", type=click.Path(path_type=Path), required=True, help="The run's zarr store."),
-        click.option("--new-store", is_flag=True, help="Replace a store made with another profile or weights."),
+        click.option("--new-store", is_flag=True, help="Start a fresh store (every group is removed) once the run's input is valid."),
     ]):
         function = option(function)
     return function
 
 
-@click.group(help=__doc__)
+class Commands(click.Group):
+    """The command group; input errors the OS reports become one line, Ctrl-C exit 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            raise Interrupted("interrupted; rerun to resume (finished units are kept)") from None
+        except OSError as error:
+            known = disk_error(error, Path.cwd())
+            if known is None:
+                raise
+            raise known from None
+
+
+class Interrupted(click.ClickException):
+    exit_code = 130
+
+
+@click.group(cls=Commands, help=__doc__)
 @click.version_option(package_name="residual-stream")
 def main():
     pass
@@ -144,7 +169,7 @@ def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels
 @click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
 def natural(profile_name, weights, store_path, new_store, images, blocks, float16):
     """Natural-image center activations of every tap, and each channel's top-9 images."""
-    settings = {"natural.dtype": "float16" if float16 else None, "natural.images": str(images) if images else None}
+    settings = {"natural.dtype": "float16" if float16 else None, "natural.images": resolved(images)}
     profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
     from repro import natural as natural_stage
     natural_stage.run(store, model, record, profile, blocks=parse_list(blocks))
@@ -172,7 +197,7 @@ def metrics(store_path, weights):
 def ablate(profile_name, weights, store_path, new_store, images, blocks, criterion, channel_sets, trials, ablation,
            scale_definition):
     """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    settings = {"natural.images": str(images) if images else None, "ablation.blocks": parse_list(blocks),
+    settings = {"natural.images": resolved(images), "ablation.blocks": parse_list(blocks),
                 "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
                 "ablation.scale_definition": scale_definition}
     profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
@@ -193,7 +218,9 @@ def report(store_path, out_dir):
     """Rebuild both papers' figures and tables from a store and render HTML."""
     from report import builder
 
-    builder.build(Store.existing(store_path), out_dir)
+    store = Store.existing(store_path)
+    refuse_stale(store)
+    builder.build(store, out_dir)
 
 
 @main.command()
@@ -203,9 +230,54 @@ def verify(store_path, strict):
     """Print the claims table: each published number against the store's."""
     from report import verify as verify_claims
 
-    deviations = verify_claims.print_claims(Store.existing(store_path))
+    store = Store.existing(store_path)
+    refuse_stale(store)
+    deviations = verify_claims.print_claims(store)
     if strict and deviations:
         raise click.exceptions.Exit(1)
+
+
+def refuse_stale(store: Store) -> None:
+    """The report and the claims never present a stale group as current."""
+    stale = [state for state in store.status() if state.state == "stale"]
+    if stale:
+        listed = "; ".join(f"{state.name}: {state.why}" for state in stale)
+        raise UserError(f"store {store.path} has stale groups ({listed}); rebuild them with `repro pipeline` "
+                        "or the stage that makes them, then rerun")
+
+
+@main.command()
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+def status(store_path):
+    """Every group of a store: complete, partial or stale (and why), with its units done."""
+    store = Store.existing(store_path)
+    identity = store.attrs.get("identity", {})
+    click.echo(f"{store.path}: {identity.get('arch', '?')}, weights {str(identity.get('weights_sha256', ''))[:12]}, "
+               f"{identity.get('image_size', '?')} px")
+    for state in store.status():
+        expected = f"/{state.units_expected}" if state.units_expected else ""
+        why = f"  ({state.why})" if state.why else ""
+        click.echo(f"  {state.name:<12} {state.state:<9} {state.units_done}{expected} units{why}")
+
+
+@main.command()
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+@click.option("--repair", is_flag=True, help="Un-mark damaged units so the next run recomputes only them.")
+def check(store_path, repair):
+    """Verify that every done unit's chunks exist and decode (crc32c); exit 1 listing damaged units."""
+    store = Store.existing(store_path)
+    damage = store.check()
+    if not damage:
+        click.echo(f"{store.path}: every done unit's chunks are present and decode")
+        return
+    for item in damage:
+        click.echo(f"damaged: {item.group} unit {item.unit}: {item.problem}")
+    if repair:
+        store.repair(damage)
+        click.echo(f"un-marked {len(damage)} unit(s); rerun the stages (or `repro pipeline`) to recompute them")
+        return
+    click.echo(f"{len(damage)} damaged unit(s); `repro check --store {store.path} --repair` un-marks them")
+    raise click.exceptions.Exit(1)
 
 
 @main.command()

@@ -38,7 +38,6 @@ import contextlib
 import functools
 import copy
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -51,7 +50,10 @@ from lucent.optvis import param as lucent_param
 from lucent.optvis import transform as lucent_transform
 from tqdm import tqdm
 
+import click
+
 from repro import model as taps_model
+from repro import profiles
 from repro.images import normalize as normalize_image
 from repro.errors import UserError
 from repro.store import Store, labels, provenance
@@ -179,8 +181,8 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
     """
     settings = profile["fz"]
     steps = int(settings["steps"] if steps is None else steps)
-    objective = objective or settings.get("objective", "neuron")
-    aliased = bool(profile["model"].get("aliased", False) if aliased is None else aliased)
+    objective = objective or settings["objective"]
+    aliased = bool(profile["model"]["aliased"] if aliased is None else aliased)
     if steps < 1:
         raise UserError(f"fz.steps must be at least 1, not {steps}")
     group_name(objective)
@@ -260,7 +262,7 @@ def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | Non
     """The validated selection; None means the profile's blocks, all its taps, all channels."""
     known = list(taps_model.blocks(model))
     wanted_blocks = list(blocks) if blocks else list(profile["model"]["blocks"])
-    wanted_taps = list(taps) if taps else list(profile["model"].get("taps", taps_model.TAPS))
+    wanted_taps = list(taps) if taps else list(profile["model"]["taps"])
     taps_model.check_taps(model, [(b, t) for b in wanted_blocks for t in wanted_taps])
     block_order = [b for b in known if b in set(wanted_blocks)]
     tap_order = [t for t in taps_model.TAPS if t in set(wanted_taps)]
@@ -320,14 +322,28 @@ def template(selection: Selection, channel_batch: int) -> xr.Dataset:
                       coords={"block": labels(selection.blocks), "tap": labels(selection.taps), "channel": channel})
 
 
-def signature(profile: Mapping, selection: Selection) -> str:
-    """What the group's layout and values depend on beyond the store's profile."""
-    settings = profile["fz"]
-    return json.dumps({"blocks": selection.blocks, "taps": selection.taps, "channels": selection.channels,
-                       "image_size": selection.image_size, "channel_batch": int(settings["channel_batch"]),
-                       "steps": int(settings["steps"]), "objective": settings.get("objective", "neuron"),
-                       "aliased": bool(profile["model"].get("aliased", False)), "seed": int(settings["seed"])},
-                      sort_keys=True)
+def group_settings(profile: Mapping, selection: Selection) -> dict:
+    """What the group's layout and values depend on: the model and FZ settings, and the layout."""
+    layout = {"blocks": selection.blocks, "taps": selection.taps, "channels": selection.channels,
+              "image_size": selection.image_size}
+    return {**profiles.read_by(profile, "model", "fz"), "layout": layout}
+
+
+def done_labels(store: Store, group: str) -> set[Label]:
+    """(block, tap) labels whose every valid channel lies in a done unit (read from the units' regions)."""
+    if not store.has(group):
+        return set()
+    stored = store.dataset(group)
+    blocks, taps = [str(b) for b in stored["block"].values], [str(t) for t in stored["tap"].values]
+    covered = np.zeros((len(blocks), len(taps), stored.sizes["channel"]), dtype=bool)
+    for marker in store.markers(group).values():
+        if "image" in marker["variables"]:  # the FZ images are what later stages read
+            region = {dim: slice(*marker["region"].get(dim, [0, size])) for dim, size in
+                      (("block", len(blocks)), ("tap", len(taps)), ("channel", covered.shape[2]))}
+            covered[region["block"], region["tap"], region["channel"]] = True
+    valid = stored["valid"].values.astype(bool)
+    return {(block, tap) for b, block in enumerate(blocks) for t, tap in enumerate(taps)
+            if covered[b, t][valid[b]].all()}
 
 
 def _unit_part(selection: Selection, label: Label, channels: Sequence[int], images: np.ndarray,
@@ -354,10 +370,10 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     A unit is (block, tap, channel chunk). The group's layout is every tap and channel of the profile's
     blocks (plus any other block asked for), so runs with different selections fill the same group. A
     channel selection makes the whole chunks that hold those channels: chunks, and so seeds, stay those
-    of a full run. Another FZ setting (steps, seed, chunking) replaces the group.
+    of a full run. Other FZ settings (steps, seed, chunking) replace the group, and only it.
     """
     settings = profile["fz"]
-    objective = settings.get("objective", "neuron")
+    objective = settings["objective"]
     group = group_name(objective)
     wanted = select(model, profile, blocks, taps, channels)
     layout_blocks = list(profile["model"]["blocks"]) + [b for b in wanted.blocks if b not in profile["model"]["blocks"]]
@@ -367,15 +383,19 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     jobs = [job for job in every_job if wanted_labels & set(job.labels)]
     batch = int(settings["channel_batch"])
     same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in every_job if len(job.labels) > 1]
-    attrs = {"objective": objective, "aliased": bool(profile["model"].get("aliased", False)),
+    attrs = {"objective": objective, "aliased": bool(profile["model"]["aliased"]),
              "steps": int(settings["steps"]), "channel_batch": batch, "same_fz": same_fz,
              **provenance(profile, weights_record, stage="fz")}
-    store.declare(group, template(layout, batch), attrs, signature=signature(profile, layout))
+    every_unit = {unit_name(label, job.jitter, chunk) for job in every_job
+                  for chunk in chunks(job, batch) for label in job.labels}
+    settings_read = group_settings(profile, layout)
+    if store.is_current(group, settings_read) and every_unit <= store.done(group):
+        click.echo(f"{group}: already complete in {store.path}", err=True)
+        return store.dataset(group)
+    store.declare(group, template(layout, batch), attrs, settings=settings_read, units_expected=len(every_unit))
     engine_model = prepare(model)
     for job in jobs:
         _run_job(store, group, engine_model, profile, layout, job, batch, set(wanted.channels))
-    every_unit = {unit_name(label, job.jitter, chunk) for job in every_job
-                  for chunk in chunks(job, batch) for label in job.labels}
     store.finish(group, complete=every_unit <= store.done(group))
     return store.dataset(group)
 

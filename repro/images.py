@@ -27,6 +27,7 @@ sizes (the ablation's scale crops, small test profiles) pass the stored sizes.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import functional as TF
 
 from repro.errors import UserError
+from repro.store import digest
 
 CACHE_GROUP = "image_cache"
 LAYOUT_HINT = "expected an ImageFolder layout DIR/<class>/<image>, such as ImageNet's val/<wnid>/*.JPEG"
@@ -74,7 +76,7 @@ def find_images(root) -> ImageList:
     """The images under ``root`` with their ImageFolder labels; UserError for anything else."""
     if not root:
         raise UserError("no image folder given: pass --images DIR or set RESIDUAL_STREAM_IMAGES")
-    root = Path(root).expanduser().absolute()
+    root = Path(root).expanduser().resolve()
     if not root.exists():
         raise UserError(f"image folder {root} does not exist ({LAYOUT_HINT})")
     if not root.is_dir():
@@ -139,6 +141,12 @@ def center_start(length: int, size: int) -> int:
 def load_rgb(path) -> Image.Image:
     """Decode an image file to RGB, as ImageFolder's default loader does."""
     return pil_loader(path)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode an image file's bytes to RGB, as ``load_rgb`` does for a path."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
 
 
 def cache_square(image: Image.Image, resize: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -208,13 +216,32 @@ class DecodedSquares(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
+        """Reading errors (permission, I/O) are returned apart from decoding errors: they are not the image's fault."""
+        blank = torch.zeros(self.resize, self.resize, 3, dtype=torch.uint8)
         try:
-            decoded = load_rgb(self.images.absolute(index))
+            data = self.images.absolute(index).read_bytes()
+        except OSError as error:
+            return index, blank, 0, 0, "", f"{type(error).__name__}: {error.strerror or error}"
+        try:
+            decoded = decode_rgb(data)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-            blank = torch.zeros(self.resize, self.resize, 3, dtype=torch.uint8)
-            return index, blank, 0, 0, f"{type(error).__name__}: {error}"
+            return index, blank, 0, 0, f"{type(error).__name__}: {error}", ""
         square, (height, width) = cache_square(decoded, self.resize)
-        return index, torch.from_numpy(square), height, width, ""
+        return index, torch.from_numpy(square), height, width, "", ""
+
+
+def raise_read_errors(images: ImageList, index, read_errors: Sequence[str]) -> None:
+    """Stop the run on an image that could not be read (it is not recorded as corrupt)."""
+    for i, error in zip(index.tolist(), read_errors):
+        if error:
+            raise UserError(f"cannot read image {images.absolute(i)} ({error}); fix it and rerun "
+                            "(finished shards are kept)")
+
+
+def listing_digest(images: ImageList) -> str:
+    """What identifies an image folder's content cheaply: relative paths, labels and file sizes."""
+    sizes = [images.absolute(i).stat().st_size for i in range(len(images))]
+    return digest({"paths": list(images.paths), "labels": list(images.labels), "sizes": sizes})
 
 
 def warn_corrupt(paths: Sequence[str], total: int, errors: Mapping[str, str] | None = None) -> None:

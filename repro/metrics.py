@@ -35,12 +35,11 @@ aliased reading, which is for making FZs only); the model runs on the GPU when t
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import click
 import dask.array as da
 import numpy as np
 import torch
@@ -50,7 +49,9 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 from tqdm import tqdm
 
+from repro import fz as fz_stage
 from repro import images as imgs
+from repro import profiles
 from repro import model as taps_model
 from repro.errors import UserError
 from repro.model import TAPS
@@ -60,7 +61,6 @@ from repro.store import Store, labels, provenance
 STIMULUS_SETS = ("fz", "top9")
 TOP9_RANKS = 9
 MIN_TUNING_IMAGES = 3
-DEFAULT_BATCH_SIZE = 64
 
 
 class FailedFZWarning(UserWarning):
@@ -75,9 +75,8 @@ class MixSettings:
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "MixSettings":
-        metrics = profile.get("metrics", {})
-        return cls(float(metrics.get("mix_low", 2 / 3)), float(metrics.get("mix_high", 1.5)),
-                   float(metrics.get("mix_clamp", 5.0)))
+        metrics = profile["metrics"]
+        return cls(float(metrics["mix_low"]), float(metrics["mix_high"]), float(metrics["mix_clamp"]))
 
 
 # ---------------------------------------------------------------- formulas
@@ -207,8 +206,13 @@ class Inputs:
     fz: xr.Dataset
     natural: xr.Dataset | None
     cache: xr.Dataset | None
-    blocks: list[str]
+    blocks: list[str]  # the blocks computed now: every tap's FZs done
     top9_note: str
+    layout_blocks: list[str] = ()  # the group's block coordinate: every block of the fz group
+
+    @property
+    def input_groups(self) -> list[str]:
+        return ["fz", "natural", imgs.CACHE_GROUP] if self.top9_available else ["fz"]
 
     @property
     def top9_available(self) -> bool:
@@ -225,16 +229,11 @@ class Inputs:
         return self.fz["channel"].values[valid]
 
 
-def _group_state(store: Store, group: str) -> dict:
-    attrs = store.group_attrs(group)
-    return {"signature": attrs.get("signature", ""), "units": sorted(attrs.get("units_done", []))}
-
-
 def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = None) -> Inputs:
+    """The stored FZs (and natural images) to compute from; blocks whose three taps' FZs are not all done
+    are skipped, with one line saying which and why."""
     if not store.has("fz"):
         raise UserError(f"store {store.path} has no 'fz' group; run `repro fz` first")
-    if not store.group_attrs("fz").get("complete", False):
-        raise UserError(f"the 'fz' group of {store.path} is incomplete; finish `repro fz` first")
     fz = store.dataset("fz")
     missing_taps = set(TAPS) - set(fz["tap"].values)
     if missing_taps:
@@ -247,6 +246,14 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     if unknown:
         raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
     chosen = [block for block in stored if not blocks or block in blocks]
+    done = fz_stage.done_labels(store, "fz")
+    ready = [block for block in chosen if all((block, tap) in done for tap in TAPS)]
+    skipped = [f"{block} (FZs of tap {', '.join(t for t in TAPS if (block, t) not in done)} not done)"
+               for block in chosen if block not in ready]
+    if not ready:
+        raise UserError(f"no block of {store.path} has the FZs of all three taps done; run `repro fz` first")
+    if skipped:
+        click.echo(f"metrics: skipping {len(skipped)} block(s): {'; '.join(skipped)}", err=True)
 
     natural = cache = None
     if not store.has("natural"):
@@ -258,18 +265,13 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     else:
         natural, cache = store.dataset("natural"), imgs.open_cache(store)
         note = "top9 = mean response over each source tap's 9 top natural images"
-    return Inputs(fz, natural, cache, chosen, note)
+    return Inputs(fz, natural, cache, ready, note, chosen)
 
 
-def input_signature(store: Store, inputs: Inputs) -> str:
-    """What the stage's results depend on beyond the store's profile and weights."""
-    state = {
-        "blocks": inputs.blocks,
-        "channels": int(inputs.fz.sizes["channel"]),
-        "fz": _group_state(store, "fz"),
-        "natural": _group_state(store, "natural") if inputs.top9_available else None,
-    }
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+def group_settings(profile: Mapping, inputs: Inputs) -> dict:
+    """What the groups' layout and values depend on beyond their input groups."""
+    return {**profiles.read_by(profile, "model", "stimulus", "metrics"),
+            "layout": {"blocks": list(inputs.layout_blocks), "channels": int(inputs.fz.sizes["channel"])}}
 
 
 # ---------------------------------------------------------------- responses of one block
@@ -323,7 +325,7 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
 
 def _coords(inputs: Inputs) -> dict:
     return {
-        "block": labels(inputs.blocks),
+        "block": labels(inputs.layout_blocks),
         "tap": labels(TAPS),
         "channel": inputs.fz["channel"].values,
         "source": labels(TAPS),
@@ -348,7 +350,7 @@ PER_CHANNEL_FLOATS = ("bn2_weight_abs", "conv2_weight_mean_abs", "tuning_rho")
 
 def metrics_template(inputs: Inputs) -> xr.Dataset:
     coords = {key: value for key, value in _coords(inputs).items() if key in ("block", "channel", "stimulus_set")}
-    n_blocks, n_channels = len(inputs.blocks), len(coords["channel"])
+    n_blocks, n_channels = len(inputs.layout_blocks), len(coords["channel"])
     per_set, per_channel = (n_blocks, n_channels, len(STIMULUS_SETS)), (n_blocks, n_channels)
     variables = {}
     for name in PER_SET_FLOATS:
@@ -423,18 +425,25 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
     """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``."""
     inputs = read_inputs(store, profile, blocks)
     settings = MixSettings.from_profile(profile)
-    batch_size = int(profile.get("metrics", {}).get("batch_size", DEFAULT_BATCH_SIZE))
+    batch_size = int(profile["metrics"]["batch_size"])
+    settings_read = group_settings(profile, inputs)
+    layout_units = {f"{block}:{s}" for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)}
+    if (all(store.is_current(group, settings_read, inputs.input_groups) for group in ("responses", "metrics"))
+            and layout_units | {f"{b}:channel" for b in inputs.layout_blocks} <= store.done("metrics")):
+        click.echo(f"metrics: already complete in {store.path}", err=True)
+        return
+    store.require_intact(inputs.input_groups)
     to_accelerator(model)
-    signature = input_signature(store, inputs)
     attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
                        top9_note=inputs.top9_note)
-    store.declare("responses", responses_template(inputs), attrs, signature=signature)
+    store.declare("responses", responses_template(inputs), attrs, settings=settings_read,
+                  inputs=inputs.input_groups, units_expected=len(layout_units))
     store.declare("metrics", metrics_template(inputs), {
         **attrs,
         "mix_conventions": "M = O(X_I)/O(X_B); O(X_B) <= 0 -> clamp; else O(X_I) <= 0 -> 0; clamp to mix_clamp",
         "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
         "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
-    }, signature=signature)
+    }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(inputs.layout_blocks))
 
     units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
     for block, stimulus_set in tqdm(units, desc="metrics", disable=None):
@@ -445,8 +454,9 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
     counts = failed_counts(store.dataset("metrics"))
     top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
-    store.finish("responses", top9_blocks=top9_blocks)
-    store.finish("metrics", top9_blocks=top9_blocks, failed_fz_count=counts,
+    complete = set(inputs.blocks) == set(inputs.layout_blocks)
+    store.finish("responses", complete=complete, top9_blocks=top9_blocks)
+    store.finish("metrics", complete=complete, top9_blocks=top9_blocks, failed_fz_count=counts,
                  failed_fz_total=sum(sum(c.values()) for c in counts.values()))
 
 

@@ -33,8 +33,6 @@ extraction cloned its hooked tensors.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -47,6 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from repro import images as imgs
+from repro import profiles
 from repro.errors import UserError
 from repro.model import TAPS, check_taps, describe_taps, run as run_model, same_tensor
 from repro.store import Store, labels, provenance
@@ -75,10 +74,10 @@ class Settings:
     def from_profile(cls, profile: Mapping) -> "Settings":
         natural = profile["natural"]
         resize, crop = imgs.check_sizes(profile)
-        dtype = str(natural.get("dtype", "float32"))
+        dtype = str(natural["dtype"])
         if dtype not in DTYPES:
             raise UserError(f"natural.dtype {dtype!r}: expected float32 or float16")
-        settings = cls(str(natural.get("images", "") or ""), resize, crop, int(natural["top_k"]),
+        settings = cls(str(natural["images"] or ""), resize, crop, int(natural["top_k"]),
                        int(natural["batch_size"]), int(natural["workers"]), int(natural["shard_size"]), DTYPES[dtype])
         for name in ("top_k", "batch_size", "shard_size"):
             if getattr(settings, name) < 1:
@@ -125,10 +124,6 @@ def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
 
 def shard_unit(shard: int) -> str:
     return f"shard-{shard:05d}"
-
-
-def _digest(content) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- top-k
@@ -208,15 +203,26 @@ def cache_template(images: imgs.ImageList, settings: Settings) -> xr.Dataset:
     )
 
 
-def declare_groups(store: Store, images, layout, settings, profile, weights) -> None:
-    listing = {"paths": list(images.paths), "labels": list(images.labels)}
+def group_settings(images: imgs.ImageList, layout: TapLayout, profile: Mapping) -> dict[str, dict]:
+    """What each group's layout and values depend on: the model, natural settings and the image listing."""
+    listing = imgs.listing_digest(images)
+    return {
+        GROUP: {**profiles.read_by(profile, "model", "natural"), "images": listing,
+                "layout": {"blocks": layout.blocks, "widths": layout.widths}},
+        CACHE_GROUP: {"natural": {key: profile["natural"][key] for key in ("resize", "shard_size")},
+                      "images": listing},
+    }
+
+
+def declare_groups(store: Store, images, layout, settings, profile, weights, settings_read) -> None:
     common = {"images_root": str(images.root), "shard_size": settings.shard_size}
+    units = len(shard_ranges(len(images), settings.shard_size))
     store.declare(GROUP, natural_template(images, layout, settings),
                   provenance(profile, weights, stage=GROUP, top_k=settings.top_k, **common),
-                  signature=_digest({**listing, "blocks": layout.blocks, "widths": layout.widths}))
+                  settings=settings_read[GROUP], units_expected=units + 1)
     store.declare(CACHE_GROUP, cache_template(images, settings),
                   provenance(profile, weights, stage=CACHE_GROUP, resize=settings.resize, **common),
-                  signature=_digest({**listing, "resize": settings.resize}))
+                  settings=settings_read[CACHE_GROUP], units_expected=units)
 
 
 # ---------------------------------------------------------------- the pass
@@ -305,7 +311,8 @@ def compute_shards(store, model, profile, images, layout, settings, todo: Sequen
         for shard in todo:
             buffer = ShardBuffer(shard, bounds[shard], layout, settings.resize)
             while not buffer.full:
-                index, squares, heights, widths, batch_errors = next(batches)
+                index, squares, heights, widths, batch_errors, read_errors = next(batches)
+                imgs.raise_read_errors(images, index, read_errors)
                 values = batch_center_values(model, profile, layout, squares, heights, widths)
                 buffer.add(index, squares, heights, widths, batch_errors, values, layout)
                 errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
@@ -326,6 +333,10 @@ def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Map
     top = xr.Dataset({"top_values": (grid, merged[0]), "top_images": (grid, merged[1])})
     store.write_unit(GROUP, TOP_K_UNIT, top, region={dim: slice(None) for dim in grid})
     corrupt = [images.paths[i] for i in np.flatnonzero(stored.corrupt.values)]
+    if len(corrupt) == len(images):
+        shown = "; ".join(f"{path} ({errors[path]})" for path in corrupt[:2] if path in errors)
+        raise UserError(f"none of the {len(images)} images under {images.root} could be decoded ({shown}); "
+                        "is it an image folder?")
     imgs.warn_corrupt(corrupt, len(images), errors)
     store.finish(CACHE_GROUP, corrupt_images=corrupt)
     store.finish(GROUP, corrupt_images=corrupt)
@@ -338,10 +349,12 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     settings = Settings.from_profile(profile)
     images = imgs.find_images(settings.root)
     layout = tap_layout(model, blocks or profile["model"]["blocks"], settings.crop)
-    declare_groups(store, images, layout, settings, profile, weights)
-    if store.group_attrs(GROUP).get("complete") and store.group_attrs(CACHE_GROUP).get("complete"):
+    settings_read = group_settings(images, layout, profile)
+    if all(store.is_current(group, settings_read[group]) and store.group_attrs(group).get("complete")
+           for group in (GROUP, CACHE_GROUP)):
         click.echo(f"natural: {store.path} is already complete ({len(images)} images)", err=True)
         return
+    declare_groups(store, images, layout, settings, profile, weights, settings_read)
     done = store.done(GROUP) & store.done(CACHE_GROUP)
     todo = [s for s in range(len(shard_ranges(len(images), settings.shard_size))) if shard_unit(s) not in done]
     errors = compute_shards(store, model, profile, images, layout, settings, todo) if todo else {}

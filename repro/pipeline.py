@@ -30,7 +30,7 @@ def toy_images(profile: dict) -> Path:
     if manifest.is_file() and _matches(json.loads(manifest.read_text()), wanted):
         return split_dir
     click.echo(f"generating the toy world's held-out split in {split_dir}")
-    split = toy_train.heldout_split(profile, workers=int(settings.get("workers", 1)))
+    split = toy_train.heldout_split(profile, workers=int(settings["workers"]))
     return toy_data.write_split(data_dir, split)
 
 
@@ -50,10 +50,11 @@ def images_for(profile: dict) -> Path:
 def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
     profile = profiles.load(profile_name)
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
+    Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
-    store = Store.create_or_open(store_path, profile, record, new=new_store)
+    store = Store.for_run(store_path, profile, record, new=new_store)
     stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile))]
-    if profile["fz"].get("channel_grids", True):
+    if profile["fz"]["channel_grids"]:
         stages.append(("fz (whole channel, for the grids)",
                        lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))))
     stages += [

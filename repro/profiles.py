@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from repro import settings
 from repro.errors import UserError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -21,6 +22,9 @@ IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
 # Settings that do not change stored results (where images live, worker counts) or that choose the group a
 # result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
 NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "fz.objective"}
+# Read by a stage but not part of what its group's values depend on: the weights are the store's identity
+# (their SHA-256), the image folder enters as its listing, and whole-channel grids are a pipeline choice.
+NOT_GROUP_SETTINGS = NON_RESULT_KEYS - {"fz.objective"} | {"model.weights", "model.weights_sha256", "fz.channel_grids"}
 
 
 def available() -> list[str]:
@@ -48,28 +52,43 @@ def _merge(base: dict, top: Mapping) -> dict:
 
 
 def load(name_or_path: str) -> dict:
-    """The resolved profile: base merged, path-valued settings made absolute, env defaults applied."""
+    """The resolved, validated profile: base merged, path-valued settings made absolute, env defaults applied."""
     path = _path(name_or_path)
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"profile {path} is not valid TOML: {error}") from None
-    profile = _merge(load(raw.pop("base")), raw) if "base" in raw else raw
+    base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise UserError(f"profile {path}: base must be a profile name, not {base!r}")
+    profile = _merge(_load_unchecked(base), raw) if base else raw
     profile["name"] = raw.get("name", path.stem)
-    weights = profile.get("model", {}).get("weights", "")
-    if weights.endswith((".pt", ".pth")) and not Path(weights).is_absolute():
+    model = profile.get("model", {})
+    weights = model.get("weights", "") if isinstance(model, Mapping) else ""
+    if isinstance(weights, str) and weights.endswith((".pt", ".pth")) and not Path(weights).is_absolute():
         # Relative weight paths in a profile are relative to the repository root.
         profile["model"]["weights"] = str((PROFILE_DIR.parent / weights).resolve())
     natural = profile.setdefault("natural", {})
-    if not natural.get("images"):
+    if isinstance(natural, dict) and not natural.get("images"):
         natural["images"] = os.environ.get(IMAGES_ENV, "")
+    settings.validate(profile, where=str(path))
     return profile
 
 
-def override(profile: dict, settings: Mapping[str, Any]) -> dict:
-    """A copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored."""
+def _load_unchecked(name: str) -> dict:
+    """A base profile, merged but not yet validated (the profile built on it is)."""
+    path = _path(name)
+    raw = tomllib.loads(path.read_text())
+    base = raw.pop("base", None)
+    merged = _merge(_load_unchecked(base), raw) if base else raw
+    merged["name"] = raw.get("name", path.stem)
+    return merged
+
+
+def override(profile: dict, values: Mapping[str, Any]) -> dict:
+    """A validated copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored."""
     updated = copy.deepcopy(profile)
-    for dotted, value in settings.items():
+    for dotted, value in values.items():
         if value is None:
             continue
         *tables, key = dotted.split(".")
@@ -77,17 +96,23 @@ def override(profile: dict, settings: Mapping[str, Any]) -> dict:
         for table in tables:
             target = target.setdefault(table, {})
         target[key] = value
+    settings.validate(updated, where="settings")
     return updated
 
 
-def _result_settings(profile: Mapping, prefix: str = "") -> dict:
+def _result_settings(profile: Mapping, prefix: str = "", left_out=NON_RESULT_KEYS) -> dict:
     kept = {}
     for key, value in profile.items():
         dotted = f"{prefix}{key}"
-        if dotted in NON_RESULT_KEYS:
+        if dotted in left_out:
             continue
-        kept[key] = _result_settings(value, dotted + ".") if isinstance(value, Mapping) else value
+        kept[key] = _result_settings(value, dotted + ".", left_out) if isinstance(value, Mapping) else value
     return kept
+
+
+def read_by(profile: Mapping, *tables: str) -> dict:
+    """The settings a stage reads from these tables, as its group records them."""
+    return {table: _result_settings(profile[table], f"{table}.", NOT_GROUP_SETTINGS) for table in tables}
 
 
 def identity_hash(profile: Mapping) -> str:

@@ -30,14 +30,9 @@ class ScaleTransforms:
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "ScaleTransforms":
-        stimulus = profile.get("stimulus", {})
-        return cls(
-            crop=int(stimulus.get("crop", 112)),
-            image_size=int(profile["model"]["image_size"]),
-            shrink=int(stimulus.get("shrink", 112)),
-            pad=int(stimulus.get("pad", 56)),
-            antialias=bool(stimulus.get("antialias", False)),
-        )
+        stimulus = profile["stimulus"]
+        return cls(crop=int(stimulus["crop"]), image_size=int(profile["model"]["image_size"]),
+                   shrink=int(stimulus["shrink"]), pad=int(stimulus["pad"]), antialias=bool(stimulus["antialias"]))
 
     def _resize(self, x: torch.Tensor, size: int) -> torch.Tensor:
         return TF.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=self.antialias)

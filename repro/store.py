@@ -1,32 +1,81 @@
 """The result store: one zarr (v3) store per run, one group per stage, read and written through xarray.
 
-A stage declares its group once as a template (every variable's dims, coords, dtype and chunks, no
-data). Work is cut into units; each unit's arrays are written to their region and only then is the unit
-named in the group's ``units_done`` attribute (zarr writes metadata atomically), so a killed run never
-marks unwritten work done and a rerun skips what is done.
+Identity. The store's identity is what every group shares: the architecture, the weights' SHA-256 (of
+the state dict, not the path) and the image size. A run with another identity is refused (``--new-store``
+starts a fresh store, after the run's input is validated). Each group records the settings its stage
+read (``settings``, with a digest) and the ``version`` of every group it read (``inputs``); a stage run
+with other settings replaces only its own group, saying so. A group whose recorded inputs no longer
+match the store (an input was rebuilt, removed, or is itself stale) is *stale* (``group_state``).
 
-Every store records the profile and weights it was made with; opening it with others is an error
-unless the caller asks for a new store.
+Layout on disk (every directory is a zarr node, so zarr and xarray list the store without warnings)::
+
+    zarr.json                    root: store_kind, identity, provenance of the first run
+    _locks/zarr.json             flock target of the store-wide lock (never rewritten)
+    _locks/<group>/zarr.json     flock target of a group's writer lock
+    <group>/...                  the group's arrays (zstd + crc32c, so damage is detected on read)
+    <group>/_units/<unit>/zarr.json   one done-marker per work unit: its name, region and variables
+
+Crash safety. A group is declared (its template, metadata only) in a staging node and renamed into
+place, so it exists only once its declaration is complete. A unit's arrays are written to their region,
+then its marker is created by an atomic rename: no shared list is read, modified and written back, and a
+killed run never marks unwritten work done. Stray staging nodes and zarr's ``*.partial`` temporaries are
+removed when no writer is active.
+
+Concurrency. A stage holds its group's writer lock (``flock``, released by the kernel when the process
+dies) from declaration to ``finish``; a second process asking for the same group is refused in one line.
+Metadata changes of the store (creation, declaration, consolidation) take the store-wide lock.
+
+Integrity. ``check`` verifies that every done unit's chunks exist and decode (crc32c); ``repair`` removes
+the markers of damaged units so the next run recomputes only them; ``require_intact`` is what a stage
+calls on the groups it reads before computing from them.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import re
 import shutil
+import signal
 import subprocess
+import uuid
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
+import click
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import repro
 from repro import profiles
 from repro.errors import UserError
 
-# Consolidated metadata is what lets `xarray.open_zarr` open the store without probing every group.
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+STORE_KIND = "residual-stream"
+LOCKS = "_locks"
+UNITS = "_units"
+STAGING = "_staging_"
+TRASH = "_trash_"
+_HELD: dict[str, object] = {}  # group writer locks this process holds, by lock file
+GROUP_NODE = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
+
+
+FAULT_ENV = "REPRO_FAULT_AT"
+
+
+def fault_point(name: str) -> None:
+    """Kill this process here when ``$REPRO_FAULT_AT`` names this point: how the tests stop a run at an
+    exact instant (a group just declared, a unit written but not marked) instead of by timing."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def git_commit() -> str:
@@ -34,12 +83,17 @@ def git_commit() -> str:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
         )
+        if result.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    commit = result.stdout.strip() if result.returncode == 0 else "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
-                           capture_output=True, text=True).stdout.strip()
-    return commit + ("-dirty" if dirty and commit != "unknown" else "")
+    return result.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
@@ -58,9 +112,20 @@ def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
         "weights": weights.get("weights", ""),
         "weights_sha256": weights.get("weights_sha256", ""),
         "weights_file_sha256": weights.get("weights_file_sha256", ""),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": now(),
         **extra,
     }
+
+
+def identity(profile: Mapping, weights: Mapping) -> dict:
+    """What every group of a store shares."""
+    return {"arch": str(profile["model"]["arch"]), "weights_sha256": str(weights.get("weights_sha256", "")),
+            "image_size": int(profile["model"]["image_size"])}
+
+
+def digest(value) -> str:
+    """A short stable hash of JSON-able settings."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def labels(values: Iterable[str]) -> np.ndarray:
@@ -68,60 +133,151 @@ def labels(values: Iterable[str]) -> np.ndarray:
     return np.array(list(values), dtype=object)
 
 
-class Store:
-    """A run's zarr store."""
+def settings_changes(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, as ``key old → new``."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            changes += settings_changes(before, after, f"{prefix}{key}.")
+        elif before != after:
+            changes.append(f"{prefix}{key} {_short(before)} → {_short(after)}")
+    return changes
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _unit_node(unit: str) -> str:
+    """A file-safe node name for a unit (the unit's own name is in the marker)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", unit)[:80]
+    return f"{readable}-{hashlib.sha1(unit.encode()).hexdigest()[:8]}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` with its full content at once, unless it exists (never replaced: a stable flock target)."""
+    if path.exists():
+        return
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary.write_text(text)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _checksummed(template: xr.Dataset) -> dict:
+    """Encoding that adds a crc32c checksum to every array's chunks."""
+    return {name: {"compressors": (ZstdCodec(level=0), Crc32cCodec())} for name in template.variables}
+
+
+@dataclass
+class GroupState:
+    """What ``repro status`` shows of one group."""
+    name: str
+    state: str  # complete, partial, stale
+    units_done: int
+    units_expected: int | None
+    why: str = ""
+
+
+@dataclass
+class Damage:
+    group: str
+    unit: str
+    problem: str
+
+
+@dataclass
+class Store:
+    """A run's zarr store. Reading needs only the path; writing needs the run's identity."""
+
+    path: Path
+    run_identity: Mapping | None = None
+    root_attrs: Mapping | None = None  # the provenance written when the store is created
+    fresh: bool = False  # start a fresh store at the first write (``--new-store``)
+    _locks: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
 
     # ------------------------------------------------------------ opening
 
     @classmethod
+    def for_run(cls, path, profile: Mapping, weights: Mapping, *, new: bool = False) -> "Store":
+        """The store a stage will write, checked without writing anything; created at the first declaration."""
+        store = cls(Path(path), identity(profile, weights), provenance(profile, weights, store_kind=STORE_KIND),
+                    fresh=new)
+        store.check_path()
+        if store.exists() and not new:
+            store.check_identity()
+        return store
+
+    @classmethod
     def create_or_open(cls, path, profile: Mapping, weights: Mapping, *, new: bool = False) -> "Store":
-        """Open the run's store, creating it; refuse a store made with another profile or weights."""
-        store = cls(path)
-        if store.exists():
-            made_with = store.attrs
-            mismatch = [
-                f"{key}: store has {made_with.get(key)!r}, this run has {mine!r}"
-                for key, mine in (("profile_hash", profiles.identity_hash(profile)),
-                                  ("weights_sha256", weights.get("weights_sha256", "")))
-                if made_with.get(key) != mine
-            ]
-            if mismatch and not new:
-                raise UserError(
-                    f"store {store.path} was made with another profile or weights ({'; '.join(mismatch)}). "
-                    "Pass --new-store to replace it, or choose another --store."
-                )
-            if not mismatch:
-                return store
-            shutil.rmtree(store.path)
-        elif store.path.exists() and any(store.path.iterdir()):
-            raise UserError(f"{store.path} exists and is not a residual-stream store")
-        root = zarr.open_group(str(store.path), mode="w", zarr_format=3)
-        root.attrs.update(provenance(profile, weights, store_kind="residual-stream"))
+        """``for_run`` and create the store now."""
+        store = cls.for_run(path, profile, weights, new=new)
+        store.ensure_root()
         return store
 
     @classmethod
     def existing(cls, path) -> "Store":
-        store = cls(path)
+        store = cls(Path(path))
+        if store.path.is_file():
+            raise UserError(f"{store.path} is a file, not a residual-stream store")
         if not store.exists():
             raise UserError(f"no residual-stream store at {store.path}; run `repro fz` or `repro natural` first")
         return store
 
     def exists(self) -> bool:
-        if not (self.path / "zarr.json").is_file():
+        root = self.path / "zarr.json"
+        if not root.is_file():
             return False
-        return zarr.open_group(str(self.path), mode="r", use_consolidated=False).attrs.get("store_kind") == "residual-stream"
+        try:
+            return json.loads(root.read_text()).get("attributes", {}).get("store_kind") == STORE_KIND
+        except (OSError, ValueError):
+            return False
+
+    def check_path(self) -> None:
+        """Refuse a file, a foreign directory, or a place this process cannot write."""
+        if self.path.is_file():
+            raise UserError(f"--store {self.path} is a file, not a store directory")
+        if self.path.is_dir() and not self.exists():
+            foreign = [p.name for p in self.path.iterdir() if p.name != LOCKS and not p.name.startswith(".")]
+            if foreign or (self.path / "zarr.json").exists():
+                raise UserError(f"{self.path} exists and is not a residual-stream store")
+        place = self.path if self.path.exists() else self.path.parent
+        if not place.is_dir():
+            raise UserError(f"cannot create store {self.path}: {place} is not a directory")
+
+    def check_identity(self) -> None:
+        made_with = self.attrs.get("identity") or {}
+        mismatch = [f"{key}: store has {made_with.get(key)!r}, this run has {mine!r}"
+                    for key, mine in self.run_identity.items() if made_with.get(key) != mine]
+        if mismatch:
+            raise UserError(f"store {self.path} was made for another model ({'; '.join(mismatch)}). "
+                            "Choose another --store, or pass --new-store to start a fresh one.")
+
+    def writable(self) -> bool:
+        place = self.path if self.path.exists() else self.path.parent
+        return os.access(place, os.W_OK)
 
     @property
     def attrs(self) -> dict:
-        return dict(zarr.open_group(str(self.path), mode="r", use_consolidated=False).attrs)
+        return json.loads((self.path / "zarr.json").read_text()).get("attributes", {})
 
     @property
     def profile(self) -> dict:
-        import json
-
         return json.loads(self.attrs["profile"])
 
     @property
@@ -129,49 +285,357 @@ class Store:
         attrs = self.attrs
         return {key: attrs.get(key, "") for key in ("weights", "weights_sha256", "weights_file_sha256")}
 
+    # ------------------------------------------------------------ locks
+
+    def _lock_file(self, name: str) -> Path:
+        return self.path / LOCKS / "zarr.json" if name == "" else self.path / LOCKS / name / "zarr.json"
+
+    def _open_lock(self, name: str):
+        path = self._lock_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_exclusive(path, GROUP_NODE)
+        return open(path, "r+b")  # write mode: NFS needs it for an exclusive lock
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """The store-wide lock for metadata changes (held briefly; waits for another holder)."""
+        if "" in self._locks:
+            yield
+            return
+        handle = self._open_lock("")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._locks[""] = handle
+            yield
+        finally:
+            self._locks.pop("", None)
+            handle.close()
+
+    def _lock_group(self, group: str) -> None:
+        """Hold ``group``'s writer lock until ``finish`` (or process exit); refuse if another process has it.
+
+        Held locks are kept per process (flock treats two opens of one file as two holders), so a run that
+        stopped on an error in this process does not lock out the next one."""
+        key = str(self._lock_file(group).resolve())
+        if key in _HELD:
+            self._locks[group] = _HELD[key]
+            return
+        handle = self._open_lock(group)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"group {group!r} of {self.path} is being written by another process; "
+                            "let it finish (or stop it), then rerun") from None
+        self._locks[group] = _HELD[key] = handle
+
+    def release(self, group: str) -> None:
+        handle = self._locks.pop(group, None)
+        if handle is not None:
+            _HELD.pop(str(self._lock_file(group).resolve()), None)
+            handle.close()
+
+    def _writers_active(self) -> bool:
+        """Whether another process holds any group's writer lock."""
+        for lock in (self.path / LOCKS).glob("*/zarr.json"):
+            if str(lock.resolve()) in _HELD:
+                continue
+            with open(lock, "r+b") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+        return False
+
+    # ------------------------------------------------------------ creating
+
+    def ensure_root(self) -> None:
+        """Create the store (or check it), clean what a killed run left; idempotent and safe to race."""
+        if self.run_identity is None:
+            raise UserError(f"store {self.path} was opened for reading only")
+        self.check_path()
+        if not self.writable():
+            raise UserError(f"store {self.path} is not writable (read-only file system or permissions)")
+        (self.path / LOCKS).mkdir(parents=True, exist_ok=True)
+        with self._store_lock():
+            if self.fresh:
+                self._wipe()
+                self.fresh = False
+            if not self.exists():
+                attrs = {**(self.root_attrs or {}), "store_kind": STORE_KIND, "identity": dict(self.run_identity)}
+                _write_atomic(self.path / "zarr.json", json.dumps(
+                    {"zarr_format": 3, "node_type": "group", "attributes": attrs}, default=str))
+            else:
+                self.check_identity()
+            if not self._writers_active():
+                self._clean_strays()
+
+    def _wipe(self) -> None:
+        if self._writers_active():
+            raise UserError(f"cannot start a fresh store at {self.path}: another process is writing it")
+        for entry in self.path.iterdir():
+            if entry.name == LOCKS:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        click.echo(f"started a fresh store at {self.path} (--new-store)", err=True)
+
+    def _clean_strays(self) -> None:
+        """Staging and trash nodes and zarr's temporaries that a killed run left behind."""
+        for entry in self.path.iterdir():
+            if entry.name.startswith((STAGING, TRASH)):
+                shutil.rmtree(entry, ignore_errors=True)
+        for directory, _, files in os.walk(self.path):
+            for name in files:
+                if name.endswith((".partial", ".tmp")):
+                    Path(directory, name).unlink(missing_ok=True)
+
     # ------------------------------------------------------------ groups
 
     def has(self, group: str) -> bool:
         return (self.path / group / "zarr.json").is_file()
 
-    def declare(self, group: str, template: xr.Dataset, attrs: Mapping, *, signature: str = "") -> None:
-        """Write the group's template (metadata only) unless the same template is already there.
-
-        ``signature`` names what the group's shape depends on (for example the image list); a group
-        with another signature is replaced, as its units no longer fit.
-        """
-        if self.has(group) and self.group_attrs(group).get("signature") == signature:
-            return
-        template = template.copy()
-        template.attrs = {**attrs, "signature": signature, "units_done": [], "complete": False}
-        template.to_zarr(str(self.path), group=group, mode="w", compute=False, zarr_format=3, consolidated=False)
+    def groups(self) -> list[str]:
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir()
+                      if (p / "zarr.json").is_file() and not p.name.startswith("_"))
 
     def group_attrs(self, group: str) -> dict:
-        return dict(zarr.open_group(str(self.path / group), mode="r", use_consolidated=False).attrs)
+        return json.loads((self.path / group / "zarr.json").read_text()).get("attributes", {})
+
+    def declare(self, group: str, template: xr.Dataset, attrs: Mapping, *, settings: Mapping | None = None,
+                inputs: Iterable[str] = (), units_expected: int | None = None) -> None:
+        """Make ``group`` ready for this run's units; keep it when its settings and inputs are the same.
+
+        ``settings`` are what the stage read (and the layout they imply); ``inputs`` the groups it reads,
+        whose current versions are recorded. Otherwise the group is replaced (one line says why), as a
+        whole and atomically: a staged copy of the template is renamed into place.
+        """
+        self.ensure_root()
+        self._lock_group(group)
+        settings = json.loads(json.dumps(settings or {}, default=str))
+        recorded_inputs = {name: self.version(name) for name in inputs}
+        with self._store_lock():
+            if self.has(group):
+                current = self.group_attrs(group)
+                why = self._replace_reason(current, settings, recorded_inputs)
+                if not why:
+                    return
+                click.echo(f"{group}: replacing the stored group ({why})", err=True)
+            template = template.copy()
+            template.attrs = {**attrs, "settings": settings, "settings_digest": digest(settings),
+                              "inputs": recorded_inputs, "version": uuid.uuid4().hex[:16],
+                              "units_expected": units_expected, "complete": False, "declared": now()}
+            staging = f"{STAGING}{group}_{uuid.uuid4().hex[:8]}"
+            with _quiet_zarr():
+                template.to_zarr(str(self.path), group=staging, mode="w", compute=False, zarr_format=3,
+                                 consolidated=False, encoding=_checksummed(template))
+            (self.path / staging / UNITS).mkdir()
+            (self.path / staging / UNITS / "zarr.json").write_text(GROUP_NODE)
+            fault_point("staged")
+            target = self.path / group
+            if target.exists():
+                trash = self.path / f"{TRASH}{group}_{uuid.uuid4().hex[:8]}"
+                os.rename(target, trash)
+                os.rename(self.path / staging, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(self.path / staging, target)
+            fault_point("declared")
+            self._consolidate()
+
+    def _replace_reason(self, current: Mapping, settings: Mapping, inputs: Mapping) -> str:
+        if current.get("settings_digest") != digest(settings):
+            changes = settings_changes(current.get("settings") or {}, settings)
+            shown = "; ".join(changes[:3]) + (f"; {len(changes) - 3} more" if len(changes) > 3 else "")
+            return f"settings changed: {shown or 'layout'}"
+        if dict(current.get("inputs") or {}) != dict(inputs):
+            changed = sorted(name for name in set(inputs) | set(current.get("inputs") or {})
+                             if (current.get("inputs") or {}).get(name) != inputs.get(name))
+            return f"its inputs changed: {', '.join(changed)} rebuilt since it was made"
+        return ""
+
+    def is_current(self, group: str, settings: Mapping, inputs: Iterable[str] = ()) -> bool:
+        """Whether ``group`` was made with these settings from the current versions of these inputs."""
+        if not self.has(group):
+            return False
+        settings = json.loads(json.dumps(settings, default=str))
+        return not self._replace_reason(self.group_attrs(group), settings,
+                                        {name: self.version(name) for name in inputs})
+
+    def version(self, group: str) -> str | None:
+        return self.group_attrs(group).get("version") if self.has(group) else None
 
     def update_attrs(self, group: str, **attrs) -> None:
-        zarr.open_group(str(self.path / group), mode="r+", use_consolidated=False).attrs.update(attrs)
+        path = self.path / group / "zarr.json"
+        node = json.loads(path.read_text())
+        node.setdefault("attributes", {}).update(json.loads(json.dumps(attrs, default=str)))
+        _write_atomic(path, json.dumps(node))
+
+    # ------------------------------------------------------------ units
+
+    def markers(self, group: str) -> dict[str, dict]:
+        """Each done unit's marker: its name, region (dim → [start, stop]) and variables."""
+        markers = {}
+        for path in (self.path / group / UNITS).glob("*/zarr.json"):
+            try:
+                attrs = json.loads(path.read_text())["attributes"]
+            except (OSError, ValueError, KeyError):
+                continue  # a marker is written whole by a rename; anything else is not a marker
+            markers[attrs["unit"]] = attrs
+        return markers
 
     def done(self, group: str) -> set[str]:
         if not self.has(group):
             return set()
-        return set(self.group_attrs(group).get("units_done", []))
+        return set(self.markers(group))
 
     def write_unit(self, group: str, unit: str, part: xr.Dataset, region: Mapping[str, slice] | str = "auto") -> None:
-        """Write one unit's arrays into their region, then mark the unit done."""
+        """Write one unit's arrays into their region, then create its done-marker."""
         part = part.drop_attrs()
-        if region != "auto":
-            part = part.drop_vars([name for name in part.coords if name in region])
-        part.to_zarr(str(self.path), group=group, region=region, mode="r+", consolidated=False)
-        self.update_attrs(group, units_done=sorted(self.done(group) | {unit}))
+        region = self._region(group, part) if region == "auto" else dict(region)
+        part = part.drop_vars([name for name in part.coords if name in region])
+        with _quiet_zarr():
+            part.to_zarr(str(self.path), group=group, region=region, mode="r+", consolidated=False,
+                         write_empty_chunks=True)
+        fault_point("unit-written")
+        sizes = self._sizes(group)
+        marker = {"unit": unit, "variables": sorted(part.data_vars), "written": now(),
+                  "region": {dim: list(piece.indices(sizes[dim])[:2]) for dim, piece in region.items()}}
+        node = self.path / group / UNITS / _unit_node(unit)
+        node.mkdir(parents=True, exist_ok=True)
+        _write_atomic(node / "zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": marker}))
+        fault_point("unit-marked")
+
+    def _sizes(self, group: str) -> dict[str, int]:
+        return dict(xr.open_zarr(str(self.path), group=group, consolidated=False).sizes)
+
+    def _region(self, group: str, part: xr.Dataset) -> dict[str, slice]:
+        """The region a part with coords fills (each labelled dim must be contiguous in the group)."""
+        stored = xr.open_zarr(str(self.path), group=group, consolidated=False)
+        region = {}
+        for dim in part.dims:
+            if dim not in part.coords:
+                region[dim] = slice(None)
+                continue
+            index = stored.indexes[dim].get_indexer(part[dim].values)
+            if (index < 0).any() or (len(index) and not (np.diff(index) == 1).all()):
+                raise ValueError(f"{group}: the part's {dim} labels are not a contiguous run of the group's")
+            region[dim] = slice(int(index[0]), int(index[-1]) + 1)
+        return region
 
     def finish(self, group: str, *, complete: bool = True, **attrs) -> None:
         """Record whether every unit of the group's layout is done; refresh the metadata users open."""
-        self.update_attrs(group, complete=complete,
-                          finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **attrs)
-        zarr.consolidate_metadata(str(self.path))
+        self.update_attrs(group, complete=complete, finished=now(), **attrs)
+        with self._store_lock():
+            self._consolidate()
+        self.release(group)
+
+    def _consolidate(self) -> None:
+        with _quiet_zarr():
+            zarr.consolidate_metadata(str(self.path))
 
     def dataset(self, group: str) -> xr.Dataset:
         if not self.has(group):
             raise UserError(f"store {self.path} has no {group!r} group yet")
         return xr.open_zarr(str(self.path), group=group, consolidated=False)
+
+    # ------------------------------------------------------------ state and integrity
+
+    def group_state(self, group: str, _seen: frozenset = frozenset()) -> GroupState:
+        attrs = self.group_attrs(group)
+        done, expected = len(self.done(group)), attrs.get("units_expected")
+        why = self._stale_reason(group, attrs, _seen | {group})
+        if why:
+            return GroupState(group, "stale", done, expected, why)
+        return GroupState(group, "complete" if attrs.get("complete") else "partial", done, expected)
+
+    def _stale_reason(self, group: str, attrs: Mapping, seen: frozenset) -> str:
+        for name, version in sorted((attrs.get("inputs") or {}).items()):
+            if not self.has(name):
+                return f"its input {name!r} is gone"
+            if self.version(name) != version:
+                return f"{name!r} was rebuilt after {group!r} was made"
+            if name not in seen and self.group_state(name, seen).state == "stale":
+                return f"its input {name!r} is stale"
+        return ""
+
+    def status(self) -> list[GroupState]:
+        return [self.group_state(group) for group in self.groups()]
+
+    def check(self, groups: Iterable[str] | None = None) -> list[Damage]:
+        """Every done unit whose chunks are missing or do not decode."""
+        damage = []
+        for group in groups or self.groups():
+            if not self.has(group):
+                continue
+            root = zarr.open_group(str(self.path / group), mode="r", use_consolidated=False)
+            for unit, marker in sorted(self.markers(group).items()):
+                problem = self._unit_problem(root, group, marker)
+                if problem:
+                    damage.append(Damage(group, unit, problem))
+        return damage
+
+    def _unit_problem(self, root: zarr.Group, group: str, marker: Mapping) -> str:
+        for name in marker.get("variables", []):
+            try:
+                array = root[name]
+            except KeyError:
+                return f"array {name} is missing"
+            for coords in _chunks_of(array, marker["region"]):
+                key = array.metadata.encode_chunk_key(coords)
+                if not (self.path / group / name / key).is_file():
+                    return f"chunk {name}/{key} is missing"
+                selection = tuple(slice(c * n, min((c + 1) * n, size))
+                                  for c, n, size in zip(coords, array.chunks, array.shape))
+                try:
+                    array[selection]
+                except Exception as error:  # the codecs' own errors: checksum, truncated stream, ...
+                    return f"chunk {name}/{key} does not decode ({str(error).splitlines()[0][:80]})"
+        return ""
+
+    def repair(self, damage: Iterable[Damage]) -> None:
+        """Remove the markers of damaged units so the next run recomputes them."""
+        for item in damage:
+            self._lock_group(item.group)
+            shutil.rmtree(self.path / item.group / UNITS / _unit_node(item.unit), ignore_errors=True)
+            self.update_attrs(item.group, complete=False)
+        for group in {item.group for item in damage}:
+            self.release(group)
+
+    def require_intact(self, groups: Iterable[str]) -> None:
+        """Refuse to compute from an input group with a missing or damaged chunk."""
+        damage = self.check([group for group in groups if self.has(group)])
+        if damage:
+            named = ", ".join(f"{d.group}:{d.unit}" for d in damage[:4]) + (" ..." if len(damage) > 4 else "")
+            raise UserError(f"store {self.path} has damaged units ({named}: {damage[0].problem}); "
+                            f"run `repro check --store {self.path} --repair`, then rerun the stages")
+
+
+def _chunks_of(array: zarr.Array, region: Mapping[str, list[int]]) -> Iterator[tuple[int, ...]]:
+    """Chunk coordinates a unit's region covers (dims outside the region: all of them)."""
+    dims = array.metadata.dimension_names or ()
+    ranges = []
+    for dim, chunk, size in zip(dims, array.chunks, array.shape):
+        start, stop = region.get(dim, [0, size])
+        ranges.append(range(start // chunk, -(-stop // chunk)) if stop > start else range(0))
+    return itertools.product(*ranges)
+
+
+@contextlib.contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """zarr warns that consolidated metadata is not in the v3 spec; this store uses it on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized")
+        yield
+
+
+def disk_error(error: OSError, where: Path) -> UserError | None:
+    """A one-line message for the OS errors a user fixes outside the program."""
+    messages = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}
+    if error.errno in messages:
+        return UserError(f"{messages[error.errno]} at {error.filename or where}; finished units are kept, "
+                         "fix it and rerun to resume")
+    return None

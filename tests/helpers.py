@@ -13,3 +13,43 @@ def randomize_batchnorm(model, seed=0):
             module.weight.data.copy_(torch.randn(n, generator=generator))
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.5)
     return model
+
+
+def run_cli_child(args, fault_env, fault, output_path):
+    """`repro ARGS` in a child process, its output to ``output_path``; exits with the CLI's exit code.
+
+    Started from a fork server that imported torch and the stages once (see ``cli_process``), so a child
+    starts at once, yet never inherits a parent's running threads (OpenMP and the like do not survive fork).
+    """
+    import os
+    import sys
+
+    from repro.cli import main
+
+    descriptor = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.environ.pop(fault_env, None)
+    if fault:
+        os.environ[fault_env] = fault
+    code = 1
+    try:
+        main([str(a) for a in args], prog_name="repro")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def cli_process(args, fault_env, fault, output_path):
+    """An unstarted process that runs ``run_cli_child``."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    if not getattr(cli_process, "preloaded", False):
+        context.set_forkserver_preload(["torch", "helpers", "repro.cli", "repro.pipeline"])
+        cli_process.preloaded = True
+    return context.Process(target=run_cli_child, args=(list(map(str, args)), fault_env, fault, str(output_path)))

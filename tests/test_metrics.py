@@ -138,7 +138,7 @@ def reference_metrics(r, clamp=5.0, low=2 / 3, high=1.5):
 
 
 def write_group(store, name, dataset):
-    store.declare(name, dataset, {}, signature="test")
+    store.declare(name, dataset, {}, settings={"written_by": "test"})
     store.write_unit(name, "all", dataset)
     store.finish(name)
 
@@ -524,6 +524,7 @@ def test_missing_or_incomplete_fz_is_a_clear_error(tmp_path):
     write_fz(store, model, random_fz(np.random.default_rng(4), model, ["1.1"]))
     with pytest.raises(UserError, match="no FZs"):
         metrics.run(store, model, record, profile, blocks=["3.1"])
-    store.update_attrs("fz", complete=False)
-    with pytest.raises(UserError, match="incomplete"):
+    for marker in (store.path / "fz" / "_units").glob("*/zarr.json"):  # no FZ unit done
+        marker.unlink()
+    with pytest.raises(UserError, match="FZs of all three taps done"):
         metrics.run(store, model, record, profile)

@@ -309,8 +309,9 @@ def assert_same_groups(first: Store, second: Store) -> None:
     for group in ("natural", "image_cache"):
         a, b = first.dataset(group).load(), second.dataset(group).load()
         xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
-        for key in ("units_done", "complete", "corrupt_images", "signature"):
+        for key in ("complete", "corrupt_images", "settings", "settings_digest"):
             assert a.attrs[key] == b.attrs[key], (group, key)
+        assert first.done(group) == second.done(group)
 
 
 def test_killed_run_resumes_to_the_identical_result(tmp_path, image_folder, monkeypatch):

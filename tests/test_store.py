@@ -25,14 +25,14 @@ def template(n_images=6):
 
 def test_units_are_written_then_marked_done_and_read_back(tmp_path):
     store = Store.create_or_open(tmp_path / "s.zarr", tiny_profile(), WEIGHTS)
-    store.declare("natural", template(), {"stage": "test"}, signature="six images")
+    store.declare("natural", template(), {"stage": "test"}, settings={"images": "six"})
     assert store.done("natural") == set()
     part = xr.Dataset({"activation": (("block", "image"), np.ones((2, 3), "float32"))},
                       coords={"block": labels(["1.1", "2.0"]), "image": np.arange(3, 6)})
     store.write_unit("natural", "shard-1", part)
     assert store.done("natural") == {"shard-1"}
-    # Declaring again with the same signature keeps what is written.
-    store.declare("natural", template(), {"stage": "test"}, signature="six images")
+    # Declaring again with the same settings keeps what is written.
+    store.declare("natural", template(), {"stage": "test"}, settings={"images": "six"})
     values = store.dataset("natural").activation.sel(block="2.0").values
     assert np.isnan(values[:3]).all() and (values[3:] == 1).all()
     store.finish("natural")
@@ -45,22 +45,67 @@ def test_provenance_is_recorded(tmp_path):
     store = Store.create_or_open(tmp_path / "s.zarr", tiny_profile(), WEIGHTS)
     attrs = store.attrs
     for key in ("package_version", "git_commit", "torch_version", "torchvision_version", "weights_sha256",
-                "profile", "profile_hash", "created"):
+                "profile", "profile_hash", "created", "identity"):
         assert attrs[key], key
     assert store.profile["model"]["weights"] == "random:0"
 
 
-def test_a_store_from_another_profile_or_weights_is_refused(tmp_path):
+def test_a_store_for_another_model_is_refused_and_other_settings_are_welcome(tmp_path):
     path = tmp_path / "s.zarr"
     Store.create_or_open(path, tiny_profile(), WEIGHTS)
-    with pytest.raises(UserError, match="--new-store"):
-        Store.create_or_open(path, tiny_profile(**{"fz.steps": 3}), WEIGHTS)
-    with pytest.raises(UserError, match="weights_sha256"):
+    with pytest.raises(UserError, match="weights_sha256.*--new-store"):
         Store.create_or_open(path, tiny_profile(), {**WEIGHTS, "weights_sha256": "b" * 64})
-    # Where the images live does not change results, so it is not part of the identity.
-    Store.create_or_open(path, tiny_profile(**{"natural.images": "/elsewhere"}), WEIGHTS)
-    replaced = Store.create_or_open(path, tiny_profile(**{"fz.steps": 3}), WEIGHTS, new=True)
-    assert replaced.profile["fz"]["steps"] == 3
+    with pytest.raises(UserError, match="image_size"):
+        Store.create_or_open(path, tiny_profile(**{"model.image_size": 64}), WEIGHTS)
+    # Settings are each group's own: the store takes a run with other steps or image folder.
+    Store.create_or_open(path, tiny_profile(**{"fz.steps": 3, "natural.images": "/elsewhere"}), WEIGHTS)
+    fresh = Store.create_or_open(path, tiny_profile(), {**WEIGHTS, "weights_sha256": "b" * 64}, new=True)
+    assert fresh.attrs["identity"]["weights_sha256"] == "b" * 64
+
+
+def test_a_group_with_other_settings_is_replaced_alone(tmp_path, capsys):
+    store = Store.create_or_open(tmp_path / "s.zarr", tiny_profile(), WEIGHTS)
+    part = template().isel(image=slice(0, 3)).fillna(1.0)
+    for name in ("natural", "other"):
+        store.declare(name, template(), {}, settings={"images": "six"})
+        store.write_unit(name, "shard-0", part)
+    store.declare("natural", template(), {}, settings={"images": "seven"})
+    assert "natural: replacing the stored group (settings changed: images \"six\" → \"seven\")" in capsys.readouterr().err
+    assert store.done("natural") == set() and store.done("other") == {"shard-0"}
+
+
+def test_a_group_made_from_a_replaced_input_is_stale(tmp_path):
+    store = Store.create_or_open(tmp_path / "s.zarr", tiny_profile(), WEIGHTS)
+    store.declare("natural", template(), {}, settings={"images": "six"})
+    store.declare("metrics", template(), {}, settings={}, inputs=["natural"])
+    store.declare("ablation", template(), {}, settings={}, inputs=["metrics"])
+    store.finish("metrics")
+    assert store.group_state("metrics").state == "complete"
+    store.declare("natural", template(), {}, settings={"images": "seven"})
+    states = {state.name: state for state in store.status()}
+    assert states["metrics"].state == "stale" and "'natural' was rebuilt" in states["metrics"].why
+    assert states["ablation"].state == "stale" and "'metrics' is stale" in states["ablation"].why
+    assert states["natural"].state == "partial"
+
+
+def test_each_unit_has_its_own_marker_so_concurrent_writers_keep_every_mark(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store.create_or_open(tmp_path / "s.zarr", tiny_profile(), WEIGHTS)
+    store.declare("natural", xr.Dataset({"activation": (("image",), np.full(40, np.nan, "float32"))},
+                                        coords={"image": np.arange(40)}).chunk({"image": 1}), {}, settings={})
+    writers = [Store(store.path) for _ in range(4)]  # separate handles, as separate processes would have
+
+    def write(index):
+        part = xr.Dataset({"activation": (("image",), np.array([index], "float32"))}, coords={"image": [index]})
+        writers[index % 4].write_unit("natural", f"image-{index}", part)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(40)))
+    assert store.done("natural") == {f"image-{i}" for i in range(40)}
+    assert (store.dataset("natural").activation.values == np.arange(40)).all()
+    markers = list((store.path / "natural" / "_units").glob("*/zarr.json"))
+    assert len(markers) == 40
 
 
 def test_a_directory_that_is_not_a_store_is_refused(tmp_path):

@@ -1,0 +1,214 @@
+"""Typed settings: every table of a profile as a frozen dataclass, checked once when the profile is loaded.
+
+The field names are the TOML keys; the types are checked (an int where an int is due, a list of floats, a
+table of tables); unknown keys are refused naming the nearest known one; a missing key is an error. The
+defaults live only in the base profile (``profiles/paper.toml``), never here. ``typed(profile)`` gives the
+frozen ``Profile``; ``validate`` is what ``profiles.load`` and ``profiles.override`` call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from repro.errors import UserError
+
+POSITIVE = {"check": "positive"}
+NON_NEGATIVE = {"check": "non-negative"}
+
+
+def choice(*values: str) -> dict:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    arch: str
+    weights: str
+    weights_sha256: str
+    image_size: int = field(metadata=POSITIVE)
+    blocks: tuple[str, ...]
+    taps: tuple[str, ...]
+    aliased: bool
+    normalize_mean: tuple[float, ...]
+    normalize_std: tuple[float, ...]
+    widths: tuple[int, ...]
+    stem: str = field(metadata=choice("imagenet", "small"))
+    num_classes: int = field(metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class FZSettings:
+    steps: int = field(metadata=POSITIVE)
+    lr: float = field(metadata=NON_NEGATIVE)  # 0 keeps the initial image: how tests read its objective
+    seed: int
+    channel_batch: int = field(metadata=POSITIVE)
+    objective: str = field(metadata=choice("neuron", "channel"))
+    decorrelate: bool
+    fft: bool
+    random_scale: tuple[float, ...]
+    rotate_degrees: int = field(metadata=NON_NEGATIVE)
+    channel_grids: bool
+    pad_from_jitter: int = field(metadata=NON_NEGATIVE)
+    jitter: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class StimulusSettings:
+    crop: int = field(metadata=POSITIVE)
+    shrink: int = field(metadata=POSITIVE)
+    pad: int = field(metadata=NON_NEGATIVE)
+    antialias: bool
+
+
+@dataclass(frozen=True)
+class NaturalSettings:
+    images: str
+    resize: int = field(metadata=POSITIVE)
+    crop: int = field(metadata=POSITIVE)
+    top_k: int = field(metadata=POSITIVE)
+    batch_size: int = field(metadata=POSITIVE)
+    workers: int = field(metadata=NON_NEGATIVE)
+    shard_size: int = field(metadata=POSITIVE)
+    dtype: str = field(metadata=choice("float32", "float16"))
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    mix_low: float = field(metadata=POSITIVE)
+    mix_high: float = field(metadata=POSITIVE)
+    mix_clamp: float = field(metadata=POSITIVE)
+    batch_size: int = field(metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    blocks: tuple[str, ...]
+    criterion: str = field(metadata=choice("naturally", "interpreting"))
+    stimulus_set: str = field(metadata=choice("fz", "top9"))
+    trials: int = field(metadata=POSITIVE)
+    scales: tuple[float, ...]
+    scale_definition: str = field(metadata=choice("paper", "code"))
+    ablation: str = field(metadata=choice("mean", "zero"))
+    seed: int
+    batch_size: int = field(metadata=POSITIVE)
+    max_draws: int = field(metadata=POSITIVE)
+    screen_tolerance: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ToyTrainSettings:
+    seed: int
+    threads: int = field(metadata=POSITIVE)
+    optimizer: str = field(metadata=choice("adamw", "sgd"))
+    epochs: int = field(metadata=POSITIVE)
+    low_res_epochs: int = field(metadata=NON_NEGATIVE)
+    low_res_size: int = field(metadata=POSITIVE)
+    batch_size: int = field(metadata=POSITIVE)
+    lr: float = field(metadata=POSITIVE)
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float
+    label_smoothing: float
+    crop_scale: tuple[float, ...]
+    crop_ratio: tuple[float, ...]
+    flip: bool
+    eval_batch_size: int = field(metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class ToySettings:
+    seed: int
+    classes: tuple[str, ...]
+    image_size: int = field(metadata=POSITIVE)
+    scale_px: tuple[float, ...]
+    max_tilt_deg: float
+    train_per_class: int = field(metadata=POSITIVE)
+    heldout_per_class: int = field(metadata=POSITIVE)
+    data_dir: str
+    workers: int = field(metadata=POSITIVE)
+    train: ToyTrainSettings
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    model: ModelSettings
+    fz: FZSettings
+    stimulus: StimulusSettings
+    natural: NaturalSettings
+    metrics: MetricsSettings
+    ablation: AblationSettings
+    toy: ToySettings | None = None  # only the toy world's profiles have it
+
+
+def typed(profile: Mapping, *, where: str = "profile") -> Profile:
+    """The frozen, type-checked settings of a profile dict."""
+    return _build(Profile, profile, where, "")
+
+
+def validate(profile: Mapping, *, where: str = "profile") -> None:
+    typed(profile, where=where)
+
+
+def _build(cls, table: Any, where: str, prefix: str):
+    if not isinstance(table, Mapping):
+        raise UserError(f"{where}: {prefix.rstrip('.') or 'the profile'} must be a table, not {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(fields)}"
+            raise UserError(f"{where}: unknown setting {prefix}{key}{hint}")
+    values = {}
+    for name, spec in fields.items():
+        if name not in table:
+            if spec.default is not dataclasses.MISSING:
+                values[name] = spec.default
+                continue
+            raise UserError(f"{where}: missing setting {prefix}{name} (the base profile sets every key)")
+        values[name] = _value(hints[name], table[name], where, f"{prefix}{name}")
+        _check(spec.metadata, values[name], where, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _value(kind, value: Any, where: str, key: str):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        present = [arg for arg in args if arg is not type(None)]
+        return None if value is None else _value(present[0], value, where, key)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, where, f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: {key} must be a list, not {value!r}")
+        return tuple(_value(args[0], item, where, f"{key}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{where}: {key} must be a table, not {value!r}")
+        return {str(k): _value(args[1], item, where, f"{key}.{k}") for k, item in value.items()}
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (bool, str) and isinstance(value, kind):
+        return value
+    raise UserError(f"{where}: {key} must be {_kind_name(kind)}, not {value!r}")
+
+
+def _kind_name(kind) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind, str(kind))
+
+
+def _check(metadata: Mapping, value: Any, where: str, key: str) -> None:
+    check = metadata.get("check")
+    if check == "positive" and not value > 0:
+        raise UserError(f"{where}: {key} must be positive, not {value!r}")
+    if check == "non-negative" and not value >= 0:
+        raise UserError(f"{where}: {key} must be 0 or more, not {value!r}")
+    if "choices" in metadata and value not in metadata["choices"]:
+        raise UserError(f"{where}: {key} must be one of {', '.join(metadata['choices'])}, not {value!r}")

@@ -47,6 +47,11 @@ def spectrum_examples(metrics: xr.Dataset, block: str) -> dict[str, int]:
     return {"overwrite": overwrite, "mix": middle, "skip": int(unclamped.idxmax())}
 
 
+def unit_id(block: str, channel: int) -> str:
+    """A unit's stable id, as OpenAI Microscope names units: ``block:channel``."""
+    return f"{block}:{int(channel)}"
+
+
 def criterion_words(criterion: str) -> str:
     return CRITERION_WORDS.get(criterion, f"{criterion} criterion")
 
@@ -138,10 +143,12 @@ def _label(metrics: xr.Dataset | None, block: str, channel: int) -> str:
 
 
 def _empty(message: str) -> Figure:
+    """A figure with nothing to show: its message, which the report prints as one line instead of a figure."""
     figure = Figure(figsize=(6, 1.2))
     axis = figure.add_subplot()
     axis.axis("off")
     axis.text(0.5, 0.5, message, ha="center", va="center")
+    figure.empty_message = message
     return figure
 
 
@@ -169,9 +176,10 @@ def channel_grids(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Da
     top = 30 if title else 0
     canvas = np.full((top + rows * cell_h, GRID_MARGIN_PX + width * cell_w, 3), 255, np.uint8)
     images = grid_images(fz, natural, image_cache, channels, fz_channel)
-    texts = []
+    texts, cells = [], []
     for index, ((block, channel), (row, column)) in enumerate(zip(channels, layout)):
         x, y = GRID_MARGIN_PX + column * cell_w, top + row * cell_h + GRID_TITLE_PX
+        cells.append({"unit": unit_id(block, channel), "box": [x, y - GRID_TITLE_PX, side, side + GRID_TITLE_PX]})
         canvas[y:y + side, x:x + side] = channel_mosaic(images[(block, channel)], tile, GRID_GAP_PX)
         heading = labels[index] if labels else f"{block}: channel {channel}"
         texts.append((x + side / 2, y - 14, f"{heading}\n{_label(metrics, block, channel)}".rstrip(), 8, "center"))
@@ -193,6 +201,8 @@ def channel_grids(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Da
         axis.text(x, y, text, fontsize=size, ha=align, va="bottom" if align == "center" else "center")
     if title:
         axis.text(canvas.shape[1] / 2, 20, title, fontsize=10, ha="center")
+    # Where each channel's grid lies (pixels of the figure saved at ``dpi``): the report links each to its unit page.
+    figure.grid_cells = {"width": canvas.shape[1], "height": canvas.shape[0], "dpi": dpi, "cells": cells}
     return figure
 
 

@@ -405,31 +405,40 @@ def _groups_table(store) -> str:
     return "\n".join(rows) + "\n"
 
 
+OWN_LEVELS = (("hold", verify.VERIFIED), ("hold weakly", verify.WITHIN_NOISE), ("fail", verify.DEVIATES))
+
+
+def _level_counts(results: Sequence[verify.Result]) -> str:
+    """"hold for 3, hold weakly for 1, fail for 2 (failing: ...)" over the results' own outcomes."""
+    shown = {word: [r for r in results if (r.outcome.own or r.outcome.badge) == name] for word, name in OWN_LEVELS}
+    failing = [r.claim.id.removeprefix("claim-") for r in shown["fail"]]
+    listed = ", ".join(failing[:6]) + (f" and {len(failing) - 6} more" if len(failing) > 6 else "")
+    unmeasured = len(results) - sum(len(found) for found in shown.values())
+    return (", ".join(f"{word} for {len(found)}" for word, found in shown.items())
+            + (f" (failing: {listed})" if failing else "")
+            + (f"; {unmeasured} cannot be measured on this store" if unmeasured else ""))
+
+
 def store_summary(results: Sequence[verify.Result], context: StoreContext) -> str:
-    """One paragraph: what this store's own numbers show, claim by claim rule, generated from the results."""
+    """One paragraph, generated from the results: what the store's own numbers show under each paper's
+    qualitative rules, how its channel lists and numbers compare with the published ones, and its counts."""
     sentences = []
     for chapter in PAPER_CHAPTERS:
         mine = [r for r in results if r.claim.paper == chapter]
-        shown = {word: [r for r in mine if (r.outcome.own or r.outcome.badge) == badge_name]
-                 for word, badge_name in (("hold", verify.VERIFIED), ("hold weakly", verify.WITHIN_NOISE),
-                                          ("fail", verify.DEVIATES))}
-        unmeasured = len(mine) - sum(len(found) for found in shown.values())
-        failing = ", ".join(r.claim.id.removeprefix("claim-") for r in shown["fail"][:6])
-        more = f" and {len(shown['fail']) - 6} more" if len(shown["fail"]) > 6 else ""
-        sentences.append(
-            f"Of the {len(mine)} claims of *{_inline(spec.CHAPTERS[chapter][1])}*, the rules "
-            + ", ".join(f"{word} for {len(found)}" for word, found in shown.items())
-            + (f"; {unmeasured} cannot be measured on this store" if unmeasured else "")
-            + (f" (failing: {failing}{more})" if failing else "") + ".")
-    counts = {r.claim.id.rsplit("-", 2)[-2] + "." + r.claim.id.rsplit("-", 1)[-1]: r.outcome.measured
-              for r in results if r.claim.id.startswith("claim-naturally-count-") and r.outcome.measured is not None}
+        rules = [r for r in mine if r.claim.rule is verify.qualitative]
+        numbers_ = [r for r in mine if r.claim.rule is not verify.qualitative]
+        sentences.append(f"*{_inline(spec.CHAPTERS[chapter][1])}*: of its {len(rules)} qualitative claims, checked on "
+                         f"this store's own numbers, the rules {_level_counts(rules)}; of its {len(numbers_)} "
+                         f"published channel lists and numbers, this store's {_level_counts(numbers_)}.")
+    counts = {r.claim.args["block"]: r.outcome.measured for r in results
+              if r.claim.id.startswith("claim-naturally-count-") and r.outcome.measured is not None}
     if counts:
         sentences.append("Channels passing mix and up per block: "
                          + ", ".join(f"{block} {count}" for block, count in counts.items()) + ".")
-    lead = ("Measured against the papers' published numbers" if context.comparable else
-            "The papers' numbers do not apply to this store, so these are the store's own outcomes of each rule, "
-            "not verdicts on the papers")
-    return f"{lead}: " + " ".join(sentences) + "\n"
+    lead = ("Measured against the papers' published numbers." if context.comparable else
+            "The papers' numbers do not apply to this store (see below), so these are the store's own outcomes, "
+            "not verdicts on the papers.")
+    return f"{lead} " + " ".join(sentences) + "\n"
 
 
 def _facts(context: StoreContext, profile: dict) -> list[tuple[str, str]]:

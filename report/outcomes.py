@@ -21,6 +21,11 @@ def _blocks(names) -> str:
     return ", ".join(names) if names else "none"
 
 
+def _of(chosen, every) -> str:
+    """"2 of 3 blocks (1.1, 2.1)"."""
+    return f"{len(chosen)} of {len(every)} blocks" + (f" ({_blocks(chosen)})" if len(chosen) else "")
+
+
 def channel_lists(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
     with_channels = table.loc[table["store_count"] > 0, "block"]
     sentence = f"This store's lists have {int(table['store_count'].sum())} channels; blocks with any: {_blocks(with_channels)}."
@@ -51,22 +56,23 @@ def weight_correlations(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
     falling = [block for block, row in table.iterrows() if row["bn2_rho"] < 0 and row["conv2_rho"] < 0]
     significant = [block for block in falling
                    if table.loc[block, "bn2_p"] < ALPHA and table.loc[block, "conv2_p"] < ALPHA]
-    return (f"Both weight magnitudes fall with M (negative rho) in {_blocks(falling)} of {_blocks(table.index)}; "
+    return (f"Both weight magnitudes fall with M (negative rho) in {_of(falling, table.index)}; "
             f"significantly (p < {ALPHA}) in {_blocks(significant)}.")
 
 
 def skip_overwrite(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
     lower = [block for block, row in table.iterrows() if row["mean_overwrite"] < row["mean_skip"]]
     significant = [block for block in lower if table.loc[block, "p"] < ALPHA]
-    return (f"Overwrite channels (M < 1) have the lower mean in {_blocks(lower)} of {_blocks(table.index)}; "
+    return (f"Overwrite channels (M < 1) have the lower mean in {_of(lower, table.index)}; "
             f"significantly (p < {ALPHA}) in {_blocks(significant)}.")
 
 
 def percent_invariant(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
     passing = table.index[table["all_criteria"] > 0]
     none = table.index[table["all_criteria"] == 0]
-    return (f"Channels pass all three criteria in {_blocks(passing)} and none in {_blocks(none)}; without the mix "
-            f"criterion {int(table['without_mix'].sum())} channels pass in all.")
+    first = (f"Channels pass all three criteria in {_of(passing, table.index)}" + (f", none in {_blocks(none)}" if len(none) else "")
+             if len(passing) else "No channel passes all three criteria in any block")
+    return f"{first}; without the mix criterion {int(table['without_mix'].sum())} channels pass in all."
 
 
 def aliased(table: pd.DataFrame, args: Mapping[str, Any]) -> str:

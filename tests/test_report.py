@@ -344,8 +344,12 @@ def test_index_says_what_this_store_shows(toy_like):
     section = text.split("## What this store shows\n", 1)[1].split("\n## ", 1)[0].strip()
     assert "\n\n" not in section  # one paragraph
     results = [r for r in verify.evaluate(store) if r.claim.paper == "naturally"]
-    holds = sum((r.outcome.own or r.outcome.badge) == verify.VERIFIED for r in results)
-    assert f"Of the {len(results)} claims" in section and f"hold for {holds}," in section
+    rules = [r for r in results if r.claim.rule is verify.qualitative]
+    holds = sum((r.outcome.own or r.outcome.badge) == verify.VERIFIED for r in rules)
+    assert f"of its {len(rules)} qualitative claims" in section and f"the rules hold for {holds}," in section
+    counts = ", ".join(f"{block} {len(verify.invariant_set(store.dataset('metrics').sel(stimulus_set='fz'), block, 'naturally'))}"
+                       for block in BLOCKS)
+    assert f"Channels passing mix and up per block: {counts}." in section
 
 
 # ---------------------------------------------------------------- outcomes in words
@@ -385,8 +389,8 @@ def test_skip_overwrite_outcome_names_the_blocks_from_the_numbers():
 
     table = pd.DataFrame({"mean_skip": [1.0, 0.0], "mean_overwrite": [0.5, 0.2], "p": [0.01, 0.3]},
                          index=pd.Index(["2.1", "3.1"], name="block"))
-    assert outcomes.skip_overwrite(table, {}) == ("Overwrite channels (M < 1) have the lower mean in 2.1 of 2.1, 3.1; "
-                                                  "significantly (p < 0.05) in 2.1.")
+    assert outcomes.skip_overwrite(table, {}) == ("Overwrite channels (M < 1) have the lower mean in 1 of 2 blocks "
+                                                  "(2.1); significantly (p < 0.05) in 2.1.")
 
 
 # ---------------------------------------------------------------- errors
@@ -449,3 +453,15 @@ def test_alignment_chapter_appears_when_its_module_exists(built, tmp_path, monke
     page = (index.parent / "alignment.html").read_text()
     assert 'id="figure-alignment-cka-deflation"' in page and "figures/fig-alignment-cka-deflation.png" in page
     assert "alignment.html" in index.read_text()
+
+
+def test_percent_outcome_reads_from_the_counts():
+    import pandas as pd
+
+    from report import outcomes
+
+    table = pd.DataFrame({"all_criteria": [2, 0], "without_mix": [3, 4]}, index=pd.Index(["2.1", "4.1"], name="block"))
+    assert outcomes.percent_invariant(table, {}) == ("Channels pass all three criteria in 1 of 2 blocks (2.1), none in "
+                                                     "4.1; without the mix criterion 7 channels pass in all.")
+    table["all_criteria"] = 0
+    assert outcomes.percent_invariant(table, {}).startswith("No channel passes all three criteria in any block;")

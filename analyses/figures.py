@@ -425,7 +425,7 @@ def fz_imagenet_agreement(metrics: xr.Dataset, criterion: str = "interpreting") 
     for column, color in (("both", "tab:green"), ("fz_only", "tab:purple"), ("top9_only", "tab:orange")):
         axis.bar(table["block"], table[column], bottom=bottom, color=color, label=column.replace("_", " "))
         bottom += table[column].to_numpy(float)
-    axis.set_ylabel(f"channels passing ({criterion})")
+    axis.set_ylabel(f"channels passing the {criterion_words(criterion)}", fontsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

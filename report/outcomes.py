@@ -91,8 +91,9 @@ def alignment(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
     higher = paired.index[paired["recovered features"] > paired["raw channels"]]
     verdict = ("as superposition predicts" if len(higher) == len(paired) else
                "the prediction does not hold here" if len(higher) == 0 else "the prediction holds only in part")
-    return (f"Recovered features score higher than the raw channels on {len(higher)} of {len(paired)} metrics "
-            f"({_blocks(higher)}): {verdict}.")
+    which = f" ({_blocks(higher)})" if 0 < len(higher) < len(paired) else ""
+    return (f"Recovered features score higher than the raw channels on {len(higher)} of {len(paired)} "
+            f"metrics{which}: {verdict}.")
 
 
 DESCRIBERS: dict[Callable, Callable[[pd.DataFrame, Mapping[str, Any]], str]] = {
@@ -107,6 +108,20 @@ DESCRIBERS: dict[Callable, Callable[[pd.DataFrame, Mapping[str, Any]], str]] = {
 }
 
 
+def agreement(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
+    """Any table with a boolean ``agrees`` column (closed forms against simulations, say)."""
+    agrees = table["agrees"].dropna().astype(bool)  # rows without a closed form have no verdict
+    if agrees.empty:
+        return ""
+    disagreeing = int((~agrees).sum())
+    return f"{int(agrees.sum())} of {len(agrees)} rows agree" + (
+        "." if not disagreeing else f"; {disagreeing} {'does' if disagreeing == 1 else 'do'} not.")
+
+
 def describe(function: Callable, table: pd.DataFrame, args: Mapping[str, Any]) -> str:
+    """The table's outcome in one sentence: by its analysis function's describer, else by an ``agrees``
+    column, else none."""
     describer = DESCRIBERS.get(function)
+    if describer is None and "agrees" in table:
+        describer = agreement
     return describer(table, args) if describer is not None and not table.empty else ""

@@ -465,3 +465,12 @@ def test_percent_outcome_reads_from_the_counts():
                                                      "4.1; without the mix criterion 7 channels pass in all.")
     table["all_criteria"] = 0
     assert outcomes.percent_invariant(table, {}).startswith("No channel passes all three criteria in any block;")
+
+
+def test_a_table_with_an_agrees_column_says_how_many_agree():
+    import pandas as pd
+
+    from report import outcomes
+
+    table = pd.DataFrame({"metric": ["cka", "rsa", "r2", "r"], "agrees": [True, False, True, np.nan]})
+    assert outcomes.describe(lambda: None, table, {}) == "2 of 3 rows agree; 1 does not."

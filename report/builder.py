@@ -19,6 +19,7 @@ version and its analysis module's source, so a rebuild with unchanged inputs onl
 from __future__ import annotations
 
 import hashlib
+import html
 import inspect
 import json
 import re
@@ -304,7 +305,7 @@ def grid_links(cells: dict | None, root: str = "") -> str:
 def figure_html(artifact: Artifact, label: str, out_dir: Path) -> str:
     cells_file = out_dir / artifact.files["cells.json"]
     cells = json.loads(cells_file.read_text()) if cells_file.is_file() else None
-    alt = f"{label}: {artifact.entry.title}".replace('"', "&quot;")
+    alt = html.escape(f"{label}: {artifact.entry.title}", quote=True)
     return (f'<div class="grid-figure"><img src="{artifact.files["png"]}" alt="{alt}">'
             f"{grid_links(cells)}</div>\n")
 

@@ -229,7 +229,8 @@ def block_page(block: str, metrics: xr.Dataset, channels: Sequence[int], pages) 
     rows = []
     for channel in channels:
         unit = figures.unit_id(block, channel)
-        cells = "".join(_sort_cell(values[name].get(channel, np.nan)) for name, _ in columns)
+        cells = "".join(_sort_cell(values[name].get(channel, np.nan), metrics[name].dtype == bool and not has_seeds)
+                        for name, _ in columns)
         rows.append(f'<tr><td data-value="{channel}"><a href="./{unit}.html">{unit}</a></td>{cells}</tr>')
     body = (f"{nav(pages)}\n<h1 class=\"title\">Block {block}: {len(channels)} channels</h1>\n"
             "<p>Click a column heading to sort; criteria with FZ stimuli"
@@ -238,9 +239,10 @@ def block_page(block: str, metrics: xr.Dataset, channels: Sequence[int], pages) 
     return page(f"Block {block}", body, script=True)
 
 
-def _sort_cell(value) -> str:
+def _sort_cell(value, boolean: bool = False) -> str:
+    """A cell sorted by its number (missing values first), shown as yes/no for a criterion."""
     number = float(value) if value is not None else float("nan")
-    shown = "—" if not np.isfinite(number) else (f"{number:.4g}")
+    shown = "—" if not np.isfinite(number) else ("yes" if number else "no") if boolean else f"{number:.4g}"
     return f'<td data-value="{number if np.isfinite(number) else -1e300}">{shown}</td>'
 
 

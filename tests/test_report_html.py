@@ -131,7 +131,11 @@ const seen = doc => ({url: doc.location.href, images: doc.images.length,
   doc.querySelectorAll("th")[column].click();
   const sorted = [...doc.querySelectorAll("tbody tr")].map(row => parseFloat(row.cells[column].dataset.value));
   const clicked = seen(await follow(doc.querySelector("tbody a")));
-  document.getElementById("result").textContent = JSON.stringify({pages, sorted, clicked});
+  doc = await load(PAGES[PAGES.length - 1]);
+  const cell = doc.querySelector("a.cell");
+  const box = cell ? cell.getBoundingClientRect() : null;
+  const fromGrid = cell ? {...seen(await follow(cell)), width: box.width, height: box.height} : null;
+  document.getElementById("result").textContent = JSON.stringify({pages, sorted, clicked, fromGrid});
 })().catch(error => { document.getElementById("result").textContent = JSON.stringify({error: String(error)}); });
 </script></body></html>
 """
@@ -162,6 +166,9 @@ def test_in_chromium_images_load_a_click_reaches_a_unit_page_and_tables_sort(sit
     assert found["clicked"]["url"].endswith("/units/2.1:0.html") or "/units/2.1:" in found["clicked"]["url"]
     assert found["clicked"]["images"] >= 3 and not found["clicked"]["broken"], found["clicked"]
     assert found["sorted"] == sorted(found["sorted"]) and len(found["sorted"]) == 8
+    grid = found["fromGrid"]  # a click on a channel's grid in a chapter figure opens its unit page
+    assert "/units/" in grid["url"] and grid["images"] >= 3 and not grid["broken"], grid
+    assert grid["width"] > 50 and grid["height"] > 50  # the link covers the grid it sits on
 
 
 def screenshot(url: str, target: Path, profile: Path) -> np.ndarray:

@@ -44,6 +44,10 @@ def test_every_valid_channel_has_a_unit_page_linked_from_its_block(browsed):
         assert linked == [f"./{block}:{c}.html" for c in channels]
         assert all((site / "units" / f"{block}:{c}.html").is_file() for c in channels)
     assert not (site / "units" / "1.1:6.html").exists()  # beyond block 1.1's width
+    row = re.search(r'<tr><td data-value="0">.*?</tr>', (site / "units" / "2.1.html").read_text()).group(0)
+    shown = re.findall(r">([^<>]+)</td>", row)
+    mix_ok = bool(metrics["mix_ok"].sel(block="2.1", channel=0, stimulus_set="fz"))
+    assert shown[3] == ("yes" if mix_ok else "no")  # unit, M, SM, then the mix criterion
     index = parse_site(site / "units", "index.html")["index.html"]
     assert [href for href in index.links if href.startswith("./") and href != "./index.html"] == \
         [f"./{block}.html" for block in BLOCKS]

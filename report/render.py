@@ -65,7 +65,7 @@ def _div_attributes(params: str) -> str:
 def _render_div(self, tokens: list[Token], index: int, options, env) -> str:
     token = tokens[index]
     if token.nesting == 1:
-        return f"<div{_div_attributes(token.info.strip()[3:] if token.info.startswith(':::') else token.info)}>\n"
+        return f"<div{_div_attributes(token.info)}>\n"
     return "</div>\n"
 
 

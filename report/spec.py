@@ -1,6 +1,7 @@
 """The report, declared: every figure, table and claim of both papers, where it comes from, how it is checked.
 
-* ``Figure`` / ``Table``: id (the Quarto label), chapter, paper figure, caption, the analysis function
+* ``Figure`` / ``Table``: id (a stable label; its HTML anchor is ``report.builder.anchor(id)``), chapter, paper
+  figure (the paper's number, which the report shows it under), caption, the analysis function
   (``analyses.figures``, ``analyses.ablation``) and the store groups it reads (``Selection``: group plus an
   xarray ``.sel``), passed to the function by argument name.
 * ``Claim``: a number or statement the paper prints (its value read from ``data/published/*.toml``), the

@@ -129,3 +129,34 @@ def test_scale_metric_terms_sum_to_the_scale_metric():
 @pytest.mark.parametrize("criterion", ["naturally", "interpreting", "interpreting_without_mix"])
 def test_reader_text_names_criteria_in_words(criterion):
     assert criterion not in figures.criterion_words(criterion).split()
+
+
+def test_fig_6_grids_show_m_and_the_two_deltas(tmp_path):
+    from test_report import make_store
+
+    store = make_store(tmp_path / "store.zarr", invariant={"2.1": [1, 2, 3]})
+    read = {group: xr.open_zarr(str(store.path), group=group, consolidated=False).load()
+            for group in ("fz", "natural", "image_cache", "metrics", "responses")}
+    metrics = read["metrics"].sel(stimulus_set="fz")
+    figure = figures.top_scale_metric_grids(read["fz"], read["natural"], read["image_cache"], metrics,
+                                            read["responses"])
+    texts = [text.get_text() for text in figure.get_axes()[0].texts]
+    labels = [text for text in texts if text.startswith("2.1: channel")]
+    assert len(labels) == 3 and all("Δup=" in text and "Δdown=" in text and "SM=" not in text for text in labels)
+    channel = int(labels[0].split("channel ")[1].split("\n")[0])
+    terms = stats.scale_metric_terms(metrics, read["responses"], "2.1", [channel]).loc[channel]
+    assert f"Δup={terms['up']:.2f}" in labels[0] and f"Δdown={terms['down']:.2f}" in labels[0]
+
+
+def test_fig_4_caption_legend_and_anova_agree_on_what_skip_means():
+    from report import spec
+
+    caption = next(entry.caption for entry in spec.FIGURES if entry.id == "fig-interpreting-4")
+    assert "skip (M ≥ 1" in caption and "M > 1" not in caption
+    metrics = one_block_metrics([0.5, 1.0, 2.0, 0.2])
+    result = stats.anova_skip_overwrite(np.array([1.0, 2.0, 3.0, 0.0]), metrics["mix"].values[0])
+    assert result.n_skip == 2  # M = 1 counts as skip in the ANOVA, as in the caption
+    from matplotlib.figure import Figure
+    axis = Figure().add_subplot()
+    figures._skip_overwrite_panel(axis, stats.per_channel(metrics, "mix", "1.1"), np.array([1.0, 2.0, 3.0, 0.0]), "", "1.1")
+    assert "skip mean (M ≥ 1)" in [line.get_label() for line in axis.get_lines()]

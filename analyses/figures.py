@@ -70,7 +70,7 @@ def _tile(image: np.ndarray | None, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.BILINEAR))
 
 
-def _montage(images: Sequence[np.ndarray | None], size: int, side: int = 3) -> np.ndarray:
+def montage(images: Sequence[np.ndarray | None], size: int, side: int = 3) -> np.ndarray:
     """``side`` x ``side`` images packed into one size x size tile."""
     small = max(size // side, 1)
     tiles = [_tile(image, small) for image in list(images)[: side * side]]
@@ -127,7 +127,7 @@ def channel_mosaic(rows: list, tile: int = 96, gap: int = 4) -> np.ndarray:
     """
     neuron, channel, natural = rows
     cells = [[_tile(image, tile) for image in neuron], [_tile(image, tile) for image in channel],
-             [_montage(images, tile) for images in natural]]
+             [montage(images, tile) for images in natural]]
     white = np.full((tile, gap, 3), 255, np.uint8)
     lines = [np.concatenate([row[0], white, row[1], white, row[2]], axis=1) for row in cells]
     hgap = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)

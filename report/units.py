@@ -147,7 +147,7 @@ def unit_images(rows_by_seed: dict, unit: str, folder: Path) -> dict:
             for tap, images in zip(figures.TAPS, natural):
                 if any(image is not None for image in images):
                     size = 3 * next(np.asarray(image).shape[0] for image in images if image is not None)
-                    names[("top9", tap)] = _save_png(figures._montage(images, size), folder / f"{stem}-top9-{tap}.png")
+                    names[("top9", tap)] = _save_png(figures.montage(images, size), folder / f"{stem}-top9-{tap}.png")
     return names
 
 

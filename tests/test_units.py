@@ -93,6 +93,17 @@ def test_unit_page_images_are_the_stores_fzs_and_top_images(browsed):
         name = next(source for source in sources if source.endswith(f"-neuron-{tap}.png"))
         shown = np.asarray(Image.open(site / "units" / name))
         np.testing.assert_array_equal(shown, fz["image"].sel(block="2.0", tap=tap, channel=5).values)
+    natural = xr.open_zarr(str(store.path), group="natural", consolidated=False)
+    cache = xr.open_zarr(str(store.path), group="image_cache", consolidated=False)
+    for tap in figures.TAPS:
+        name = next(source for source in sources if source.endswith(f"-top9-{tap}.png"))
+        shown = np.asarray(Image.open(site / "units" / name))
+        ranked = natural["top_images"].sel(block="2.0", tap=tap, channel=5).values
+        side = cache.sizes["x"]  # the montage keeps the cached squares' size: its tiles are them, in rank order
+        for rank in (0, 4, 8):
+            row, column = divmod(rank, 3)
+            np.testing.assert_array_equal(shown[row * side:(row + 1) * side, column * side:(column + 1) * side],
+                                          cache["pixels"].sel(image=int(ranked[rank])).values)
 
 
 def test_units_link_to_the_figures_they_appear_in(browsed):

@@ -182,7 +182,8 @@ def make(entry: spec.Figure, store, loader: spec.Loader, context: StoreContext, 
     """Build one figure or table, or reuse it when its key is unchanged; an analysis error stops the build
     (``EntryError``) unless ``keep_going``."""
     if entry.comparable_only and not context.comparable:
-        return Artifact(entry, "skipped", "shown for stores comparable with the paper")
+        return Artifact(entry, "skipped", "the paper's own channel choices, shown only for a store comparable "
+                                          "with the paper")
     missing = _missing_groups(entry, store)
     if missing:
         return Artifact(entry, "missing", f"needs the store's {', '.join(missing)} group, not made yet")

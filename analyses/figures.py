@@ -23,20 +23,37 @@ from analyses import stats
 
 TAPS = ("I", "B", "O")
 GRID_ROWS = ("FZ neuron", "FZ channel", "top 9")
+CRITERION_WORDS = {  # the criteria as a reader knows them, not by their code names
+    "naturally": "first paper's criteria (mix and up)",
+    "interpreting": "three criteria (mix, up and down)",
+    "interpreting_without_mix": "up and down criteria",
+}
 SKIP_COLOR, OVERWRITE_COLOR = "tab:blue", "tab:red"
 NOT_COMPUTED_GRAY = 0.85
+MIX_CLAMP = 5.0  # repro.metrics clamps M here when the store does not record its own clamp
 
 
 def spectrum_examples(metrics: xr.Dataset, block: str) -> dict[str, int]:
     """One overwrite (lowest M), mix (M closest to 1) and skip (highest M below the clamp) channel (Fig. 1A),
-    three different channels where the block has three."""
+    three different channels where the block has three. Only channels at the clamp (M = ``mix_clamp``, a
+    block summand that never reaches the output) are passed over for skip, unless every candidate is there."""
     mix = stats.per_channel(metrics, "mix", block).dropna()
     overwrite = int(mix.idxmin())
     others = mix.drop(overwrite) if len(mix) > 1 else mix
     middle = int((others - 1).abs().idxmin())
     rest = others.drop(middle) if len(others) > 1 else others
-    unclamped = rest[rest < rest.max()] if (rest < rest.max()).any() else rest
+    clamp = float(metrics.attrs.get("mix_clamp", MIX_CLAMP))
+    unclamped = rest[rest < clamp] if (rest < clamp).any() else rest
     return {"overwrite": overwrite, "mix": middle, "skip": int(unclamped.idxmax())}
+
+
+def unit_id(block: str, channel: int) -> str:
+    """A unit's stable id, as OpenAI Microscope names units: ``block:channel``."""
+    return f"{block}:{int(channel)}"
+
+
+def criterion_words(criterion: str) -> str:
+    return CRITERION_WORDS.get(criterion, f"{criterion} criterion")
 
 
 def fz_and_imagenet(metrics: xr.Dataset, block: str, criterion: str = "interpreting") -> list[int]:
@@ -53,7 +70,7 @@ def _tile(image: np.ndarray | None, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size), Image.BILINEAR))
 
 
-def _montage(images: Sequence[np.ndarray | None], size: int, side: int = 3) -> np.ndarray:
+def montage(images: Sequence[np.ndarray | None], size: int, side: int = 3) -> np.ndarray:
     """``side`` x ``side`` images packed into one size x size tile."""
     small = max(size // side, 1)
     tiles = [_tile(image, small) for image in list(images)[: side * side]]
@@ -110,7 +127,7 @@ def channel_mosaic(rows: list, tile: int = 96, gap: int = 4) -> np.ndarray:
     """
     neuron, channel, natural = rows
     cells = [[_tile(image, tile) for image in neuron], [_tile(image, tile) for image in channel],
-             [_montage(images, tile) for images in natural]]
+             [montage(images, tile) for images in natural]]
     white = np.full((tile, gap, 3), 255, np.uint8)
     lines = [np.concatenate([row[0], white, row[1], white, row[2]], axis=1) for row in cells]
     hgap = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
@@ -126,10 +143,12 @@ def _label(metrics: xr.Dataset | None, block: str, channel: int) -> str:
 
 
 def _empty(message: str) -> Figure:
+    """A figure with nothing to show: its message, which the report prints as one line instead of a figure."""
     figure = Figure(figsize=(6, 1.2))
     axis = figure.add_subplot()
     axis.axis("off")
     axis.text(0.5, 0.5, message, ha="center", va="center")
+    figure.empty_message = message
     return figure
 
 
@@ -157,9 +176,10 @@ def channel_grids(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Da
     top = 30 if title else 0
     canvas = np.full((top + rows * cell_h, GRID_MARGIN_PX + width * cell_w, 3), 255, np.uint8)
     images = grid_images(fz, natural, image_cache, channels, fz_channel)
-    texts = []
+    texts, cells = [], []
     for index, ((block, channel), (row, column)) in enumerate(zip(channels, layout)):
         x, y = GRID_MARGIN_PX + column * cell_w, top + row * cell_h + GRID_TITLE_PX
+        cells.append({"unit": unit_id(block, channel), "box": [x, y - GRID_TITLE_PX, side, side + GRID_TITLE_PX]})
         canvas[y:y + side, x:x + side] = channel_mosaic(images[(block, channel)], tile, GRID_GAP_PX)
         heading = labels[index] if labels else f"{block}: channel {channel}"
         texts.append((x + side / 2, y - 14, f"{heading}\n{_label(metrics, block, channel)}".rstrip(), 8, "center"))
@@ -181,6 +201,8 @@ def channel_grids(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Da
         axis.text(x, y, text, fontsize=size, ha=align, va="bottom" if align == "center" else "center")
     if title:
         axis.text(canvas.shape[1] / 2, 20, title, fontsize=10, ha="center")
+    # Where each channel's grid lies (pixels of the figure saved at ``dpi``): the report links each to its unit page.
+    figure.grid_cells = {"width": canvas.shape[1], "height": canvas.shape[0], "dpi": dpi, "cells": cells}
     return figure
 
 
@@ -201,7 +223,7 @@ def exemplary_invariant_grids(fz, natural, image_cache, metrics, blocks: Sequenc
     chosen = [(block, channel) for block, channels in rows for channel in channels]
     layout = [(row, column) for row, (_, channels) in enumerate(rows) for column in range(len(channels))]
     return channel_grids(fz, natural, image_cache, chosen, fz_channel, metrics, layout=layout,
-                         empty_message=f"no channel of {', '.join(blocks)} passes the {criterion} criteria")
+                         empty_message=f"no channel of {', '.join(blocks)} passes the {criterion_words(criterion)}")
 
 
 def remaining_invariant_grids(fz, natural, image_cache, metrics, blocks: Sequence[str],
@@ -217,7 +239,7 @@ def remaining_invariant_grids(fz, natural, image_cache, metrics, blocks: Sequenc
     more = len(chosen) - limit
     return channel_grids(fz, natural, image_cache, chosen[:limit], fz_channel, metrics,
                          title=f"first {limit} shown; {more} more in the store" if more > 0 else "",
-                         empty_message=f"no other channel of {', '.join(blocks)} passes the {criterion} criteria")
+                         empty_message=f"no other channel of {', '.join(blocks)} passes the {criterion_words(criterion)}")
 
 
 def named_channel_grids(fz, natural, image_cache, metrics, channels: Mapping[str, Sequence[int]],
@@ -238,15 +260,24 @@ def spectrum_example_grids(fz, natural, image_cache, metrics, block: str = "1.1"
                          labels=[f"{kind}: {block} channel {channel}" for kind, channel in examples.items()])
 
 
-def top_scale_metric_grids(fz, natural, image_cache, metrics, count: int = 3, criterion: str = "interpreting",
-                           fz_channel=None) -> Figure:
-    """Paper 2 Fig. 6: columns are blocks with passing channels, rows their top ``count`` by scale metric."""
+def top_scale_metric_grids(fz, natural, image_cache, metrics, responses=None, count: int = 3,
+                           criterion: str = "interpreting", fz_channel=None) -> Figure:
+    """Paper 2 Fig. 6: columns are blocks with passing channels, rows their top ``count`` by scale metric,
+    each grid labelled with M and the two summed deltas of SM (when ``responses`` is given)."""
     columns = [(block, stats.top_by_scale_metric(metrics, block, count, criterion)) for block in stats.blocks_of(metrics)]
     columns = [(block, chosen) for block, chosen in columns if chosen]
     pairs = [(block, channel) for block, chosen in columns for channel in chosen]
     layout = [(row, column) for column, (_, chosen) in enumerate(columns) for row in range(len(chosen))]
-    return channel_grids(fz, natural, image_cache, pairs, fz_channel, metrics, layout=layout,
-                         empty_message=f"no channel passes the {criterion} criteria")
+    labels = ([_delta_label(metrics, responses, block, channel) for block, channel in pairs]
+              if responses is not None else None)
+    return channel_grids(fz, natural, image_cache, pairs, fz_channel, None if labels else metrics, layout=layout,
+                         labels=labels, empty_message=f"no channel passes the {criterion_words(criterion)}")
+
+
+def _delta_label(metrics: xr.Dataset, responses: xr.Dataset, block: str, channel: int) -> str:
+    terms = stats.scale_metric_terms(metrics, responses, block, [channel]).loc[channel]
+    mix = float(metrics["mix"].sel(block=block, channel=channel))
+    return f"{block}: channel {channel}\nM={mix:.2f}  Δup={terms['up']:.2f}  Δdown={terms['down']:.2f}"
 
 
 def fz_imagenet_grids(fz, natural, image_cache, metrics, criterion: str = "interpreting",
@@ -272,18 +303,27 @@ def _panels(count: int, rows: int = 1, width: float = 2.6, height: float = 2.4) 
     return figure, axes
 
 
-def mix_histograms(metrics: xr.Dataset) -> Figure:
-    """Paper 2 Fig. 2: one histogram of mix ratios per block, bins 0 to 5 at 0.25."""
+HISTOGRAM_COLUMNS = 4  # seven blocks in two rows: each panel keeps about a quarter of the page width
+
+
+def mix_histograms(metrics: xr.Dataset, columns: int = HISTOGRAM_COLUMNS) -> Figure:
+    """Paper 2 Fig. 2: one histogram of mix ratios per block, bins 0 to 5 at 0.25, ``columns`` per row."""
     blocks = stats.blocks_of(metrics)
-    figure, axes = _panels(len(blocks))
-    for axis, block in zip(axes[0], blocks):
-        counts, edges = stats.mix_histogram(metrics, block)
+    columns = max(1, min(columns, len(blocks)))
+    rows = -(-len(blocks) // columns)
+    figure, axes = _panels(columns, rows=rows)
+    for index, axis in enumerate(axes.ravel()):
+        if index >= len(blocks):
+            axis.set_visible(False)
+            continue
+        counts, edges = stats.mix_histogram(metrics, blocks[index])
         axis.stairs(counts, edges, fill=True, color="0.3")
         axis.axvline(1.0, color="0.6", linestyle=":")
         axis.set_xlim(edges[0], edges[-1])
-        axis.set_title(block)
+        axis.set_title(blocks[index])
         axis.set_xlabel("mix ratio M")
-    axes[0][0].set_ylabel("channels")
+        if index % columns == 0:
+            axis.set_ylabel("channels")
     figure.tight_layout()
     return figure
 
@@ -385,7 +425,7 @@ def fz_imagenet_agreement(metrics: xr.Dataset, criterion: str = "interpreting") 
     for column, color in (("both", "tab:green"), ("fz_only", "tab:purple"), ("top9_only", "tab:orange")):
         axis.bar(table["block"], table[column], bottom=bottom, color=color, label=column.replace("_", " "))
         bottom += table[column].to_numpy(float)
-    axis.set_ylabel(f"channels passing ({criterion})")
+    axis.set_ylabel(f"channels passing the {criterion_words(criterion)}", fontsize=8)
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure

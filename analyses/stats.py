@@ -190,6 +190,22 @@ def mix_histogram(metrics_ds: xr.Dataset, block: str, bins=MIX_BINS, stimulus_se
     return np.histogram(mix, bins=bins)
 
 
+def scale_metric_terms(metrics_ds: xr.Dataset, responses_ds: xr.Dataset, block: str, channels=None,
+                       stimulus_set: str = "fz") -> pd.DataFrame:
+    """The two summed deltas of the scale metric (Eq. 5, paper 2 Fig. 6), per channel: ``up`` =
+    up_delta / B_c(X̂_B) and ``down`` = down_delta / I_c(X̂_I); their sum is SM_c."""
+    channels = valid_channels(metrics_ds, block) if channels is None else np.asarray(channels)
+    response = _one_set(responses_ds, stimulus_set)["response"].sel(block=block, channel=list(channels),
+                                                                     transform="none")
+    own_block = response.sel(tap="B", source="B").values.astype(np.float64)
+    own_input = response.sel(tap="I", source="I").values.astype(np.float64)
+    up_delta = per_channel(metrics_ds, "up_delta", block, stimulus_set).reindex(channels).to_numpy(np.float64)
+    down_delta = per_channel(metrics_ds, "down_delta", block, stimulus_set).reindex(channels).to_numpy(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pd.DataFrame({"up": up_delta / own_block, "down": down_delta / own_input},
+                            index=pd.Index(channels, name="channel"))
+
+
 # ---------------------------------------------------------------- mix against weights, activations, tuning
 
 

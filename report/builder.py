@@ -2,11 +2,16 @@
 
 ``build(store, out_dir)`` writes into ``out_dir``:
 
-* ``figures/<id>.png`` and ``.svg``, ``tables/<id>.csv`` and ``.md``;
-* ``_quarto.yml``, ``index.qmd`` (what this store is, claims at a glance, default vs aliased taps), one
-  ``.qmd`` per paper, and ``alignment.qmd`` when ``analyses.alignment_figures`` exists;
-* ``_site/*.html``: rendered with ``quarto render`` when Quarto is installed, else with pandoc, else with
-  a small built-in converter for the markdown subset written here.
+* ``figures/<id>.png`` and ``.svg`` (and ``<id>.cells.json``: where each channel's grid lies, for grid
+  figures), ``tables/<id>.csv``, ``.md`` and ``.outcome.txt`` (the table's outcome in words);
+* ``_quarto.yml``, ``index.qmd`` (what this store is and shows, claims at a glance, default vs aliased taps),
+  one ``.qmd`` per paper, and ``alignment.qmd`` when ``analyses.alignment_figures`` exists;
+* ``_site/*.html``: rendered by ``report.render`` (Quarto, else pandoc, else markdown-it-py), and the channel
+  browser ``_site/units/`` (``report.units``).
+
+Figures are numbered and titled by the paper's figure ("Fig. 1A"), tables by their own count on the page;
+an entry whose input is missing is a one-line placeholder, not a figure. An analysis that raises stops the
+build with the entry named (``EntryError``), unless ``keep_going``: then it is shown as an error box.
 
 Each figure and table is cached under a key of its spec entry, the store groups' progress attrs, the package
 version and its analysis module's source, so a rebuild with unchanged inputs only rewrites the text.
@@ -18,43 +23,34 @@ import html
 import inspect
 import json
 import re
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
+import click
 import pandas as pd
 
 import repro
-from report import spec, verify
+from report import outcomes, render, spec, units, verify
 
-SITE = "_site"
+SITE = render.SITE
 CACHE_FILE = ".report-cache.json"
-GROUP_STAMP_KEYS = ("finished", "complete", "units_done", "signature", "created")
+CSS_FILE = Path(__file__).resolve().parent / "templates" / "report.css"
+GROUP_STAMP_KEYS = ("finished", "complete", "version", "settings_digest", "created")
 TOY_WORLD = ("The embedded default is a small procedural object-recognition world with a ResNet-18-shaped "
              "network (`profiles/toy.toml`): it runs offline in minutes and exercises every stage, but its "
              "channels have nothing to do with ImageNet-trained resnet18, so the papers' numbers do not apply. "
              "Its own numbers are computed and shown; run the `paper` profile on ImageNet to compare.")
 BADGE_CLASS = {badge: "badge-" + badge.replace(" ", "-") for badge in verify.BADGES}
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 0 auto; padding: 1rem 2rem; line-height: 1.45; }
-img { max-width: 100%; height: auto; }
-figure { margin: 1.5rem 0; }
-figcaption { font-size: 0.92rem; color: #333; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
-th, td { border: 1px solid #ccc; padding: 0.2rem 0.45rem; vertical-align: top; }
-nav.report-nav { margin-bottom: 1rem; font-size: 0.95rem; }
-.provenance { font-size: 0.8rem; color: #555; }
-.badge { display: inline-block; padding: 0 0.45rem; border-radius: 0.6rem; font-size: 0.8rem; font-weight: 600; }
-.badge-verified { background: #d4f4dd; color: #135f2b; }
-.badge-within-noise { background: #fff1c2; color: #6b4f00; }
-.badge-deviates { background: #ffd7d5; color: #8a1410; }
-.badge-not-comparable { background: #e6e6e6; color: #444; }
-.missing { border: 1px dashed #bbb; padding: 0.5rem 1rem; color: #555; }
-"""
+PAPER_CHAPTERS = ("naturally", "interpreting")
+
+
+class EntryError(click.ClickException):
+    """An analysis raised while building an entry: the build stops with the entry named (exit 1)."""
+
+    exit_code = 1
 
 
 # ---------------------------------------------------------------- the store in one record
@@ -76,7 +72,8 @@ class StoreContext:
     def stamp(self, store, group: str) -> Any:
         """What says a group changed: its progress attrs (or its absence)."""
         if group not in self.stamps:
-            self.stamps[group] = ({key: store.group_attrs(group).get(key) for key in GROUP_STAMP_KEYS}
+            self.stamps[group] = ({**{key: store.group_attrs(group).get(key) for key in GROUP_STAMP_KEYS},
+                                   "units_done": sorted(store.done(group))}
                                   if store.has(group) else "absent")
         return self.stamps[group]
 
@@ -106,6 +103,13 @@ class Artifact:
     def ok(self) -> bool:
         return self.status in ("built", "cached")
 
+    def empty(self, out_dir: Path) -> str:
+        """The message of a built figure that has nothing to show ("" otherwise)."""
+        path = out_dir / self.files.get("cells.json", "-")
+        if not self.ok or not path.is_file():
+            return ""
+        return (json.loads(path.read_text()) or {}).get("empty") or ""
+
 
 def _source_hash(function) -> str:
     try:
@@ -119,7 +123,7 @@ def entry_key(entry: spec.Figure, store, context: StoreContext) -> str:
     payload = {
         "id": entry.id, "kind": entry.kind,
         "function": f"{entry.function.__module__}.{entry.function.__qualname__}",
-        "source": _source_hash(entry.function),
+        "source": _source_hash(entry.function), "outcomes": _source_hash(outcomes.describe),
         "args": repr(sorted(entry.args.items())),
         "inputs": {name: [sel.group, repr(sorted(sel.sel.items())), context.stamp(store, sel.group)]
                    for name, sel in entry.inputs.items()},
@@ -130,7 +134,7 @@ def entry_key(entry: spec.Figure, store, context: StoreContext) -> str:
 
 def _outputs(entry: spec.Figure) -> dict[str, str]:
     folder = "figures" if entry.kind == "figure" else "tables"
-    suffixes = ("png", "svg") if entry.kind == "figure" else ("csv", "md")
+    suffixes = ("png", "svg", "cells.json") if entry.kind == "figure" else ("csv", "md", "outcome.txt")
     return {suffix: f"{folder}/{entry.id}.{suffix}" for suffix in suffixes}
 
 
@@ -143,7 +147,7 @@ def _format_cell(value: Any) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table (pandoc and Quarto both read it)."""
+    """A pipe table (Quarto, pandoc and markdown-it read it)."""
     if frame.empty:
         return "*(empty table)*\n"
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
@@ -157,23 +161,33 @@ def _save(result: Any, entry: spec.Figure, out_dir: Path) -> dict[str, str]:
     if entry.kind == "figure":
         result.savefig(out_dir / files["png"], dpi=100)
         result.savefig(out_dir / files["svg"])
+        empty = getattr(result, "empty_message", None)
+        (out_dir / files["cells.json"]).write_text(json.dumps({"empty": empty} if empty else
+                                                              getattr(result, "grid_cells", None)))
     else:
+        sentence = outcomes.describe(entry.function, result, entry.args)
         if not isinstance(result.index, pd.RangeIndex):
             result = result.reset_index()
         result.to_csv(out_dir / files["csv"], index=False)
         (out_dir / files["md"]).write_text(markdown_table(result))
+        (out_dir / files["outcome.txt"]).write_text(sentence)
     return files
 
 
+def _missing_groups(entry: spec.Figure, store) -> list[str]:
+    return [sel.group for sel in entry.inputs.values() if not sel.optional and not store.has(sel.group)]
+
+
 def make(entry: spec.Figure, store, loader: spec.Loader, context: StoreContext, out_dir: Path,
-         cache: dict) -> Artifact:
-    """Build one figure or table, or reuse it when its key is unchanged."""
+         cache: dict, keep_going: bool = False) -> Artifact:
+    """Build one figure or table, or reuse it when its key is unchanged; an analysis error stops the build
+    (``EntryError``) unless ``keep_going``."""
     if entry.comparable_only and not context.comparable:
-        return Artifact(entry, "skipped", "shown only for stores comparable with the paper (ImageNet weights, "
-                                          "paper profile); this one is not: " + context.why_not)
-    missing = [sel.group for sel in entry.inputs.values() if not sel.optional and not store.has(sel.group)]
+        return Artifact(entry, "skipped", "the paper's own channel choices, shown only for a store comparable "
+                                          "with the paper")
+    missing = _missing_groups(entry, store)
     if missing:
-        return Artifact(entry, "missing", f"the store has no {', '.join(missing)} group yet.")
+        return Artifact(entry, "missing", f"needs the store's {', '.join(missing)} group, not made yet")
     key = entry_key(entry, store, context)
     files = _outputs(entry)
     if cache.get(entry.id) == key and all((out_dir / path).is_file() for path in files.values()):
@@ -181,20 +195,55 @@ def make(entry: spec.Figure, store, loader: spec.Loader, context: StoreContext, 
     try:
         result = entry.function(**loader.inputs(entry.inputs), **entry.args)
         files = _save(result, entry, out_dir)
-    except Exception as error:  # one broken analysis should not hide the rest of the report
-        print(f"report: {entry.id} failed: {type(error).__name__}: {error}", file=sys.stderr)
+    except Exception as error:
+        message = f"{entry.id} failed: {type(error).__name__}: {error}".replace("\n", " ")
+        if not keep_going:
+            raise EntryError(message + " (rerun with --keep-going to build the rest)") from error
+        print(f"report: {message}", file=sys.stderr)
         return Artifact(entry, "error", f"{type(error).__name__}: {error}")
     return Artifact(entry, "built", files=files, key=key)
 
 
-# ---------------------------------------------------------------- Quarto sources
+# ---------------------------------------------------------------- numbers, anchors, badges
+
+def anchor(entry_id: str) -> str:
+    """An entry's HTML id. Not Quarto's ``fig-``/``tbl-`` prefixes: those would number figures by Quarto's
+    own count, and the report numbers them by the paper's figure."""
+    return re.sub(r"^fig-", "figure-", re.sub(r"^tbl-", "table-", entry_id))
+
+
+def numbers(artifacts: Sequence[Artifact], out_dir: Path) -> dict[str, str]:
+    """Each built entry's label: figures of a paper's chapter by the paper's figure ("Fig. 1A"; its titles
+    tell the store's channel choices from the paper's), other figures "Figure n", tables "Table n", counted
+    per chapter over built entries only."""
+    labels, counts = {}, {}
+    for artifact in artifacts:
+        entry = artifact.entry
+        if not artifact.ok or artifact.empty(out_dir):
+            continue
+        if entry.kind == "figure" and entry.paper_figure != "—" and entry.chapter in PAPER_CHAPTERS:
+            labels[entry.id] = entry.paper_figure
+            continue
+        kind = "Figure" if entry.kind == "figure" else "Table"
+        counts[(entry.chapter, kind)] = counts.get((entry.chapter, kind), 0) + 1
+        labels[entry.id] = f"{kind} {counts[(entry.chapter, kind)]}"
+    return labels
+
 
 def badge(name: str) -> str:
     return f"[{name}]{{.badge .{BADGE_CLASS[name]}}}"
 
 
-def combined_badge(badges: Sequence[str]) -> str:
-    """One badge for a figure from the claims it backs: any deviation wins, then noise, then verified."""
+def own_badge(outcome: verify.Outcome) -> str:
+    """The badge, and for a claim the store cannot compare, what its rule gives on the store's own numbers."""
+    return badge(outcome.badge) + (f" [in this store: {outcome.own_words}]{{.own}}" if outcome.own else "")
+
+
+def combined_badge(badges: Sequence[str]) -> str | None:
+    """One badge for a figure from the claims it backs: any deviation wins, then noise, then verified;
+    None when no claim backs it."""
+    if not badges:
+        return None
     if verify.DEVIATES in badges:
         return verify.DEVIATES
     comparable = [name for name in badges if name != verify.NOT_COMPARABLE]
@@ -209,128 +258,258 @@ def _claims_backing(entry_id: str, results: Sequence[verify.Result]) -> list[ver
 
 def _inline(text: str) -> str:
     """Text safe inside a markdown table cell or caption."""
-    return str(text).replace("|", "\\|").replace("\n", " ").replace("[", "\\[").replace("]", "\\]")
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+            .replace("[", "\\[").replace("]", "\\]").replace("<", "&lt;").replace("*", "\\*"))
+
+
+# ---------------------------------------------------------------- one entry's markdown
+
+def _link_figure_mentions(text: str, chapter: str, labels: dict[str, str], entries: dict[str, spec.Figure]) -> str:
+    """``Fig. 1`` in a caption → a link to this chapter's figure of that number (its first built one)."""
+    targets = {}
+    for entry_id, label in labels.items():
+        match = re.match(r"Fig\. (\d+)", label)
+        if match and entries[entry_id].chapter == chapter:
+            targets.setdefault(match.group(1), entry_id)
+    return re.sub(r"(?<!\[)Fig\. (\d+)(?![\dA-Z])", lambda m: f"[Fig. {m.group(1)}](#{anchor(targets[m.group(1)])})"
+                  if m.group(1) in targets else m.group(0), text)
+
+
+def placeholder_markdown(artifact: Artifact) -> str:
+    """A missing or skipped entry in one line: not a figure, no number."""
+    entry = artifact.entry
+    where = f" ({entry.paper_figure})" if entry.paper_figure != "—" else ""
+    return (f"::: {{#{anchor(entry.id)} .placeholder}}\n*{_inline(entry.title)}*{where}: "
+            f"{_inline(artifact.message)}.\n:::\n")
+
+
+def error_markdown(artifact: Artifact) -> str:
+    entry = artifact.entry
+    return (f"::: {{#{anchor(entry.id)} .entry .error}}\n**{_inline(entry.title)}** (`{entry.id}`) could not be "
+            f"built: {_inline(artifact.message)}\n:::\n")
+
+
+def grid_links(cells: dict | None, root: str = "") -> str:
+    """Links over each channel's grid, placed in percent of the figure so they scale with it."""
+    if not cells:
+        return ""
+    width, height = cells["width"], cells["height"]
+    links = []
+    for cell in cells["cells"]:
+        x, y, w, h = cell["box"]
+        style = (f"left:{100 * x / width:.3f}%;top:{100 * y / height:.3f}%;"
+                 f"width:{100 * w / width:.3f}%;height:{100 * h / height:.3f}%")
+        links.append(f'<a class="cell" href="{root}{units.unit_href(cell["unit"])}" style="{style}" '
+                     f'title="unit {cell["unit"]}" aria-label="unit {cell["unit"]}"></a>')
+    return "".join(links)
+
+
+def figure_html(artifact: Artifact, label: str, out_dir: Path) -> str:
+    cells_file = out_dir / artifact.files["cells.json"]
+    cells = json.loads(cells_file.read_text()) if cells_file.is_file() else None
+    alt = html.escape(f"{label}: {artifact.entry.title}", quote=True)
+    return (f'<div class="grid-figure"><img src="{artifact.files["png"]}" alt="{alt}">'
+            f"{grid_links(cells)}</div>\n")
+
+
+def provenance_markdown(entry: spec.Figure, backing: Sequence[verify.Result], context: StoreContext) -> str:
+    sources = (f"from {', '.join(selection.describe() for selection in entry.inputs.values())}; {context.provenance()}"
+               if entry.inputs else f"(a seeded simulation; reads no store group; package {repro.__version__})")
+    overall = combined_badge([result.outcome.badge for result in backing])
+    claims = ", ".join(f"[{result.claim.id}](#{result.claim.id}) {own_badge(result.outcome)}" for result in backing)
+    return ("::: {.provenance}\n" + (badge(overall) + " " if overall else "")
+            + f"Made by `{entry.function.__module__}.{entry.function.__name__}` {sources}."
+            + (f" Claims: {claims}." if claims else " No published number backs this entry.") + "\n:::\n")
 
 
 def entry_markdown(artifact: Artifact, results: Sequence[verify.Result], context: StoreContext, out_dir: Path,
-                   level: int = 2) -> str:
-    entry = artifact.entry
-    backing = _claims_backing(entry.id, results)
-    overall = combined_badge([result.outcome.badge for result in backing])
-    claims = ", ".join(f"[{result.claim.id}](#{result.claim.id}) {badge(result.outcome.badge)}" for result in backing)
-    sources = (f"from {', '.join(selection.describe() for selection in entry.inputs.values())}; {context.provenance()}"
-               if entry.inputs else f"(a seeded simulation; reads no store group; package {repro.__version__})")
-    provenance = ("::: {.provenance}\n"
-                  f"{badge(overall)} Made by `{entry.function.__module__}.{entry.function.__name__}` {sources}."
-                  + (f" Claims: {claims}." if claims else " No published number backs this entry.") + "\n:::\n")
-    paper_label = f"Paper {entry.paper_figure}" if entry.paper_figure != "—" else ""
-    caption = _inline(f"{paper_label}. {entry.caption}" if paper_label else entry.caption)
-    lines = ["#" * level + f" {entry.title}" + (f" ({paper_label})" if paper_label else ""), ""]
-    if not artifact.ok:
-        label = "Figure" if entry.kind == "figure" else "Table"
-        lines += [f"::: {{#{entry.id} .missing}}", f"{label} not built: {_inline(artifact.message)}", "",
-                  caption, ":::", ""]
-    elif entry.kind == "figure":
-        lines += [f"![{caption}]({artifact.files['png']}){{#{entry.id}}}", "",
+                   labels: dict[str, str], entries: dict[str, spec.Figure], level: int = 2) -> str:
+    if artifact.status in ("missing", "skipped"):
+        return placeholder_markdown(artifact)
+    if artifact.status == "error":
+        return error_markdown(artifact)
+    if artifact.empty(out_dir):
+        return placeholder_markdown(Artifact(artifact.entry, "missing", artifact.empty(out_dir)))
+    entry, label = artifact.entry, labels[artifact.entry.id]
+    paper = (f" (paper {entry.paper_figure})" if entry.kind == "table" and entry.paper_figure != "—" else "")
+    caption = _link_figure_mentions(_inline(entry.caption), entry.chapter, labels, entries)
+    # The heading stays outside the div: pandoc's table of contents lists top-level headings only.
+    lines = ["#" * level + f" {label} · {_inline(entry.title)}{paper}", "", f"::: {{#{anchor(entry.id)} .entry}}"]
+    if entry.kind == "figure":
+        lines += [figure_html(artifact, label, out_dir), f"[**{label}.** {caption}]{{.caption}}", "",
                   f"[SVG]({artifact.files['svg']})", ""]
     else:
-        lines += [(out_dir / artifact.files["md"]).read_text().rstrip(), "", f": {caption} {{#{entry.id}}}", "",
-                  f"[CSV]({artifact.files['csv']})", ""]
-    return "\n".join([*lines, provenance, ""])
+        sentence = (out_dir / artifact.files["outcome.txt"]).read_text().strip()
+        lines += [f"[**{label}.** {caption}]{{.caption}}", "", (out_dir / artifact.files["md"]).read_text().rstrip(), ""]
+        lines += [f"[**Outcome.** {_inline(sentence)}]{{.outcome}}", ""] if sentence else []
+        lines += [f"[CSV]({artifact.files['csv']})", ""]
+    lines += [provenance_markdown(entry, _claims_backing(entry.id, results), context), ":::", ""]
+    return "\n".join(lines)
 
+
+# ---------------------------------------------------------------- pages
 
 def claims_table(results: Sequence[verify.Result]) -> str:
-    header = "| claim | where | what the paper says | published | this store | badge | detail |\n|---|---|---|---|---|---|---|"
+    header = ("| claim | where | what the paper says | published | this store | badge | detail |\n"
+              "|---|---|---|---|---|---|---|")
     rows = [f"| [{r.claim.id}]{{#{r.claim.id}}} | {_inline(r.claim.where)} | {_inline(r.claim.text)}"
-            + (f" (source: {r.claim.source})" if r.claim.source != "paper" else "")
+            + (f" (source: {_inline(r.claim.source)})" if r.claim.source != "paper" else "")
             + f" | {_inline(verify.short(r.claim.published))} | {_inline(verify.short(r.outcome.measured))}"
-            f" | {badge(r.outcome.badge)} | {_inline(r.outcome.detail)} |" for r in results]
+            f" | {own_badge(r.outcome)} | {_inline(_claim_detail(r.outcome))} |" for r in results]
     return "\n".join([header, *rows]) + "\n"
+
+
+def _claim_detail(outcome: verify.Outcome) -> str:
+    if outcome.reason and outcome.reason != outcome.detail:
+        return f"{outcome.detail}; not comparable: {outcome.reason}" if outcome.detail else outcome.reason
+    return outcome.detail
 
 
 def front_matter(title: str) -> str:
     return f'---\ntitle: "{title}"\n---\n\n'
 
 
+def comparability_note(context: StoreContext) -> str:
+    """The store-wide reason claims are not comparable, stated once per page."""
+    return ("" if context.comparable else
+            f"**Not comparable with the paper:** {_inline(context.why_not)}. Each claim below shows its grey badge "
+            "and, beside it, what its rule gives on this store's own numbers (holds, holds weakly, fails).\n")
+
+
 def chapter_qmd(chapter: str, artifacts: Sequence[Artifact], results: Sequence[verify.Result],
-                context: StoreContext, out_dir: Path) -> str:
+                context: StoreContext, out_dir: Path, labels: dict[str, str]) -> str:
     published = spec.NATURALLY if chapter == "naturally" else spec.INTERPRETING
     mine = [artifact for artifact in artifacts if artifact.entry.chapter == chapter]
+    entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
     claims = [result for result in results if result.claim.paper == chapter]
     counts = verify.summary(claims)
-    figure_refs = ", ".join(f"@{artifact.entry.id}" for artifact in mine if artifact.entry.kind == "figure")
+    first = {}
+    for artifact in mine:  # one link per figure number
+        if artifact.entry.id in labels and artifact.entry.kind == "figure":
+            first.setdefault(labels[artifact.entry.id], artifact.entry.id)
+    figure_refs = ", ".join(f"[{label}](#{anchor(entry_id)})" for label, entry_id in first.items())
     parts = [front_matter(spec.CHAPTERS[chapter][1]),
              f"{published['paper']['author']}. Criterion: {published['paper']['criterion']}. "
              f"Authors' code: <{published['paper']['code']}>.\n",
-             f"This chapter rebuilds the paper's figures ({figure_refs}) from {context.provenance()}. "
-             + ("" if context.comparable else f"**Not comparable with the paper:** {context.why_not}. ")
-             + "Claims: " + ", ".join(f"{count} {badge(name)}" for name, count in counts.items()) + ".\n"]
-    parts += [entry_markdown(artifact, results, context, out_dir) for artifact in mine]
+             f"This chapter rebuilds the paper's figures ({figure_refs or 'none built yet'}) from "
+             f"{context.provenance()}. Claims: " + ", ".join(f"{count} {badge(name)}" for name, count in counts.items())
+             + ".\n", comparability_note(context)]
+    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries) for artifact in mine]
     parts += ["## Claims checked against the paper\n", claims_table(claims)]
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
 
 
 def _groups_table(store) -> str:
-    rows = ["| group | present | complete | units done | finished |", "|---|---|---|---|---|"]
+    rows = ["| group | present | state | units done | finished |", "|---|---|---|---|---|"]
     for group in ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "metrics_aliased", "ablation"):
         attrs = store.group_attrs(group) if store.has(group) else {}
-        rows.append(f"| {group} | {'yes' if store.has(group) else 'no'} | {attrs.get('complete', '')} | "
-                    f"{len(attrs.get('units_done', []) or [])} | {attrs.get('finished', '')} |")
+        state = store.group_state(group).state if store.has(group) else ""
+        rows.append(f"| {group} | {'yes' if store.has(group) else 'no'} | {state} | "
+                    f"{len(store.done(group))} | {attrs.get('finished', '')} |")
     return "\n".join(rows) + "\n"
 
 
-def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Result], context: StoreContext,
-              out_dir: Path, chapters: Sequence[str]) -> str:
+OWN_LEVELS = (("hold", verify.VERIFIED), ("hold weakly", verify.WITHIN_NOISE), ("fail", verify.DEVIATES))
+
+
+def _level_counts(results: Sequence[verify.Result]) -> str:
+    """"hold for 3, hold weakly for 1, fail for 2 (failing: ...)" over the results' own outcomes."""
+    shown = {word: [r for r in results if (r.outcome.own or r.outcome.badge) == name] for word, name in OWN_LEVELS}
+    failing = [r.claim.id.removeprefix("claim-") for r in shown["fail"]]
+    listed = ", ".join(failing[:6]) + (f" and {len(failing) - 6} more" if len(failing) > 6 else "")
+    unmeasured = len(results) - sum(len(found) for found in shown.values())
+    return (", ".join(f"{word} for {len(found)}" for word, found in shown.items())
+            + (f" (failing: {listed})" if failing else "")
+            + (f"; {unmeasured} cannot be measured on this store" if unmeasured else ""))
+
+
+def store_summary(results: Sequence[verify.Result], context: StoreContext) -> str:
+    """One paragraph, generated from the results: what the store's own numbers show under each paper's
+    qualitative rules, how its channel lists and numbers compare with the published ones, and its counts."""
+    sentences = []
+    for chapter in PAPER_CHAPTERS:
+        mine = [r for r in results if r.claim.paper == chapter]
+        rules = [r for r in mine if r.claim.rule is verify.qualitative]
+        numbers_ = [r for r in mine if r.claim.rule is not verify.qualitative]
+        sentences.append(f"*{_inline(spec.CHAPTERS[chapter][1])}*: of its {len(rules)} qualitative claims, checked on "
+                         f"this store's own numbers, the rules {_level_counts(rules)}; of its {len(numbers_)} "
+                         f"published channel lists and numbers, this store's {_level_counts(numbers_)}.")
+    counts = {r.claim.args["block"]: r.outcome.measured for r in results
+              if r.claim.id.startswith("claim-naturally-count-") and r.outcome.measured is not None}
+    if counts:
+        sentences.append("Channels passing mix and up per block: "
+                         + ", ".join(f"{block} {count}" for block, count in counts.items()) + ".")
+    lead = ("Measured against the papers' published numbers." if context.comparable else
+            "The papers' numbers do not apply to this store (see below), so these are the store's own outcomes, "
+            "not verdicts on the papers.")
+    return f"{lead} " + " ".join(sentences) + "\n"
+
+
+def _facts(context: StoreContext, profile: dict) -> list[tuple[str, str]]:
     attrs = context.attrs
-    profile = verify.store_profile(attrs)
-    facts = [("store", f"`{context.path}`"), ("profile", f"`{context.profile_name}`: {profile.get('description', '')}"),
-             ("weights", f"`{attrs.get('weights', '')}`"),
-             ("weights sha256 (state)", f"`{attrs.get('weights_sha256', '') or 'n/a'}`"),
-             ("weights sha256 (file)", f"`{attrs.get('weights_file_sha256', '') or 'n/a'}`"),
-             ("git commit", f"`{attrs.get('git_commit', 'unknown')}`"),
-             ("package", f"`{attrs.get('package_version', '')}`; torch `{attrs.get('torch_version', '')}`, "
-                         f"torchvision `{attrs.get('torchvision_version', '')}`"),
-             ("created", str(attrs.get("created", "")))]
+    return [("store", f"`{context.path}`"), ("profile", f"`{context.profile_name}`: {profile.get('description', '')}"),
+            ("weights", f"`{attrs.get('weights', '')}`"),
+            ("weights sha256 (state)", f"`{attrs.get('weights_sha256', '') or 'n/a'}`"),
+            ("weights sha256 (file)", f"`{attrs.get('weights_file_sha256', '') or 'n/a'}`"),
+            ("git commit", f"`{attrs.get('git_commit', 'unknown')}`"),
+            ("package", f"`{attrs.get('package_version', '')}`; torch `{attrs.get('torch_version', '')}`, "
+                        f"torchvision `{attrs.get('torchvision_version', '')}`"),
+            ("created", str(attrs.get("created", "")))]
+
+
+def _aliased_how_to(context: StoreContext) -> str:
+    return ("This store holds metrics for one tap convention only. The default taps hold true values; "
+            "Lucent's hooks, which the authors' FZs used, alias B and the pre-ReLU taps to the post-ReLU "
+            "block output. To compare, make a second store with the aliased taps and copy its `metrics` "
+            "group into this store as `metrics_aliased`, then rebuild the report:\n\n"
+            f"```\nrepro fz --profile {context.profile_name} --aliased --store aliased.zarr\n"
+            "repro natural --store aliased.zarr --images IMAGES\nrepro metrics --store aliased.zarr\n"
+            "python -c \"import xarray as xr; xr.open_zarr('aliased.zarr', group='metrics')"
+            f".to_zarr('{context.path}', group='metrics_aliased', mode='w', zarr_format=3)\"\n```\n")
+
+
+def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Result], context: StoreContext,
+              out_dir: Path, chapters: Sequence[str], labels: dict[str, str]) -> str:
+    profile = verify.store_profile(context.attrs)
     comparable = ("Published-number claims are **comparable**: torchvision resnet18 IMAGENET1K_V1 weights and the "
                   "paper's settings." if context.comparable else
-                  f"Published-number claims are **not comparable**: {context.why_not}. Every figure and number "
-                  "below is still this store's own.")
+                  f"Published-number claims are **not comparable**: {_inline(context.why_not)}. Every figure and "
+                  "number below is still this store's own.")
     if "toy" in profile:  # the toy profile and its twins carry a [toy] table
         comparable += "\n\n" + TOY_WORLD
     glance = ["| chapter | " + " | ".join(verify.BADGES) + " |", "|---|" + "---|" * len(verify.BADGES)]
-    for chapter in ("naturally", "interpreting"):
+    for chapter in PAPER_CHAPTERS:
         counts = verify.summary([r for r in results if r.claim.paper == chapter])
         stem, title = spec.CHAPTERS[chapter]
         glance.append(f"| [{_inline(title)}]({stem}.qmd) | " + " | ".join(str(counts[b]) for b in verify.BADGES) + " |")
+    entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
     parts = [front_matter("Residual stream of ResNet18: both papers rebuilt"),
-             "## What this store is\n", "| | |\n|---|---|\n" + "\n".join(f"| {k} | {_inline(v)} |" for k, v in facts) + "\n",
+             "## What this store shows\n", store_summary(results, context),
+             "## What this store is\n",
+             "| | |\n|---|---|\n" + "\n".join(f"| {k} | {_inline(v) if k == 'profile' else v} |"
+                                             for k, v in _facts(context, profile)) + "\n",
              comparable + "\n", "Groups in the store:\n", _groups_table(store),
              "## Claims at a glance\n", "\n".join(glance) + "\n",
              "Badges: " + ", ".join(badge(name) for name in verify.BADGES) + ". Channel sets are compared by overlap "
              "(Jaccard, precision, recall), counts and percentages by tolerance, qualitative claims by rule; tolerances "
              "are in `report/spec.py`, published values in `data/published/`.\n",
              "Chapters: " + ", ".join(f"[{_inline(spec.CHAPTERS[c][1])}]({spec.CHAPTERS[c][0]}.qmd)" for c in chapters
-                                      if c != "store") + ".\n",
+                                      if c != "store") + ". Every channel: [the channel browser](units/index.html).\n",
              "## Default taps and reference-compatibility (aliased) taps\n"]
     if not store.has("metrics_aliased"):
-        parts.append("This store holds metrics for one tap convention only. The default taps hold true values; "
-                     "Lucent's hooks, which the authors' FZs used, alias B and the pre-ReLU taps to the post-ReLU "
-                     "block output. To compare, make a second store with the aliased taps and copy its `metrics` "
-                     "group into this store as `metrics_aliased`, then rebuild the report:\n\n"
-                     f"```\nrepro fz --profile {context.profile_name} --aliased --store aliased.zarr\n"
-                     "repro natural --store aliased.zarr --images IMAGES\nrepro metrics --store aliased.zarr\n"
-                     "python -c \"import xarray as xr; xr.open_zarr('aliased.zarr', group='metrics')"
-                     f".to_zarr('{context.path}', group='metrics_aliased', mode='w', zarr_format=3)\"\n```\n")
-    parts += [entry_markdown(artifact, results, context, out_dir, level=3) for artifact in artifacts
+        parts.append(_aliased_how_to(context))
+    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3) for artifact in artifacts
               if artifact.entry.chapter == "store"]
     return "\n".join(parts)
 
 
-def alignment_qmd(artifacts: Sequence[Artifact], results, context: StoreContext, out_dir: Path) -> str:
+def alignment_qmd(artifacts: Sequence[Artifact], results, context: StoreContext, out_dir: Path,
+                  labels: dict[str, str]) -> str:
+    entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
     parts = [front_matter(spec.CHAPTERS["alignment"][1]),
              "Superposition deflates representational alignment: simulations beside their closed forms "
-             "(see `analyses/alignment_figures.py`). These do not read the store.\n"]
-    parts += [entry_markdown(artifact, results, context, out_dir) for artifact in artifacts
+             "(see `analyses/alignment_figures.py`), and one table on this store's natural images.\n"]
+    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries) for artifact in artifacts
               if artifact.entry.chapter == "alignment"]
     return "\n".join(parts)
 
@@ -339,203 +518,8 @@ def quarto_yml(chapters: Sequence[str]) -> str:
     pages = "\n".join(f"      - href: {spec.CHAPTERS[c][0]}.qmd\n        text: \"{spec.CHAPTERS[c][1]}\"" for c in chapters)
     return ("project:\n  type: website\n  output-dir: _site\n  resources:\n    - figures/*\n    - tables/*\n"
             "website:\n  title: \"Residual stream of ResNet18\"\n  navbar:\n    left:\n" + pages + "\n"
+            "      - href: units/index.html\n        text: \"Channels\"\n"
             "format:\n  html:\n    toc: true\n    css: report.css\n")
-
-
-# ---------------------------------------------------------------- rendering
-
-def cross_ref_numbers(text: str) -> dict[str, str]:
-    """Labels defined in a page, numbered per kind in order: {"fig-x": "Figure 1", "tbl-y": "Table 1"}."""
-    numbers, counts = {}, {"fig": 0, "tbl": 0}
-    for label in re.findall(r"\{#((?:fig|tbl)-[\w.-]+)[ }]", text):
-        kind = label[:3]
-        if label not in numbers:
-            counts[kind] += 1
-            numbers[label] = f"{'Figure' if kind == 'fig' else 'Table'} {counts[kind]}"
-    return numbers
-
-
-def _wrap_captioned_tables(lines: list[str], numbers: Mapping[str, str]) -> list[str]:
-    """``: caption {#tbl-x}`` after a pipe table → the table inside a ``::: {#tbl-x}`` div, caption numbered."""
-    out: list[str] = []
-    for line in lines:
-        match = re.match(r"^: (.*) \{#(tbl-[\w.-]+)\}\s*$", line)
-        if not match:
-            out.append(line)
-            continue
-        caption, label = match.groups()
-        start = len(out)
-        while start > 0 and (out[start - 1].startswith("|") or out[start - 1] == "" and start > 1
-                             and out[start - 2].startswith("|")):
-            start -= 1
-        out[start:start] = [f"::: {{#{label}}}"]
-        out += [f": {numbers.get(label, '')}: {caption}", ":::"]
-    return out
-
-
-def plain_markdown(text: str, navigation: str) -> str:
-    """Quarto-only syntax made plain pandoc markdown: numbered captions, ``@fig-x`` refs as links,
-    ``.qmd`` links as ``.html``, a navigation line after the title."""
-    numbers = cross_ref_numbers(text)
-    text = re.sub(r"!\[(.*?)\]\((\S+?)\)\{#(fig-[\w.-]+)\}",
-                  lambda m: f"![{numbers.get(m.group(3), 'Figure')}: {m.group(1)}]({m.group(2)}){{#{m.group(3)}}}", text)
-    text = re.sub(r"(?<![\w\[])@((?:fig|tbl)-[\w.-]*[\w])", lambda m: f"[{numbers.get(m.group(1), m.group(1))}](#{m.group(1)})", text)
-    text = re.sub(r"\]\(([\w-]+)\.qmd\)", r"](\1.html)", text)
-    lines = _wrap_captioned_tables(text.split("\n"), numbers)
-    text = "\n".join(lines)
-    if text.startswith("---\n"):
-        end = text.index("\n---\n", 4) + 5
-        return text[:end] + "\n" + navigation + "\n" + text[end:]
-    return navigation + "\n" + text
-
-
-# ------------------------------------------------ a minimal markdown → HTML converter (no pandoc installed)
-
-_SPAN = re.compile(r"\[([^\[\]]*(?:\[[^\[\]]*\][^\[\]]*)*)\]\{([^}]*)\}")
-
-
-def _attributes(spec_text: str) -> str:
-    ids = re.findall(r"#([\w.-]+)", spec_text)
-    classes = re.findall(r"\.([\w-]+)", spec_text)
-    return (f' id="{ids[0]}"' if ids else "") + (f' class="{" ".join(classes)}"' if classes else "")
-
-
-def inline_html(text: str) -> str:
-    """Inline markdown of the subset written here: code, images, links, spans, bold, italics, escapes."""
-    codes: list[str] = []
-
-    def stash(match):
-        codes.append(f"<code>{html.escape(match.group(1))}</code>")
-        return f"\x00{len(codes) - 1}\x00"
-
-    text = re.sub(r"`([^`]+)`", stash, text)
-    text = text.replace("\\|", "\x01").replace("\\[", "\x02").replace("\\]", "\x03")
-    text = html.escape(text, quote=False)
-    text = re.sub(r"&lt;(https?://[^\s&]+)&gt;", r'<a href="\1">\1</a>', text)
-    for _ in range(2):  # spans may hold badges
-        text = _SPAN.sub(lambda m: f"<span{_attributes(m.group(2))}>{m.group(1)}</span>", text)
-    text = re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", r'<img src="\2" alt="\1">', text)
-    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    text = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<em>\1</em>", text)
-    text = text.replace("\x01", "|").replace("\x02", "[").replace("\x03", "]")
-    return re.sub("\x00(\\d+)\x00", lambda m: codes[int(m.group(1))], text)
-
-
-def _table_html(rows: list[str], caption: str) -> str:
-    cells = [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip())[1:-1]] for row in rows]
-    head, body = cells[0], cells[2:]
-    parts = ["<table>"] + ([f"<caption>{inline_html(caption)}</caption>"] if caption else [])
-    parts.append("<thead><tr>" + "".join(f"<th>{inline_html(c)}</th>" for c in head) + "</tr></thead><tbody>")
-    parts += ["<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in body]
-    return "\n".join(parts + ["</tbody></table>"])
-
-
-def markdown_to_html(text: str) -> tuple[str, str]:
-    """(title, body HTML) of plain markdown as ``plain_markdown`` writes it."""
-    title = ""
-    if text.startswith("---\n"):
-        end = text.index("\n---\n", 4)
-        found = re.search(r'^title:\s*"?(.*?)"?\s*$', text[4:end], re.M)
-        title, text = (found.group(1) if found else ""), text[end + 5:]
-    lines, out, index = text.split("\n"), [], 0
-    while index < len(lines):
-        line = lines[index]
-        if not line.strip():
-            index += 1
-        elif line.startswith("```"):
-            end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
-            out.append("<pre><code>" + html.escape("\n".join(lines[index + 1:end])) + "</code></pre>")
-            index = end + 1
-        elif line.startswith(":::"):
-            out.append(f"<div{_attributes(line[3:])}>" if line.strip() != ":::" else "</div>")
-            index += 1
-        elif re.match(r"#{1,6} ", line):
-            level = len(line) - len(line.lstrip("#"))
-            heading, _, attributes = line[level + 1:].partition(" {")
-            out.append(f"<h{level}{_attributes(attributes)}>{inline_html(heading)}</h{level}>")
-            index += 1
-        elif line.startswith("|"):
-            end = index
-            while end < len(lines) and lines[end].startswith("|"):
-                end += 1
-            caption_at = end + 1 if end < len(lines) and not lines[end].strip() else end
-            caption = lines[caption_at][2:] if caption_at < len(lines) and lines[caption_at].startswith(": ") else ""
-            out.append(_table_html(lines[index:end], caption))
-            index = caption_at + 1 if caption else end
-        elif line.startswith("- "):
-            items = []
-            while index < len(lines) and lines[index].startswith("- "):
-                items.append(f"<li>{inline_html(lines[index][2:])}</li>")
-                index += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-        else:
-            paragraph = []
-            while index < len(lines) and lines[index].strip() and not re.match(r"(#{1,6} |\||:::|- |```)", lines[index]):
-                paragraph.append(lines[index])
-                index += 1
-            figure = re.fullmatch(r"!\[(.*)\]\((\S+?)\)\{#([\w.-]+)\}", " ".join(paragraph))
-            if figure:
-                caption, source, label = figure.groups()
-                out.append(f'<figure id="{label}"><img src="{html.escape(source)}" alt="">'
-                           f"<figcaption>{inline_html(caption)}</figcaption></figure>")
-            else:
-                out.append(f"<p>{inline_html(' '.join(paragraph))}</p>")
-    return title, "\n".join(out)
-
-
-def html_page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f'<link rel="stylesheet" href="report.css">\n</head>\n<body>\n<h1 class="title">{html.escape(title)}</h1>\n'
-            f"{body}\n</body>\n</html>\n")
-
-
-def _sync(source: Path, target: Path) -> None:
-    """Copy files that are new or changed (the fallback's stand-in for Quarto's resource copying)."""
-    for path in source.rglob("*") if source.is_dir() else [source]:
-        if path.is_dir():
-            continue
-        destination = target / path.relative_to(source) if source.is_dir() else target
-        if not destination.exists() or destination.stat().st_mtime < path.stat().st_mtime:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, destination)
-
-
-def render_fallback(out_dir: Path, pages: Sequence[str], use_pandoc: bool) -> Path:
-    """HTML for every page without Quarto: pandoc when asked, else the built-in converter."""
-    site = out_dir / SITE
-    site.mkdir(exist_ok=True)
-    for name in ("figures", "tables", "report.css"):
-        _sync(out_dir / name, site / name)
-    navigation = ('<nav class="report-nav">' + " · ".join(
-        f'<a href="{stem}.html">{html.escape(title)}</a>' for stem, title in
-        (spec.CHAPTERS[c] for c in pages)) + "</nav>\n")
-    for chapter in pages:
-        stem = spec.CHAPTERS[chapter][0]
-        text = plain_markdown((out_dir / f"{stem}.qmd").read_text(), navigation)
-        if use_pandoc:
-            subprocess.run(["pandoc", "-f", "markdown", "-t", "html5", "-s", "--css", "report.css",
-                            "-o", str(site / f"{stem}.html")], input=text, text=True, check=True,
-                           capture_output=True, timeout=120)
-        else:
-            title, body = markdown_to_html(text)
-            (site / f"{stem}.html").write_text(html_page(title, body))
-    return site / "index.html"
-
-
-def renderer() -> str:
-    return "quarto" if shutil.which("quarto") else "pandoc" if shutil.which("pandoc") else "python"
-
-
-def render(out_dir: Path, pages: Sequence[str], how: str) -> Path:
-    if how == "quarto":
-        completed = subprocess.run(["quarto", "render", str(out_dir)], capture_output=True, text=True)
-        if completed.returncode == 0:
-            return out_dir / SITE / "index.html"
-        print(f"report: quarto render failed, using pandoc or the built-in renderer:\n{completed.stderr[-2000:]}",
-              file=sys.stderr)
-        how = "pandoc" if shutil.which("pandoc") else "python"
-    return render_fallback(out_dir, pages, use_pandoc=how == "pandoc")
 
 
 # ---------------------------------------------------------------- the build
@@ -547,7 +531,25 @@ def _load_cache(out_dir: Path) -> dict:
         return {}
 
 
-def build(store, out_dir, how: str | None = None) -> Path:
+def _sources(store, artifacts, results, context, out_dir, chapters) -> dict[str, str]:
+    labels = numbers(artifacts, out_dir)
+    sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels),
+               "_quarto.yml": quarto_yml(chapters), "report.css": CSS_FILE.read_text()}
+    for chapter in PAPER_CHAPTERS:
+        sources[f"{spec.CHAPTERS[chapter][0]}.qmd"] = chapter_qmd(chapter, artifacts, results, context, out_dir, labels)
+    if "alignment" in chapters:
+        sources["alignment.qmd"] = alignment_qmd(artifacts, results, context, out_dir, labels)
+    return sources
+
+
+def _write_changed(out_dir: Path, sources: dict[str, str]) -> None:
+    for name, text in sources.items():
+        path = out_dir / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+
+
+def build(store, out_dir, how: str | None = None, keep_going: bool = False) -> Path:
     """Rebuild both papers' figures, tables and claims from ``store`` into ``out_dir``; returns the HTML entry page."""
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -558,24 +560,20 @@ def build(store, out_dir, how: str | None = None) -> Path:
     cache = _load_cache(out_dir)
     loader = spec.Loader(store)
     entries = [*spec.FIGURES, *spec.alignment_figures()]
-    artifacts = [make(entry, store, loader, context, out_dir, cache.get("entries", {})) for entry in entries]
-    chapters = ["store", "naturally", "interpreting"] + (["alignment"] if spec.has_alignment() else [])
-    sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters),
-               "_quarto.yml": quarto_yml(chapters), "report.css": CSS}
-    for chapter in ("naturally", "interpreting"):
-        sources[f"{spec.CHAPTERS[chapter][0]}.qmd"] = chapter_qmd(chapter, artifacts, results, context, out_dir)
-    if "alignment" in chapters:
-        sources["alignment.qmd"] = alignment_qmd(artifacts, results, context, out_dir)
-    for name, text in sources.items():
-        path = out_dir / name
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
-    how = how or renderer()
+    artifacts = [make(entry, store, loader, context, out_dir, cache.get("entries", {}), keep_going)
+                 for entry in entries]
+    chapters = ["store", *PAPER_CHAPTERS] + (["alignment"] if spec.has_alignment() else [])
+    sources = _sources(store, artifacts, results, context, out_dir, chapters)
+    _write_changed(out_dir, sources)
+    how = how or render.renderer()
     render_key = hashlib.sha256(json.dumps([how, sources, [a.key for a in artifacts]]).encode()).hexdigest()
     index = out_dir / SITE / "index.html"
+    pages = [spec.CHAPTERS[chapter] for chapter in chapters]
     if cache.get("render") != render_key or not index.is_file():
-        index = render(out_dir, chapters, how)
-    cache = {"entries": {a.entry.id: a.key for a in artifacts if a.ok}, "render": render_key}
+        index = render.render(out_dir, pages, how)
+    appearances = units.appearances(artifacts, out_dir, numbers(artifacts, out_dir), anchor)
+    units_key = units.write(store, loader, context, out_dir / SITE, appearances, cache.get("units"), pages)
+    cache = {"entries": {a.entry.id: a.key for a in artifacts if a.ok}, "render": render_key, "units": units_key}
     (out_dir / CACHE_FILE).write_text(json.dumps(cache, indent=1))
     built = sum(a.status == "built" for a in artifacts)
     print(f"report: {built} built, {sum(a.status == 'cached' for a in artifacts)} cached, "

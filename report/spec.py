@@ -1,6 +1,7 @@
 """The report, declared: every figure, table and claim of both papers, where it comes from, how it is checked.
 
-* ``Figure`` / ``Table``: id (the Quarto label), chapter, paper figure, caption, the analysis function
+* ``Figure`` / ``Table``: id (a stable label; its HTML anchor is ``report.builder.anchor(id)``), chapter, paper
+  figure (the paper's number, which the report shows it under), caption, the analysis function
   (``analyses.figures``, ``analyses.ablation``) and the store groups it reads (``Selection``: group plus an
   xarray ``.sel``), passed to the function by argument name.
 * ``Claim``: a number or statement the paper prints (its value read from ``data/published/*.toml``), the
@@ -293,7 +294,7 @@ FIGURES_INTERPRETING = [
           "Spearman rho and p of |bn2 weight| and mean |conv2 weight| against M (the numbers printed in Fig. 3).",
           stats.weight_mix_correlations, {"metrics_ds": METRICS_FZ}, {"blocks": SIMPLE_SHOWN}),
     Figure("fig-interpreting-4", "interpreting", "Fig. 4", "Overwrite inhibition and tuning correlations",
-           "Top: B_c(X_I), the block summand's response to the input tap's FZ, against M, with skip (M > 1, blue) "
+           "Top: B_c(X_I), the block summand's response to the input tap's FZ, against M, with skip (M ≥ 1, blue) "
            "and overwrite (M < 1, red) means. Bottom: Spearman rho of block against input activations over the "
            "natural images that positively activate the input, against M. One-way ANOVA F and p, skip vs overwrite.",
            fg.activation_tuning_mix, {"metrics": METRICS_FZ, "responses": RESPONSES}, {"blocks": SIMPLE_SHOWN}),
@@ -311,8 +312,9 @@ FIGURES_INTERPRETING = [
           "Counts and percents behind Fig. 5.", fg.percent_invariant_table, {"metrics": METRICS_FZ}),
     Figure("fig-interpreting-6", "interpreting", "Fig. 6", "Top three channels by scale metric",
            "Columns: blocks with channels passing all three criteria; rows: their top three by scale metric SM, "
-           "with M and SM under each grid.",
-           fg.top_scale_metric_grids, GRID_INPUTS, {"count": 3}),
+           "with M and the two summed deltas of SM (Δup = up delta / B_c(X_B), Δdown = down delta / I_c(X_I)) "
+           "above each grid.",
+           fg.top_scale_metric_grids, {**GRID_INPUTS, "responses": RESPONSES}, {"count": 3}),
     Figure("fig-interpreting-6-published", "interpreting", "Fig. 6", "The paper's Fig. 6 channels in this store",
            "The channels the paper names among the top three by scale metric, drawn from this store.",
            fg.named_channel_grids, GRID_INPUTS, {"channels": _blocks_of(IR["top_scale_metric"])},

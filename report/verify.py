@@ -36,11 +36,23 @@ PAPER_SETTINGS = ("model.arch", "model.image_size", "fz.steps", "fz.lr", "fz.obj
                   "stimulus.crop", "stimulus.shrink", "stimulus.pad", "metrics.mix_low", "metrics.mix_high")
 
 
+OWN_WORDS = {VERIFIED: "holds", WITHIN_NOISE: "holds weakly", DEVIATES: "fails"}
+
+
 @dataclass(frozen=True)
 class Outcome:
+    """A claim's badge, the store's value and the rule's detail. When the claim cannot be compared,
+    ``own`` is the rule's own badge on this store's numbers (what the store shows, not a verdict on the
+    paper) and ``reason`` the claim's own reason beyond the store-wide one (``comparability``)."""
     badge: str
     measured: Any
     detail: str
+    own: str | None = None
+    reason: str = ""
+
+    @property
+    def own_words(self) -> str:
+        return OWN_WORDS.get(self.own, "")
 
 
 @dataclass(frozen=True)
@@ -424,15 +436,25 @@ def evaluate_claim(claim, inputs: Mapping[str, xr.Dataset | None], attrs: Mappin
     missing = [name for name, dataset in inputs.items() if dataset is None]
     if missing:
         groups = ", ".join(claim.inputs[name].group for name in missing)
-        return Outcome(NOT_COMPARABLE, None, f"the store has no {groups} group yet")
+        return Outcome(NOT_COMPARABLE, None, f"the store has no {groups} group yet",
+                       reason=f"the store has no {groups} group yet")
     try:
         measured = claim.measure(**inputs, **claim.args)
     except (MissingInput, KeyError) as error:
-        return Outcome(NOT_COMPARABLE, None, str(error).strip("'\""))
+        message = str(error).strip("'\"")
+        return Outcome(NOT_COMPARABLE, None, message, reason=message)
     reasons = requirement_failures(claim.requires, attrs, ablation_attrs)
     if reasons:
-        return Outcome(NOT_COMPARABLE, measured, "; ".join(reasons))
+        ruled = claim.rule(claim.published, measured, **claim.tolerance)
+        own = ruled.badge if ruled.badge != NOT_COMPARABLE else None
+        return Outcome(NOT_COMPARABLE, measured, ruled.detail, own, "; ".join(claim_reasons(claim.requires, attrs,
+                                                                                          ablation_attrs)))
     return claim.rule(claim.published, measured, **claim.tolerance)
+
+
+def claim_reasons(requires: Sequence[str], attrs: Mapping, ablation_attrs: Mapping | None = None) -> list[str]:
+    """The reasons a claim cannot be compared beyond the store-wide one (weights, profile)."""
+    return requirement_failures([need for need in requires if need != "paper_setup"], attrs, ablation_attrs)
 
 
 def evaluate(store, claims=None) -> list[Result]:
@@ -472,8 +494,10 @@ def print_claims(store) -> int:
     comparable, why = comparability(store.attrs)
     click.echo(f"store {store.path}: " + ("comparable with the papers" if comparable else f"not comparable: {why}"))
     columns = ("claim", "where", "published", "store", "badge", "detail")
-    rows = [(r.claim.id, r.claim.where, short(r.claim.published, 40), short(r.outcome.measured, 40), r.outcome.badge,
-             r.outcome.detail) for r in results]
+    rows = [(r.claim.id, r.claim.where, short(r.claim.published, 40), short(r.outcome.measured, 40),
+             r.outcome.badge + (f" (store: {r.outcome.own_words})" if r.outcome.own else ""),
+             "; ".join(filter(None, (r.outcome.detail, r.outcome.reason if r.outcome.reason != r.outcome.detail else ""))))
+            for r in results]
     widths = [max(len(columns[i]), *(len(row[i]) for row in rows)) if i < 5 else 0 for i in range(6)]
     for row in (columns, *rows):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -214,13 +214,14 @@ def ablate(profile_name, weights, store_path, new_store, images, blocks, criteri
 @main.command()
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-def report(store_path, out_dir):
+@click.option("--keep-going", is_flag=True, help="Show a failing analysis as an error box and build the rest.")
+def report(store_path, out_dir, keep_going):
     """Rebuild both papers' figures and tables from a store and render HTML."""
     from report import builder
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    builder.build(store, out_dir)
+    builder.build(store, out_dir, keep_going=keep_going)
 
 
 @main.command()

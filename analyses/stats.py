@@ -97,7 +97,14 @@ def _mean(values: np.ndarray) -> float:
 # ---------------------------------------------------------------- selections
 
 
+def first_seed(dataset):
+    """The store's first FZ seed alone: one FZ per neuron, the papers' method (seed noise is measured
+    separately, in ``analyses.noise``)."""
+    return dataset.isel(seed=0, drop=True) if "seed" in dataset.dims else dataset
+
+
 def _one_set(dataset: xr.Dataset, stimulus_set: str) -> xr.Dataset:
+    dataset = first_seed(dataset)
     return dataset.sel(stimulus_set=stimulus_set) if "stimulus_set" in dataset.dims else dataset
 
 

@@ -85,7 +85,7 @@ def engine_fzs(prepared, profile, block, tap, channels, steps, device, **options
     images, seconds = [], 0.0
     for k in range(0, len(channels), batch):
         chunk = channels[k:k + batch]
-        seed = fz.chunk_seed(int(profile["fz"]["seed"]), block, tap, jitter, k // batch)
+        seed = fz.chunk_seed(int(profile["fz"]["seeds"][0]), block, tap, jitter, k // batch)
         elapsed, result = timed(device, lambda: fz.visualize(prepared, profile, block, tap, chunk, jitter=jitter,
                                                              seed=seed, steps=steps, **options))
         seconds += elapsed

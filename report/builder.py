@@ -458,14 +458,10 @@ def _facts(context: StoreContext, profile: dict) -> list[tuple[str, str]]:
 
 
 def _aliased_how_to(context: StoreContext) -> str:
-    return ("This store holds metrics for one tap convention only. The default taps hold true values; "
-            "Lucent's hooks, which the authors' FZs used, alias B and the pre-ReLU taps to the post-ReLU "
-            "block output. To compare, make a second store with the aliased taps and copy its `metrics` "
-            "group into this store as `metrics_aliased`, then rebuild the report:\n\n"
-            f"```\nrepro fz --profile {context.profile_name} --aliased --store aliased.zarr\n"
-            "repro natural --store aliased.zarr --images IMAGES\nrepro metrics --store aliased.zarr\n"
-            "python -c \"import xarray as xr; xr.open_zarr('aliased.zarr', group='metrics')"
-            f".to_zarr('{context.path}', group='metrics_aliased', mode='w', zarr_format=3)\"\n```\n")
+    return ("This store holds metrics for the true taps only. Lucent's hooks, which the authors' FZs used, alias "
+            "B and the pre-ReLU taps to the post-ReLU block output. A profile with `compare_aliased = true` "
+            "(the toy profile has it) also makes FZs for the aliased taps and their metrics (`metrics_aliased`); "
+            f"rerun `repro pipeline --profile {context.profile_name}` with it to see the comparison here.\n")
 
 
 def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Result], context: StoreContext,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import xarray as xr
 
-from analyses import ablation, stats
+from analyses import ablation, noise, stats
 from analyses import figures as fg
 from report import verify as v
 
@@ -45,6 +45,8 @@ class Selection:
     group: str
     sel: Mapping[str, Any] = field(default_factory=dict)
     optional: bool = False
+    # False: the first FZ seed only (one FZ per neuron, as the papers); True: every seed (noise floors).
+    seeds: bool = False
 
     def describe(self) -> str:
         narrowed = ", ".join(f"{key}={value}" for key, value in self.sel.items())
@@ -98,11 +100,13 @@ class Loader:
         self._opened: dict[tuple, xr.Dataset | None] = {}
 
     def load(self, selection: Selection) -> xr.Dataset | None:
-        key = (selection.group, tuple(sorted(selection.sel.items())))
+        key = (selection.group, tuple(sorted(selection.sel.items())), selection.seeds)
         if key not in self._opened:
             dataset = self._open(selection.group) if self.store.has(selection.group) else None
             if dataset is not None and selection.sel:
                 dataset = dataset.sel(**selection.sel)
+            if dataset is not None and not selection.seeds:
+                dataset = stats.first_seed(dataset)
             if dataset is not None and dataset.nbytes <= self.IN_MEMORY_BYTES:
                 dataset = dataset.load()
             self._opened[key] = dataset
@@ -120,6 +124,9 @@ class Loader:
 
 METRICS_FZ = Selection("metrics", {"stimulus_set": "fz"})
 METRICS_BOTH = Selection("metrics")
+# Every FZ seed: the set claims compare each seed's list and judge the overlap against the seed noise floor.
+METRICS_FZ_SEEDS = Selection("metrics", {"stimulus_set": "fz"}, seeds=True)
+METRICS_BOTH_SEEDS = Selection("metrics", seeds=True)
 RESPONSES = Selection("responses")
 ABLATION = Selection("ablation")
 GRID_INPUTS = {
@@ -130,6 +137,8 @@ GRID_INPUTS = {
     "metrics": METRICS_FZ,
 }
 ALIASED_INPUTS = {"metrics": METRICS_FZ, "metrics_aliased": Selection("metrics_aliased", {"stimulus_set": "fz"})}
+ALIASED_SEED_INPUTS = {"metrics": Selection("metrics", {"stimulus_set": "fz"}, seeds=True),
+                       "metrics_aliased": Selection("metrics_aliased", {"stimulus_set": "fz"}, seeds=True)}
 
 # ---------------------------------------------------------------- tolerances (FZs are stochastic)
 
@@ -215,7 +224,7 @@ def _bid(block: str) -> str:
 CLAIMS_NATURALLY = [
     *[Claim(f"claim-naturally-invariant-{_bid(b)}", "naturally", NC["invariant_channels"]["where"],
             f"Scale-invariant channels (mix AND up) of block {b}", NC["invariant_channels"][b], v.invariant_set,
-            {"metrics": METRICS_FZ}, v.set_overlap, {"block": b, "criterion": "naturally"}, SET_TOLERANCE,
+            {"metrics": METRICS_FZ_SEEDS}, v.set_overlap, {"block": b, "criterion": "naturally"}, SET_TOLERANCE,
             ("tbl-naturally-counts", *_grids_showing(b)))
       for b in BLOCKS],
     *[Claim(f"claim-naturally-count-{_bid(b)}", "naturally", NC["invariant_counts"]["where"],
@@ -230,7 +239,7 @@ CLAIMS_NATURALLY = [
       for b in NC["invariant_percent"] if b in BLOCKS],
     *[Claim(f"claim-naturally-exemplary-{_bid(b)}", "naturally", NC["exemplary_channels"]["where"],
             f"The paper's exemplary channels of block {b} pass the criteria", NC["exemplary_channels"][b],
-            v.invariant_set, {"metrics": METRICS_FZ}, v.recall_of, {"block": b, "criterion": "naturally"},
+            v.invariant_set, {"metrics": METRICS_FZ_SEEDS}, v.recall_of, {"block": b, "criterion": "naturally"},
             backs=("fig-naturally-1", "fig-naturally-1-published"))
       for b in ("2.1", "3.1")],
     Claim("claim-naturally-no-invariant", "naturally", NC["no_invariant_blocks"]["where"], NC["no_invariant_blocks"]["text"],
@@ -420,18 +429,18 @@ CLAIMS_INTERPRETING = [
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
     *[Claim(f"claim-interpreting-top-sm-{_bid(b)}", "interpreting", IR["top_scale_metric"]["where"],
             f"Block {b}: channels {', '.join(map(str, IR['top_scale_metric'][b]))} are among the top 3 by scale metric.",
-            IR["top_scale_metric"][b], v.named_in_top_scale_metric, {"metrics": METRICS_FZ}, v.qualitative,
+            IR["top_scale_metric"][b], v.named_in_top_scale_metric, {"metrics": METRICS_FZ_SEEDS}, v.qualitative,
             {"block": b, "named": IR["top_scale_metric"][b], "count": 3, "criterion": "interpreting"},
             backs=("fig-interpreting-6", "tbl-interpreting-top-sm"))
       for b in IR["top_scale_metric"] if b in BLOCKS],
     *[Claim(f"claim-interpreting-a3-{_bid(b)}", "interpreting", _A3["where"],
             f"Block {b}: channels passing both the FZ and the ImageNet criteria", _A3[b], v.fz_imagenet_set,
-            {"metrics": METRICS_BOTH}, v.set_overlap, {"block": b}, SET_TOLERANCE,
+            {"metrics": METRICS_BOTH_SEEDS}, v.set_overlap, {"block": b}, SET_TOLERANCE,
             ("fig-interpreting-7", "fig-interpreting-7-agreement", "tbl-interpreting-a3"))
       for b in BLOCKS],
     *[Claim(f"claim-interpreting-a4-{_bid(b)}", "interpreting", IR["top_mixes"]["where"],
             f"Block {b}: the 3 channels with M closest to 1", IR["top_mixes"][b], v.top_mix_set,
-            {"metrics": METRICS_FZ}, v.set_overlap, {"block": b}, TOP3_TOLERANCE,
+            {"metrics": METRICS_FZ_SEEDS}, v.set_overlap, {"block": b}, TOP3_TOLERANCE,
             ("fig-interpreting-8", "tbl-interpreting-a4"))
       for b in BLOCKS],
 ]
@@ -439,10 +448,19 @@ CLAIMS_INTERPRETING = [
 # ---------------------------------------------------------------- this store: default vs aliased taps
 
 FIGURES_STORE = [
-    Table("tbl-aliased", "store", "—", "Invariant channels with default and aliased taps",
-          "Per block and criterion: scale-invariant channels with the true (default) taps and with Lucent's aliased "
-          "taps (B and pre-ReLU taps read as the post-ReLU block output), and their overlap.",
-          fg.aliased_comparison_table, ALIASED_INPUTS),
+    Table("tbl-seed-noise", "store", "—", "Seed noise floors of the channel lists",
+          "Per block and list (each criterion's channel set, the top-3 mixes, the top-3 by scale metric among the "
+          "channels passing all three criteria): each list computed on one FZ seed alone, and the Jaccard index "
+          "of every pair of seeds (median, low, high). A set claim is within noise when its overlap with the "
+          "reference is at least the low end. With one seed the floor is unknown (NaN).",
+          noise.floors_table, {"metrics": Selection("metrics", {"stimulus_set": "fz"}, seeds=True)}),
+    Table("tbl-aliased", "store", "—", "Invariant channels with default and aliased taps, against seed noise",
+          "Per block and criterion: scale-invariant channels with the true (default) taps (median over FZ seeds) and "
+          "with FZs made for Lucent's aliased taps (B and pre-ReLU taps read as the post-ReLU block output; the "
+          "authors' FZs), the Jaccard of the aliased set with each true-tap seed's set, and the true taps' own "
+          "seed-to-seed Jaccard (median and range). beyond_noise: even the best aliased-vs-true overlap is below "
+          "the lowest seed-to-seed overlap, so the trap changes the set more than the seed does.",
+          noise.aliased_against_seed_noise, ALIASED_SEED_INPUTS),
     Figure("fig-aliased-mix", "store", "—", "Mix ratio with default and aliased taps",
            "Each channel's mix ratio with the default taps against the aliased taps, per block.",
            fg.aliased_mix_scatter, ALIASED_INPUTS),

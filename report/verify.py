@@ -10,7 +10,10 @@ published value, and a *rule* (published, measured, tolerance → ``Outcome``). 
   missing data); its own value is still computed and shown.
 
 Channel sets are compared by overlap (Jaccard, precision, recall), counts and percentages by tolerance,
-qualitative claims (signs, which blocks skew) by rule.
+qualitative claims (signs, which blocks skew) by rule. A store with several FZ seeds computes each channel
+set per seed (``SeededSet``); its overlap with the published set is the median over seeds, and it is
+``within noise`` exactly when it lies within the store's own seed-to-seed overlap (``analyses.noise``).
+With one seed that floor is unknown, the fixed loose tolerance decides, and the detail says so.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import ablation as ablation_analysis
-from analyses import figures, stats
+from analyses import figures, noise, stats
 
 VERIFIED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE = "verified", "within noise", "deviates", "not comparable"
 BADGES = (VERIFIED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE)
@@ -169,24 +172,62 @@ def overlap(published: Sequence[int], measured: Sequence[int]) -> dict[str, floa
             "recall": shared / len(published) if published else 1.0}
 
 
+class SeededSet(list):
+    """A channel list of the store's first FZ seed (what the papers' single-FZ method gives), carrying the
+    same list computed on every seed alone (``per_seed``) for the seed noise floor."""
+
+    def __init__(self, per_seed: Mapping[int, Sequence[int]]):
+        self.per_seed = {int(seed): list(channels) for seed, channels in per_seed.items()}
+        super().__init__(next(iter(self.per_seed.values())))
+
+    @property
+    def floor(self) -> noise.Floor:
+        return noise.floor(self.per_seed)
+
+
+def _lists(measured: Sequence[int]) -> list[list[int]]:
+    """Every seed's list of a ``SeededSet``, or the one list of a plain sequence."""
+    return list(measured.per_seed.values()) if isinstance(measured, SeededSet) else [list(measured)]
+
+
+def floor_of(measured: Sequence[int]) -> noise.Floor:
+    return measured.floor if isinstance(measured, SeededSet) else noise.Floor((), 1)
+
+
 def set_overlap(published: Sequence[int], measured: Sequence[int], verified: float = 0.75, noise: float = 0.4,
                 empty_noise: int = 2) -> Outcome:
-    """Channel sets by Jaccard index; an empty published set tolerates ``empty_noise`` channels as noise."""
-    scores = overlap(published, measured)
-    detail = "Jaccard {jaccard:.2f}, precision {precision:.2f}, recall {recall:.2f}".format(**scores)
+    """Channel sets by Jaccard index (median over the store's seeds); an empty published set tolerates
+    ``empty_noise`` channels (per seed, median) as noise.
+
+    ``within noise``: below ``verified`` but within the store's seed-to-seed overlap; with one seed (floor
+    unknown), at least ``noise``."""
+    lists, floor = _lists(measured), floor_of(measured)
+    seeds = f" (median over {len(lists)} seeds)" if len(lists) > 1 else ""
     if not published:
-        badge = VERIFIED if not measured else WITHIN_NOISE if len(measured) <= empty_noise else DEVIATES
-        return Outcome(badge, list(measured), f"{len(measured)} channels where the paper has none")
-    badge = VERIFIED if scores["jaccard"] >= verified else WITHIN_NOISE if scores["jaccard"] >= noise else DEVIATES
-    return Outcome(badge, list(measured), detail)
+        size = float(np.median([len(channels) for channels in lists]))
+        badge = VERIFIED if size == 0 else WITHIN_NOISE if size <= empty_noise else DEVIATES
+        return Outcome(badge, list(measured), f"{size:g} channels{seeds} where the reference has none; "
+                                              f"{floor.describe()}")
+    scores = {key: float(np.median([overlap(published, channels)[key] for channels in lists]))
+              for key in ("jaccard", "precision", "recall")}
+    detail = "Jaccard {jaccard:.2f}, precision {precision:.2f}, recall {recall:.2f}".format(**scores) + seeds
+    jaccard = scores["jaccard"]
+    close = floor.contains(jaccard) if floor.known else jaccard >= noise
+    badge = VERIFIED if jaccard >= verified else WITHIN_NOISE if close else DEVIATES
+    return Outcome(badge, list(measured), f"{detail}; {floor.describe()}")
 
 
 def recall_of(published: Sequence[int], measured: Sequence[int], verified: float = 0.8, noise: float = 0.5) -> Outcome:
-    """Named channels (a paper's examples) found among the store's passing channels."""
+    """Named channels (a paper's examples) found among the store's passing channels (first seed; the
+    detail adds the recall's median over seeds and the set's seed noise floor)."""
     recall = overlap(published, measured)["recall"]
     found = sorted(set(published) & set(measured))
     badge = VERIFIED if recall >= verified else WITHIN_NOISE if recall >= noise else DEVIATES
-    return Outcome(badge, found, f"{len(found)} of {len(published)} named channels pass in the store (recall {recall:.2f})")
+    lists = _lists(measured)
+    over_seeds = (f", median over {len(lists)} seeds {np.median([overlap(published, m)['recall'] for m in lists]):.2f}"
+                  if len(lists) > 1 else "")
+    return Outcome(badge, found, f"{len(found)} of {len(published)} named channels pass in the store "
+                                 f"(recall {recall:.2f}{over_seeds}); {floor_of(measured).describe()}")
 
 
 def qualitative(published: str, measured: Evidence) -> Outcome:
@@ -225,8 +266,16 @@ def _block(dataset: xr.Dataset, block: str) -> str:
     return block
 
 
+def per_seed(metrics: xr.Dataset, compute) -> list[int]:
+    """``compute(one seed's metrics)``: a ``SeededSet`` over every seed when the dataset has a seed dim."""
+    if "seed" not in metrics.dims:
+        return compute(metrics)
+    return SeededSet({seed: compute(noise.one_seed(metrics, seed)) for seed in noise.seeds_of(metrics)})
+
+
 def invariant_set(metrics: xr.Dataset, block: str, criterion: str) -> list[int]:
-    return stats.invariant_channels(metrics, _block(metrics, block), criterion)
+    _block(metrics, block)
+    return per_seed(metrics, lambda one: stats.invariant_channels(one, block, criterion))
 
 
 def invariant_count(metrics: xr.Dataset, block: str, criterion: str) -> int:
@@ -238,11 +287,13 @@ def invariant_percent(metrics: xr.Dataset, block: str, criterion: str) -> float:
 
 
 def fz_imagenet_set(metrics: xr.Dataset, block: str, criterion: str = "interpreting") -> list[int]:
-    return figures.fz_and_imagenet(metrics, _block(metrics, block), criterion)
+    _block(metrics, block)
+    return per_seed(metrics, lambda one: figures.fz_and_imagenet(one, block, criterion))
 
 
 def top_mix_set(metrics: xr.Dataset, block: str, count: int = 3) -> list[int]:
-    return stats.top_mixes(metrics, _block(metrics, block), count)
+    _block(metrics, block)
+    return per_seed(metrics, lambda one: stats.top_mixes(one, block, count))
 
 
 def no_invariant(metrics: xr.Dataset, blocks: Sequence[str], criterion: str, few: int = 2) -> Evidence:
@@ -365,11 +416,14 @@ def named_in_top_scale_metric(metrics: xr.Dataset, block: str, named: Sequence[i
                               criterion: str) -> Evidence:
     """The paper's named channels are among the store's top ``count`` by scale metric (weakly: they pass the
     criteria but rank lower)."""
-    top = stats.top_by_scale_metric(metrics, _block(metrics, block), count, criterion)
-    passing = set(stats.invariant_channels(metrics, block, criterion))
+    _block(metrics, block)
+    tops = per_seed(metrics, lambda one: stats.top_by_scale_metric(one, block, count, criterion))
+    top = list(tops)
+    passing = set(stats.invariant_channels(stats.first_seed(metrics), block, criterion))
     level = "holds" if set(named) <= set(top) else "weakly" if set(named) <= passing else "fails"
     return Evidence(level, f"store top {count}: {' '.join(map(str, top)) or 'none'}; "
-                           f"named passing: {' '.join(str(c) for c in named if c in passing) or 'none'}")
+                           f"named passing: {' '.join(str(c) for c in named if c in passing) or 'none'}; "
+                           f"top-{count} SM {floor_of(tops).describe()}")
 
 
 def spectrum_positions(metrics: xr.Dataset, block: str, overwrite: int, mix: int, skip: int) -> Evidence:

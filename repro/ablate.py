@@ -364,7 +364,9 @@ def _metrics_invariant(metrics: xr.Dataset | None, block: str, width: int, setti
     if metrics is None:
         raise UserError(f"no channel set for block {block}: run `repro metrics` first, or pass "
                         f"--channels {block}=LIST (and --blocks to choose which blocks to ablate)")
-    flags = metrics[CRITERIA[settings.criterion]].sel(block=block, stimulus_set=settings.stimulus_set)
+    # With several FZ seeds the set is the robust one: channels passing in enough seeds, not in one.
+    name = CRITERIA[settings.criterion] + ("_robust" if "seed" in metrics.dims else "")
+    flags = metrics[name].sel(block=block, stimulus_set=settings.stimulus_set)
     invariant = flags.values.astype(bool)[:width]
     return [c for c in _metrics_valid(metrics, block, width) if invariant[c]]
 

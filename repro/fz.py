@@ -18,19 +18,23 @@ c at the tap". What makes it fast is only how the same computation is arranged:
 Lucent's transforms draw one random setting per call for the whole batch (numpy's global generator), so
 the images of one chunk share their transform draws. The method does not need independent draws per
 image: an image's trajectory is still a valid single-image FZ for that draw sequence. Each chunk is
-seeded from (``fz.seed``, tensor block and tap, jitter, chunk index), so a resumed or repeated run gives
-identical images for the same profile and chunking.
+seeded from (FZ seed, tensor block and tap, jitter, chunk index), so a resumed or repeated run gives
+identical images for the same profile and chunking, and seed s of a several-seed run is the FZ a one-seed
+run with seed s makes. ``fz.seeds`` lists the seeds: one FZ per seed and neuron (dim ``seed``); any one
+of them is the papers' single-FZ method, the others measure how much its conclusions depend on the seed.
 
 Values are the taps' true values (``repro.model.run``); ``model.aliased`` reproduces the by-reference
 hook of Lucent (and of the authors' FZs) for reference compatibility only.
 
 Stored: group ``fz`` for the center-neuron objective, ``fz_channel`` for the whole-channel-mean
 objective (used by the figure grids), so both can live in one store. Variables:
-``image`` uint8 (block, tap, channel, y, x, rgb), saved as Lucent's export does (``x * 255`` truncated);
-``activation`` float32 (block, tap, channel): the tap's clean (non-aliased) center value on the saved
-uint8 image, whatever the objective; ``initial_objective`` / ``final_objective``: the objective being
-maximized (the loss is its negative) at the first step, on the initial image, and at the last step, each
-under that step's transform draw; ``valid`` (block, channel): the channel exists in that block.
+``image`` uint8 (seed, block, tap, channel, y, x, rgb), saved as Lucent's export does (``x * 255``
+truncated); ``activation`` float32 (seed, block, tap, channel): the tap's clean (non-aliased) center value
+on the saved uint8 image, whatever the objective; ``initial_objective`` / ``final_objective``: the
+objective being maximized (the loss is its negative) at the first step, on the initial image, and at the
+last step, each under that step's transform draw; ``objective_trace`` (seed, block, tap, channel,
+trace_step): the objective after every ``fz.trace_every`` steps (coordinate: the step number);
+``valid`` (block, channel): the channel exists in that block.
 """
 from __future__ import annotations
 
@@ -167,17 +171,28 @@ class FZResult:
     images: torch.Tensor  # [n, 3, H, W] in [0, 1], on the CPU
     initial_objective: torch.Tensor  # [n]: objective at the first step, on the initial image
     final_objective: torch.Tensor  # [n]: objective at the last step
+    trace: torch.Tensor | None = None  # [n, steps // trace_every]: objective at steps k, 2k, ... (1-based)
+    snapshots: dict[int, torch.Tensor] | None = None  # {step: [n, 3, H, W]} images asked for by ``snapshot_at``
+
+
+def trace_steps(steps: int, every: int) -> list[int]:
+    """The (1-based) steps whose objective ``objective_trace`` records."""
+    return list(range(every, steps + 1, every))
 
 
 def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, channels: Sequence[int], *,
               jitter: int, seed: int, steps: int | None = None, objective: str | None = None,
               aliased: bool | None = None, autocast_dtype: torch.dtype | None = None,
-              channels_last: bool = False, progress: Callable[[int], object] | None = None) -> FZResult:
+              channels_last: bool = False, progress: Callable[[int], object] | None = None,
+              trace_every: int | None = None, snapshot_at: Sequence[int] = ()) -> FZResult:
     """One FZ per channel of tap (block, tap), all optimized as one batch.
 
     ``model`` should come from ``prepare`` (frozen, eval, on Lucent's device). ``steps``, ``objective``
     and ``aliased`` default to the profile's. ``autocast_dtype`` (e.g. bfloat16) and ``channels_last``
-    are speed options; the float32 default is the papers' arithmetic.
+    are speed options; the float32 default is the papers' arithmetic. ``trace_every`` (default the
+    profile's) sets the objective trace; ``snapshot_at`` keeps the images after those (1-based) steps:
+    Adam's trajectory does not depend on the number of steps still to come, so the image after step n of
+    a longer run is the image an n-step run returns.
     """
     settings = profile["fz"]
     steps = int(settings["steps"] if steps is None else steps)
@@ -197,6 +212,8 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
         optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
         transform_f = lucent_transform.compose(transforms(profile, jitter) + [normalizer(profile)])
         initial = final = None
+        every = int(settings["trace_every"] if trace_every is None else trace_every)
+        traced, snapshots = [], {}
         for step in range(steps):
             optimizer.zero_grad()
             pixels = transform_f(image_f())
@@ -209,10 +226,15 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
             optimizer.step()
             final = values.detach().float().cpu()
             initial = final if initial is None else initial
+            if (step + 1) % every == 0:
+                traced.append(final)
+            if step + 1 in snapshot_at:
+                snapshots[step + 1] = image_f().detach().float().cpu()
             if progress is not None:
                 progress(1)
         images = image_f().detach().float().cpu()
-    return FZResult(images, initial, final)
+    trace = torch.stack(traced, dim=1) if traced else torch.empty(len(index), 0)
+    return FZResult(images, initial, final, trace, snapshots)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -241,6 +263,8 @@ class Selection:
     channels: tuple[int, ...]  # sorted; the group's channel coordinate
     widths: Mapping[str, int]  # channels per block
     image_size: int
+    seeds: tuple[int, ...] = (0,)
+    trace: tuple[int, ...] = ()  # the steps objective_trace records
 
 
 @dataclass(frozen=True)
@@ -275,8 +299,10 @@ def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | Non
     outside = [c for c in chosen if not 0 <= c < widest]
     if outside:
         raise UserError(f"channels {outside[:5]} out of range: the widest selected block has {widest} channels")
-    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen),
-                     {b: widths[b] for b in block_order}, size)
+    settings = profile["fz"]
+    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen), {b: widths[b] for b in block_order},
+                     size, tuple(int(s) for s in settings["seeds"]),
+                     tuple(trace_steps(int(settings["steps"]), int(settings["trace_every"]))))
 
 
 def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list[Job]:
@@ -297,8 +323,8 @@ def chunks(job: Job, channel_batch: int) -> list[tuple[int, ...]]:
     return [job.channels[start:start + channel_batch] for start in range(0, len(job.channels), channel_batch)]
 
 
-def unit_name(label: Label, jitter: int, channels: Sequence[int]) -> str:
-    return f"{label[0]}:{label[1]}:j{jitter}:c{channels[0]}-{channels[-1]}"
+def unit_name(seed: int, label: Label, jitter: int, channels: Sequence[int]) -> str:
+    return f"s{seed}:{label[0]}:{label[1]}:j{jitter}:c{channels[0]}-{channels[-1]}"
 
 
 # ---------------------------------------------------------------- the stage
@@ -306,20 +332,26 @@ def unit_name(label: Label, jitter: int, channels: Sequence[int]) -> str:
 
 def template(selection: Selection, channel_batch: int) -> xr.Dataset:
     """The group's layout: every variable's dims, coords, dtype and chunks (no data but ``valid``)."""
-    nb, nt, nc, size = len(selection.blocks), len(selection.taps), len(selection.channels), selection.image_size
-    per_tap = (1, 1, nc)
+    ns, nb, nt, nc = len(selection.seeds), len(selection.blocks), len(selection.taps), len(selection.channels)
+    size, nk = selection.image_size, len(selection.trace)
+    per_tap = (1, 1, 1, nc)
+    dims = ("seed", "block", "tap", "channel")
     lazy = {
-        "image": (("block", "tap", "channel", "y", "x", "rgb"),
-                  da.zeros((nb, nt, nc, size, size, 3), dtype=np.uint8,
-                           chunks=(1, 1, min(channel_batch, nc), size, size, 3))),
+        "image": (dims + ("y", "x", "rgb"),
+                  da.zeros((ns, nb, nt, nc, size, size, 3), dtype=np.uint8,
+                           chunks=(1, 1, 1, min(channel_batch, nc), size, size, 3))),
         # NaN until made, so channels a partial run left out read as missing, not as zero.
-        **{name: (("block", "tap", "channel"), da.full((nb, nt, nc), np.nan, dtype=np.float32, chunks=per_tap))
+        **{name: (dims, da.full((ns, nb, nt, nc), np.nan, dtype=np.float32, chunks=per_tap))
            for name in ("activation", "initial_objective", "final_objective")},
+        "objective_trace": (dims + ("trace_step",),
+                            da.full((ns, nb, nt, nc, nk), np.nan, dtype=np.float32, chunks=per_tap + (max(nk, 1),))),
     }
     channel = np.array(selection.channels)
     valid = channel[None, :] < np.array([selection.widths[b] for b in selection.blocks])[:, None]
     return xr.Dataset({**lazy, "valid": (("block", "channel"), valid)},
-                      coords={"block": labels(selection.blocks), "tap": labels(selection.taps), "channel": channel})
+                      coords={"seed": np.array(selection.seeds), "block": labels(selection.blocks),
+                              "tap": labels(selection.taps), "channel": channel,
+                              "trace_step": np.array(selection.trace, dtype=np.int64)})
 
 
 def group_settings(profile: Mapping, selection: Selection) -> dict:
@@ -330,42 +362,46 @@ def group_settings(profile: Mapping, selection: Selection) -> dict:
 
 
 def done_labels(store: Store, group: str) -> set[Label]:
-    """(block, tap) labels whose every valid channel lies in a done unit (read from the units' regions)."""
+    """(block, tap) labels whose every valid channel lies in a done unit of every seed (read from the
+    units' regions)."""
     if not store.has(group):
         return set()
     stored = store.dataset(group)
     blocks, taps = [str(b) for b in stored["block"].values], [str(t) for t in stored["tap"].values]
-    covered = np.zeros((len(blocks), len(taps), stored.sizes["channel"]), dtype=bool)
+    covered = np.zeros((stored.sizes["seed"], len(blocks), len(taps), stored.sizes["channel"]), dtype=bool)
     for marker in store.markers(group).values():
         if "image" in marker["variables"]:  # the FZ images are what later stages read
-            region = {dim: slice(*marker["region"].get(dim, [0, size])) for dim, size in
-                      (("block", len(blocks)), ("tap", len(taps)), ("channel", covered.shape[2]))}
-            covered[region["block"], region["tap"], region["channel"]] = True
+            region = [slice(*marker["region"].get(dim, [0, size])) for dim, size in zip(
+                ("seed", "block", "tap", "channel"), covered.shape)]
+            covered[tuple(region)] = True
     valid = stored["valid"].values.astype(bool)
     return {(block, tap) for b, block in enumerate(blocks) for t, tap in enumerate(taps)
-            if covered[b, t][valid[b]].all()}
+            if covered[:, b, t][:, valid[b]].all()}
 
 
-def _unit_part(selection: Selection, label: Label, channels: Sequence[int], images: np.ndarray,
+def _unit_part(selection: Selection, seed: int, label: Label, channels: Sequence[int], images: np.ndarray,
                result: FZResult, activation: np.ndarray) -> tuple[xr.Dataset, dict[str, slice]]:
     first = selection.channels.index(channels[0])
+    seed_at = selection.seeds.index(seed)
     block_at, tap_at = selection.blocks.index(label[0]), selection.taps.index(label[1])
-    region = {"block": slice(block_at, block_at + 1), "tap": slice(tap_at, tap_at + 1),
-              "channel": slice(first, first + len(channels))}
-    per_tap = ("block", "tap", "channel")
+    region = {"seed": slice(seed_at, seed_at + 1), "block": slice(block_at, block_at + 1),
+              "tap": slice(tap_at, tap_at + 1), "channel": slice(first, first + len(channels))}
+    per_tap = ("seed", "block", "tap", "channel")
+    lead = (None, None, None)
     part = xr.Dataset({
-        "image": (per_tap + ("y", "x", "rgb"), images[None, None]),
-        "activation": (per_tap, activation[None, None].astype(np.float32)),
-        "initial_objective": (per_tap, result.initial_objective.numpy()[None, None].astype(np.float32)),
-        "final_objective": (per_tap, result.final_objective.numpy()[None, None].astype(np.float32)),
+        "image": (per_tap + ("y", "x", "rgb"), images[lead]),
+        "activation": (per_tap, activation[lead].astype(np.float32)),
+        "initial_objective": (per_tap, result.initial_objective.numpy()[lead].astype(np.float32)),
+        "final_objective": (per_tap, result.final_objective.numpy()[lead].astype(np.float32)),
+        "objective_trace": (per_tap + ("trace_step",), result.trace.numpy()[lead].astype(np.float32)),
     })
     return part, region
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
-        channels: Iterable[int] | None = None) -> xr.Dataset:
-    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``), skipping done units.
+        channels: Iterable[int] | None = None, group: str | None = None) -> xr.Dataset:
+    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping done units.
 
     A unit is (block, tap, channel chunk). The group's layout is every tap and channel of the profile's
     blocks (plus any other block asked for), so runs with different selections fill the same group. A
@@ -374,7 +410,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     """
     settings = profile["fz"]
     objective = settings["objective"]
-    group = group_name(objective)
+    group = group or group_name(objective)
     wanted = select(model, profile, blocks, taps, channels)
     layout_blocks = list(profile["model"]["blocks"]) + [b for b in wanted.blocks if b not in profile["model"]["blocks"]]
     layout = select(model, profile, layout_blocks)
@@ -386,7 +422,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     attrs = {"objective": objective, "aliased": bool(profile["model"]["aliased"]),
              "steps": int(settings["steps"]), "channel_batch": batch, "same_fz": same_fz,
              **provenance(profile, weights_record, stage="fz")}
-    every_unit = {unit_name(label, job.jitter, chunk) for job in every_job
+    every_unit = {unit_name(seed, label, job.jitter, chunk) for seed in layout.seeds for job in every_job
                   for chunk in chunks(job, batch) for label in job.labels}
     settings_read = group_settings(profile, layout)
     if store.is_current(group, settings_read) and every_unit <= store.done(group):
@@ -403,19 +439,18 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
 def _run_job(store: Store, group: str, model: torch.nn.Module, profile: Mapping, selection: Selection,
              job: Job, batch: int, wanted_channels: set[int]) -> None:
     done = store.done(group)
-    todo = [(k, chunk) for k, chunk in enumerate(chunks(job, batch))
+    todo = [(seed, k, chunk) for seed in selection.seeds for k, chunk in enumerate(chunks(job, batch))
             if wanted_channels & set(chunk)
-            and any(unit_name(label, job.jitter, chunk) not in done for label in job.labels)]
+            and any(unit_name(seed, label, job.jitter, chunk) not in done for label in job.labels)]
     steps = int(profile["fz"]["steps"])
     with tqdm(total=len(todo) * steps, desc=f"fz {job.title}", unit="step") as bar:
-        for k, chunk in todo:
-            seed = chunk_seed(int(profile["fz"]["seed"]), job.block, job.tap, job.jitter, k)
-            result = visualize(model, profile, job.block, job.tap, chunk, jitter=job.jitter, seed=seed,
-                               progress=bar.update)
+        for seed, k, chunk in todo:
+            result = visualize(model, profile, job.block, job.tap, chunk, jitter=job.jitter,
+                               seed=chunk_seed(seed, job.block, job.tap, job.jitter, k), progress=bar.update)
             images = to_uint8(result.images)
             activation = measure(model, profile, job.block, job.tap, images, chunk)
             for label in job.labels:
-                name = unit_name(label, job.jitter, chunk)
+                name = unit_name(seed, label, job.jitter, chunk)
                 if name not in done:
-                    part, region = _unit_part(selection, label, chunk, images, result, activation)
+                    part, region = _unit_part(selection, seed, label, chunk, images, result, activation)
                     store.write_unit(group, name, part, region=region)

@@ -2,7 +2,11 @@
 
 Reads the store's ``fz`` group (and ``natural`` + ``image_cache`` when present) and writes two groups.
 
-``responses``: ``response`` (block, tap, channel, source, transform, stimulus_set) is tap ``tap``'s
+Every FZ seed of the ``fz`` group (dim ``seed``) is measured on its own: ``responses`` and the per-set
+``metrics`` variables carry the ``seed`` dim (top-9 stimuli are natural images, the same for every seed,
+so their responses are computed once and stored under each seed).
+
+``responses``: ``response`` (seed, block, tap, channel, source, transform, stimulus_set) is tap ``tap``'s
 center value for channel c when shown source tap ``source``'s stimulus for channel c, unscaled
 (``none``), scaled up (``S``) or down (``S_inv``), see :mod:`repro.stimulus`. Stimulus sets:
 
@@ -12,7 +16,7 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
   when the store has a complete ``natural`` group and ``image_cache``, for the blocks ``natural`` has
   (attr ``top9_blocks``); otherwise NaN, and the attrs ``top9_available`` / ``top9_note`` say why.
 
-``metrics``: per (block, channel, stimulus_set), in the papers' notation (X̂_T = the stimulus of tap T):
+``metrics``: per (seed, block, channel, stimulus_set), in the papers' notation (X̂_T = the stimulus of tap T):
 
 * ``mix`` M = O_c(X̂_I) / O_c(X̂_B); O_c(X̂_B) ≤ 0 → 5 (skip); else O_c(X̂_I) ≤ 0 → 0 (overwrite);
   clamped to ``metrics.mix_clamp`` (5). ``mix_ok``: mix_low < M < mix_high (strict).
@@ -23,7 +27,9 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
 * ``failed_fz``: both O responses ≤ 0 (see :func:`mix_ratio`); warned (:class:`FailedFZWarning`) and
   counted per block in the attrs ``failed_fz_count`` / ``failed_fz_total``.
 
-and per (block, channel): ``bn2_weight_abs`` = |bn2.weight[c]| and ``conv2_weight_mean_abs`` = mean
+per (block, channel, stimulus_set), over the seeds: ``<flag>_frequency``, the fraction of seeds in which
+the channel passes each criterion flag, and ``<flag>_robust``, frequency ≥ ``metrics.robust_fraction``
+(the label that does not hang on one seed); and per (block, channel): ``bn2_weight_abs`` = |bn2.weight[c]| and ``conv2_weight_mean_abs`` = mean
 |conv2.weight[c]| (for a Bottleneck block, the block's last BN and conv: bn3 and conv3), ``tuning_rho``
 (Spearman ρ of I_c and B_c over the natural images with I_c > 0), ``valid``; per block: ``downsample``.
 
@@ -31,7 +37,8 @@ Work is batched: a block's stimuli for all channels of one source tap go through
 (``metrics.batch_size`` images per forward, default 64), each forward reads the three taps' center
 values at once, and channel c's value is taken from image c. Taps hold their true values (never the
 aliased reading, which is for making FZs only); the model runs on the GPU when there is one. Units are
-(block, stimulus_set) plus one per block for the weight and tuning columns; a rerun skips done units.
+(seed, block, stimulus_set), one per (block, stimulus_set) for the frequencies, and one per block for the
+weight and tuning columns; a rerun skips done units.
 """
 from __future__ import annotations
 
@@ -209,10 +216,12 @@ class Inputs:
     blocks: list[str]  # the blocks computed now: every tap's FZs done
     top9_note: str
     layout_blocks: list[str] = ()  # the group's block coordinate: every block of the fz group
+    fz_group: str = "fz"  # the FZs measured: ``fz``, or ``fz_aliased`` for the aliased comparison
+    groups: tuple[str, str] = ("responses", "metrics")  # the groups written
 
     @property
     def input_groups(self) -> list[str]:
-        return ["fz", "natural", imgs.CACHE_GROUP] if self.top9_available else ["fz"]
+        return [self.fz_group, "natural", imgs.CACHE_GROUP] if self.top9_available else [self.fz_group]
 
     @property
     def top9_available(self) -> bool:
@@ -224,17 +233,22 @@ class Inputs:
             sets.append("top9")
         return sets
 
+    @property
+    def seeds(self) -> list[int]:
+        return [int(seed) for seed in self.fz["seed"].values]
+
     def valid_channels(self, block: str) -> np.ndarray:
         valid = self.fz["valid"].sel(block=block).values.astype(bool)
         return self.fz["channel"].values[valid]
 
 
-def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = None) -> Inputs:
-    """The stored FZs (and natural images) to compute from; blocks whose three taps' FZs are not all done
-    are skipped, with one line saying which and why."""
-    if not store.has("fz"):
-        raise UserError(f"store {store.path} has no 'fz' group; run `repro fz` first")
-    fz = store.dataset("fz")
+def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = None, *, fz_group: str = "fz",
+                top9: bool = True) -> Inputs:
+    """The stored FZs (and natural images unless ``top9`` is false) to compute from; blocks whose three
+    taps' FZs are not all done are skipped, with one line saying which and why."""
+    if not store.has(fz_group):
+        raise UserError(f"store {store.path} has no {fz_group!r} group; run `repro fz` first")
+    fz = store.dataset(fz_group)
     missing_taps = set(TAPS) - set(fz["tap"].values)
     if missing_taps:
         raise UserError(f"the 'fz' group lacks taps {', '.join(sorted(missing_taps))}; metrics need I, B and O")
@@ -246,7 +260,7 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     if unknown:
         raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
     chosen = [block for block in stored if not blocks or block in blocks]
-    done = fz_stage.done_labels(store, "fz")
+    done = fz_stage.done_labels(store, fz_group)
     ready = [block for block in chosen if all((block, tap) in done for tap in TAPS)]
     skipped = [f"{block} (FZs of tap {', '.join(t for t in TAPS if (block, t) not in done)} not done)"
                for block in chosen if block not in ready]
@@ -256,7 +270,9 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
         click.echo(f"metrics: skipping {len(skipped)} block(s): {'; '.join(skipped)}", err=True)
 
     natural = cache = None
-    if not store.has("natural"):
+    if not top9:
+        note = "top9 not computed for these FZs (FZ stimuli only)"
+    elif not store.has("natural"):
         note = "no natural group in the store: top9 not computed (NaN)"
     elif not store.group_attrs("natural").get("complete", False):
         note = "the natural group is incomplete: top9 not computed (NaN)"
@@ -265,7 +281,7 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     else:
         natural, cache = store.dataset("natural"), imgs.open_cache(store)
         note = "top9 = mean response over each source tap's 9 top natural images"
-    return Inputs(fz, natural, cache, ready, note, chosen)
+    return Inputs(fz, natural, cache, ready, note, chosen, fz_group)
 
 
 def group_settings(profile: Mapping, inputs: Inputs) -> dict:
@@ -277,20 +293,20 @@ def group_settings(profile: Mapping, inputs: Inputs) -> dict:
 # ---------------------------------------------------------------- responses of one block
 
 
-def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> np.ndarray:
-    """(tap, channel, source, transform) responses of a block's valid channels to their own FZs."""
+def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int, seed: int) -> np.ndarray:
+    """(tap, channel, source, transform) responses of a block's valid channels to their own FZs of ``seed``."""
     scale = ScaleTransforms.from_profile(profile)
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
     for s, source in enumerate(TAPS):
-        images = inputs.fz["image"].sel(block=block, tap=source, channel=channels).values
+        images = inputs.fz["image"].sel(seed=seed, block=block, tap=source, channel=channels).values
         for t, name in enumerate(TRANSFORMS):
             out[:, :, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
                                                 block, lambda x, name=name: scale.apply(name, x), batch_size)
     return out
 
 
-def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> np.ndarray:
+def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int, seed: int = 0) -> np.ndarray:
     """(tap, channel, source, transform) mean responses over each source tap's top natural images."""
     scale = ScaleTransforms.from_profile(profile)
     channels = inputs.valid_channels(block)
@@ -325,6 +341,7 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
 
 def _coords(inputs: Inputs) -> dict:
     return {
+        "seed": np.array(inputs.seeds),
         "block": labels(inputs.layout_blocks),
         "tap": labels(TAPS),
         "channel": inputs.fz["channel"].values,
@@ -336,9 +353,9 @@ def _coords(inputs: Inputs) -> dict:
 
 def responses_template(inputs: Inputs) -> xr.Dataset:
     coords = _coords(inputs)
-    dims = ("block", "tap", "channel", "source", "transform", "stimulus_set")
+    dims = ("seed", "block", "tap", "channel", "source", "transform", "stimulus_set")
     shape = tuple(len(coords[dim]) for dim in dims)
-    chunks = (1, len(TAPS), shape[2], len(TAPS), len(TRANSFORMS), 1)
+    chunks = (1, 1, len(TAPS), shape[3], len(TAPS), len(TRANSFORMS), 1)
     response = da.full(shape, np.nan, dtype=np.float32, chunks=chunks)
     return xr.Dataset({"response": (dims, response)}, coords=coords)
 
@@ -346,19 +363,27 @@ def responses_template(inputs: Inputs) -> xr.Dataset:
 PER_SET_FLOATS = ("mix", "up_delta", "down_delta", "scale_metric")
 PER_SET_FLAGS = ("mix_ok", "up_ok", "down_ok", "invariant_naturally", "invariant_interpreting", "failed_fz")
 PER_CHANNEL_FLOATS = ("bn2_weight_abs", "conv2_weight_mean_abs", "tuning_rho")
+# The flags whose pass frequency over seeds is stored (``<flag>_frequency``) with a robust label (``<flag>_robust``).
+CRITERION_FLAGS = ("mix_ok", "up_ok", "down_ok", "invariant_naturally", "invariant_interpreting")
 
 
 def metrics_template(inputs: Inputs) -> xr.Dataset:
-    coords = {key: value for key, value in _coords(inputs).items() if key in ("block", "channel", "stimulus_set")}
-    n_blocks, n_channels = len(inputs.layout_blocks), len(coords["channel"])
+    coords = {key: value for key, value in _coords(inputs).items()
+              if key in ("seed", "block", "channel", "stimulus_set")}
+    n_seeds, n_blocks, n_channels = len(inputs.seeds), len(inputs.layout_blocks), len(coords["channel"])
+    per_seed = (n_seeds, n_blocks, n_channels, len(STIMULUS_SETS))
     per_set, per_channel = (n_blocks, n_channels, len(STIMULUS_SETS)), (n_blocks, n_channels)
+    seed_dims, set_dims = ("seed", "block", "channel", "stimulus_set"), ("block", "channel", "stimulus_set")
     variables = {}
     for name in PER_SET_FLOATS:
-        variables[name] = (("block", "channel", "stimulus_set"),
-                           da.full(per_set, np.nan, dtype=np.float32, chunks=(1, n_channels, 1)))
+        variables[name] = (seed_dims, da.full(per_seed, np.nan, dtype=np.float32, chunks=(1, 1, n_channels, 1)))
     for name in PER_SET_FLAGS:
-        variables[name] = (("block", "channel", "stimulus_set"),
-                           da.zeros(per_set, dtype=bool, chunks=(1, n_channels, 1)))
+        variables[name] = (seed_dims, da.zeros(per_seed, dtype=bool, chunks=(1, 1, n_channels, 1)))
+    for name in CRITERION_FLAGS + ("failed_fz",):
+        variables[f"{name}_frequency"] = (set_dims, da.full(per_set, np.nan, dtype=np.float32,
+                                                            chunks=(1, n_channels, 1)))
+    for name in CRITERION_FLAGS:
+        variables[f"{name}_robust"] = (set_dims, da.zeros(per_set, dtype=bool, chunks=(1, n_channels, 1)))
     for name in PER_CHANNEL_FLOATS:
         variables[name] = (("block", "channel"), da.full(per_channel, np.nan, dtype=np.float32, chunks=(1, n_channels)))
     variables["valid"] = (("block", "channel"), da.zeros(per_channel, dtype=bool, chunks=(1, n_channels)))
@@ -366,19 +391,33 @@ def metrics_template(inputs: Inputs) -> xr.Dataset:
     return xr.Dataset(variables, coords=coords)
 
 
-def response_part(inputs: Inputs, block: str, stimulus_set: str, values: np.ndarray) -> xr.Dataset:
+def response_part(inputs: Inputs, seed: int, block: str, stimulus_set: str, values: np.ndarray) -> xr.Dataset:
     """One unit of ``responses``: the valid channels' values placed on the full channel axis."""
     coords = _coords(inputs)
     full = np.full((len(TAPS), len(coords["channel"]), len(TAPS), len(TRANSFORMS)), np.nan, dtype=np.float32)
     full[:, inputs.fz["valid"].sel(block=block).values.astype(bool)] = values
-    coords.update(block=labels([block]), stimulus_set=labels([stimulus_set]))
-    dims = ("block", "tap", "channel", "source", "transform", "stimulus_set")
-    return xr.Dataset({"response": (dims, full[None, ..., None])}, coords=coords)
+    coords.update(seed=np.array([seed]), block=labels([block]), stimulus_set=labels([stimulus_set]))
+    dims = ("seed", "block", "tap", "channel", "source", "transform", "stimulus_set")
+    return xr.Dataset({"response": (dims, full[None, None, ..., None])}, coords=coords)
 
 
-def metrics_part(block: str, stimulus_set: str, metrics: xr.Dataset) -> xr.Dataset:
-    return metrics.expand_dims(block=labels([block]), stimulus_set=labels([stimulus_set])).transpose(
-        "block", "channel", "stimulus_set")
+def metrics_part(seed: int, block: str, stimulus_set: str, metrics: xr.Dataset) -> xr.Dataset:
+    return metrics.expand_dims(seed=np.array([seed]), block=labels([block]),
+                               stimulus_set=labels([stimulus_set])).transpose("seed", "block", "channel", "stimulus_set")
+
+
+def seed_frequencies(per_seed: xr.Dataset, valid: np.ndarray, robust_fraction: float) -> xr.Dataset:
+    """Per channel: the fraction of seeds passing each criterion flag, and the robust label (fraction ≥
+    ``robust_fraction``). ``per_seed`` holds one block and stimulus set: flags over (seed, channel)."""
+    columns = {}
+    for name in CRITERION_FLAGS + ("failed_fz",):
+        frequency = per_seed[name].astype(np.float64).mean("seed").values
+        columns[f"{name}_frequency"] = np.where(valid, frequency, np.nan).astype(np.float32)
+        if name in CRITERION_FLAGS:
+            # A small margin, so 2 of 3 seeds pass a fraction of 2/3 despite rounding.
+            columns[f"{name}_robust"] = valid & (frequency >= robust_fraction - 1e-9)
+    return xr.Dataset({name: ("channel", data) for name, data in columns.items()},
+                      coords={"channel": per_seed["channel"].values})
 
 
 def block_part(model: nn.Module, inputs: Inputs, block: str) -> xr.Dataset:
@@ -404,71 +443,106 @@ def block_part(model: nn.Module, inputs: Inputs, block: str) -> xr.Dataset:
 # ---------------------------------------------------------------- the stage
 
 
-def warn_failed(block: str, stimulus_set: str, metrics: xr.Dataset, valid: np.ndarray) -> None:
+def warn_failed(block: str, stimulus_set: str, metrics: xr.Dataset, valid: np.ndarray, seed: int = 0) -> None:
     failed = metrics["channel"].values[metrics["failed_fz"].values & valid]
     if len(failed):
         warnings.warn(
-            f"block {block} ({stimulus_set}): {len(failed)} channel(s) with both O responses <= 0 "
+            f"block {block} ({stimulus_set}, seed {seed}): {len(failed)} channel(s) with both O responses <= 0 "
             f"(failed FZ; M = 5, excluded from invariance): {', '.join(map(str, failed))}",
             FailedFZWarning, stacklevel=3)
 
 
 def failed_counts(metrics: xr.Dataset) -> dict:
-    """{block: {stimulus_set: number of valid channels flagged failed_fz}} from the stored group."""
-    flagged = (metrics["failed_fz"] & metrics["valid"]).sum("channel").load()
+    """{block: {stimulus_set: number of failed FZs (valid channel × seed) flagged failed_fz}} from the stored group."""
+    flagged = (metrics["failed_fz"] & metrics["valid"]).sum(("seed", "channel")).load()
     return {str(block): {str(s): int(flagged.sel(block=block, stimulus_set=s)) for s in metrics["stimulus_set"].values}
             for block in metrics["block"].values}
 
 
 def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None) -> None:
-    """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``."""
-    inputs = read_inputs(store, profile, blocks)
+        blocks: Sequence[str] | None = None, fz_group: str = "fz",
+        groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True) -> None:
+    """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``.
+
+    ``fz_group`` and ``groups`` name the FZs read and the two groups written (the aliased comparison
+    reads ``fz_aliased`` and writes ``responses_aliased`` / ``metrics_aliased``, FZ stimuli only)."""
+    inputs = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9)
+    inputs.groups = tuple(groups)
+    responses_group, metrics_group = inputs.groups
     settings = MixSettings.from_profile(profile)
     batch_size = int(profile["metrics"]["batch_size"])
     settings_read = group_settings(profile, inputs)
-    layout_units = {f"{block}:{s}" for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)}
-    if (all(store.is_current(group, settings_read, inputs.input_groups) for group in ("responses", "metrics"))
-            and layout_units | {f"{b}:channel" for b in inputs.layout_blocks} <= store.done("metrics")):
+    block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
+    layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
+    summary_units = {f"{block}:{s}:seeds" for block, s in block_sets} | {f"{b}:channel" for b in inputs.layout_blocks}
+    if (all(store.is_current(group, settings_read, inputs.input_groups) for group in inputs.groups)
+            and layout_units | summary_units <= store.done(metrics_group)):
         click.echo(f"metrics: already complete in {store.path}", err=True)
         return
     store.require_intact(inputs.input_groups)
     to_accelerator(model)
     attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
                        top9_note=inputs.top9_note)
-    store.declare("responses", responses_template(inputs), attrs, settings=settings_read,
+    store.declare(responses_group, responses_template(inputs), attrs, settings=settings_read,
                   inputs=inputs.input_groups, units_expected=len(layout_units))
-    store.declare("metrics", metrics_template(inputs), {
+    store.declare(metrics_group, metrics_template(inputs), {
         **attrs,
         "mix_conventions": "M = O(X_I)/O(X_B); O(X_B) <= 0 -> clamp; else O(X_I) <= 0 -> 0; clamp to mix_clamp",
         "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
         "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
-    }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(inputs.layout_blocks))
+        "robust_fraction": float(profile["metrics"]["robust_fraction"]),
+    }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(summary_units))
 
     units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
     for block, stimulus_set in tqdm(units, desc="metrics", disable=None):
         _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size)
+        _run_frequencies(store, inputs, block, stimulus_set, float(profile["metrics"]["robust_fraction"]))
     for block in inputs.blocks:
-        if f"{block}:channel" not in store.done("metrics"):
-            store.write_unit("metrics", f"{block}:channel", block_part(model, inputs, block))
+        if f"{block}:channel" not in store.done(metrics_group):
+            store.write_unit(metrics_group, f"{block}:channel", block_part(model, inputs, block))
 
-    counts = failed_counts(store.dataset("metrics"))
+    counts = failed_counts(store.dataset(metrics_group))
     top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
     complete = set(inputs.blocks) == set(inputs.layout_blocks)
-    store.finish("responses", complete=complete, top9_blocks=top9_blocks)
-    store.finish("metrics", complete=complete, top9_blocks=top9_blocks, failed_fz_count=counts,
+    store.finish(responses_group, complete=complete, top9_blocks=top9_blocks)
+    store.finish(metrics_group, complete=complete, top9_blocks=top9_blocks, failed_fz_count=counts,
                  failed_fz_total=sum(sum(c.values()) for c in counts.values()))
 
 
+def unit_name(seed: int, block: str, stimulus_set: str) -> str:
+    return f"s{seed}:{block}:{stimulus_set}"
+
+
 def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:
-    unit = f"{block}:{stimulus_set}"
-    if unit not in store.done("responses"):
-        compute = fz_responses if stimulus_set == "fz" else top9_responses
-        values = compute(model, inputs, block, profile, batch_size)
-        store.write_unit("responses", unit, response_part(inputs, block, stimulus_set, values))
-    if unit not in store.done("metrics"):
-        response = store.dataset("responses")["response"].sel(block=block, stimulus_set=stimulus_set).load()
-        metrics = channel_metrics(response, settings)
-        valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
-        warn_failed(block, stimulus_set, metrics, valid)
-        store.write_unit("metrics", unit, metrics_part(block, stimulus_set, metrics))
+    responses_group, metrics_group = inputs.groups
+    shared = None  # top-9 stimuli do not depend on the FZ seed: computed once, stored under every seed
+    for seed in inputs.seeds:
+        unit = unit_name(seed, block, stimulus_set)
+        if unit not in store.done(responses_group):
+            if stimulus_set == "fz":
+                values = fz_responses(model, inputs, block, profile, batch_size, seed)
+            else:
+                shared = top9_responses(model, inputs, block, profile, batch_size) if shared is None else shared
+                values = shared
+            store.write_unit(responses_group, unit, response_part(inputs, seed, block, stimulus_set, values))
+        if unit not in store.done(metrics_group):
+            response = store.dataset(responses_group)["response"].sel(seed=seed, block=block,
+                                                                  stimulus_set=stimulus_set).load()
+            metrics = channel_metrics(response, settings)
+            valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
+            warn_failed(block, stimulus_set, metrics, valid, seed)
+            store.write_unit(metrics_group, unit, metrics_part(seed, block, stimulus_set, metrics))
+
+
+def _run_frequencies(store, inputs, block, stimulus_set, robust_fraction: float) -> None:
+    metrics_group = inputs.groups[1]
+    unit = f"{block}:{stimulus_set}:seeds"
+    if unit in store.done(metrics_group):
+        return
+    stored = store.dataset(metrics_group)
+    per_seed = stored[list(PER_SET_FLAGS)].sel(block=block, stimulus_set=stimulus_set).load()
+    valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
+    frequencies = seed_frequencies(per_seed, valid, robust_fraction)
+    part = frequencies.expand_dims(block=labels([block]), stimulus_set=labels([stimulus_set])).transpose(
+        "block", "channel", "stimulus_set")
+    store.write_unit(metrics_group, unit, part)

@@ -47,6 +47,18 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
+ALIASED_FZ, ALIASED_GROUPS = "fz_aliased", ("responses_aliased", "metrics_aliased")
+
+
+def aliased_stages(store: Store, model, record, profile: dict) -> list:
+    """The aliased comparison: FZs made with Lucent's by-reference taps (the authors' FZs), one seed,
+    measured with the true taps like every other FZ (FZ stimuli only)."""
+    aliased = profiles.override(profile, {"model.aliased": True, "fz.seeds": list(profile["fz"]["seeds"][:1])})
+    return [("fz (aliased taps, first seed)", lambda: fz.run(store, model, record, aliased, group=ALIASED_FZ)),
+            ("metrics (aliased FZs)", lambda: metrics.run(store, model, record, profile, fz_group=ALIASED_FZ,
+                                                          groups=ALIASED_GROUPS, top9=False))]
+
+
 def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
     profile = profiles.load(profile_name)
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
@@ -60,8 +72,10 @@ def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Stor
     stages += [
         ("natural images", lambda: natural.run(store, model, record, profile)),
         ("metrics", lambda: metrics.run(store, model, record, profile)),
-        ("ablation", lambda: ablate.run(store, model, record, profile)),
     ]
+    if profile["fz"]["compare_aliased"]:
+        stages += aliased_stages(store, model, record, profile)
+    stages.append(("ablation", lambda: ablate.run(store, model, record, profile)))
     for title, stage in stages:
         started = time.perf_counter()
         click.echo(f"== {title}")

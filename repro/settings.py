@@ -43,7 +43,8 @@ class ModelSettings:
 class FZSettings:
     steps: int = field(metadata=POSITIVE)
     lr: float = field(metadata=NON_NEGATIVE)  # 0 keeps the initial image: how tests read its objective
-    seed: int
+    seeds: tuple[int, ...] = field(metadata={"check": "distinct"})
+    trace_every: int = field(metadata=POSITIVE)
     channel_batch: int = field(metadata=POSITIVE)
     objective: str = field(metadata=choice("neuron", "channel"))
     decorrelate: bool
@@ -51,6 +52,7 @@ class FZSettings:
     random_scale: tuple[float, ...]
     rotate_degrees: int = field(metadata=NON_NEGATIVE)
     channel_grids: bool
+    compare_aliased: bool
     pad_from_jitter: int = field(metadata=NON_NEGATIVE)
     jitter: dict[str, dict[str, int]]
 
@@ -80,6 +82,7 @@ class MetricsSettings:
     mix_low: float = field(metadata=POSITIVE)
     mix_high: float = field(metadata=POSITIVE)
     mix_clamp: float = field(metadata=POSITIVE)
+    robust_fraction: float = field(metadata={"check": "fraction"})
     batch_size: int = field(metadata=POSITIVE)
 
 
@@ -210,5 +213,9 @@ def _check(metadata: Mapping, value: Any, where: str, key: str) -> None:
         raise UserError(f"{where}: {key} must be positive, not {value!r}")
     if check == "non-negative" and not value >= 0:
         raise UserError(f"{where}: {key} must be 0 or more, not {value!r}")
+    if check == "fraction" and not 0 < value <= 1:
+        raise UserError(f"{where}: {key} must lie in (0, 1], not {value!r}")
+    if check == "distinct" and (not value or len(set(value)) != len(value)):
+        raise UserError(f"{where}: {key} must be a non-empty list of distinct values, not {list(value)!r}")
     if "choices" in metadata and value not in metadata["choices"]:
         raise UserError(f"{where}: {key} must be one of {', '.join(metadata['choices'])}, not {value!r}")

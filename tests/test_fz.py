@@ -34,7 +34,7 @@ ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 def tiny_profile(**settings) -> dict:
     """The paper's profile on a small random resnet18 at 32 px."""
-    base = {**TINY_MODEL, "fz.steps": 32, "fz.channel_batch": 4, "fz.jitter": NO_JITTER}
+    base = {**TINY_MODEL, "fz.steps": 32, "fz.channel_batch": 4, "fz.jitter": NO_JITTER, "fz.seeds": [0]}
     return profiles.override(profiles.load("paper"), {**base, **settings})
 
 
@@ -53,7 +53,7 @@ def stored(tiny, tmp_path_factory):
     store = Store.create_or_open(tmp_path_factory.mktemp("fz") / "run.zarr", profile, record)
     dataset = fz.run(store, model, record, profile, blocks=["2.0", "2.1"], channels=range(4))
     # The group's layout is the whole profile; the selection filled blocks 2.0 and 2.1, channels 0-3.
-    return store, dataset.sel(block=["2.0", "2.1"], channel=slice(0, 3)).load()
+    return store, dataset.sel(seed=0, block=["2.0", "2.1"], channel=slice(0, 3)).load()
 
 
 def reference_taps(model: torch.nn.Module, pixels: torch.Tensor) -> dict:
@@ -172,7 +172,7 @@ def test_selection_layout_and_valid_channels(tiny):
     layout = fz.template(selection, 4)
     assert layout["valid"].sel(block="2.1").values.tolist() == [True, True, False]  # block 2.1 has 8 channels
     assert layout["valid"].sel(block="3.0").values.all()
-    assert layout["image"].dims == ("block", "tap", "channel", "y", "x", "rgb") and layout["image"].dtype == np.uint8
+    assert layout["image"].dims == ("seed", "block", "tap", "channel", "y", "x", "rgb") and layout["image"].dtype == np.uint8
     with pytest.raises(UserError, match="out of range"):
         fz.select(model, profile, blocks=["2.1"], channels=[8])
 
@@ -230,7 +230,7 @@ def test_channel_objective_goes_to_its_own_group(tiny, stored):
     assert store.group_attrs("fz_channel")["objective"] == "channel"
     made = dataset["activation"].sel(block="1.1", tap="B")
     assert not made.sel(channel=[0, 1]).isnull().any() and made.sel(channel=slice(8, None)).isnull().all()
-    assert store.done("fz_channel") == {"1.1:B:j0:c0-3"}  # the chunk holding channels 0 and 1
+    assert store.done("fz_channel") == {"s0:1.1:B:j0:c0-3"}  # the chunk holding channels 0 and 1
     assert len(store.done("fz")) == 2 * 3  # the center-neuron group is untouched
 
 
@@ -251,11 +251,12 @@ image_size = 32
 [fz]
 steps = 16
 channel_batch = 2
+seeds = [0, 1]
 
 [fz.jitter]
 "2.1" = { I = 0, B = 0, O = 0 }
 """
-RESUME_ARGS = ["--blocks", "2.1", "--taps", "B,O", "--channels", "0-5"]  # 2 taps x 3 chunks = 6 units
+RESUME_ARGS = ["--blocks", "2.1", "--taps", "B,O", "--channels", "0-5"]  # 2 seeds x 2 taps x 3 chunks = 12 units
 
 
 def done_units(path: Path) -> set:
@@ -314,7 +315,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     result = runner.invoke(main, [*arguments, "--store", str(killed)])  # the rerun resumes
     assert result.exit_code == 0, result.output
     resumed, uninterrupted = Store(killed).dataset("fz").load(), Store(whole).dataset("fz").load()
-    assert Store(killed).done("fz") == Store(whole).done("fz") and len(Store(whole).done("fz")) == 6
+    assert Store(killed).done("fz") == Store(whole).done("fz") and len(Store(whole).done("fz")) == 12
     for name in ("image", "activation", "initial_objective", "final_objective", "valid"):
         np.testing.assert_array_equal(resumed[name].values, uninterrupted[name].values, err_msg=name)
 

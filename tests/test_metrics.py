@@ -147,22 +147,26 @@ def widths(model, blocks):
     return {block: named_blocks(model)[block].bn2.num_features for block in blocks}
 
 
-def write_fz(store, model, images, channels=None):
-    """images: {block: {tap: uint8 [one per valid channel, SIZE, SIZE, 3]}} → the ``fz`` group.
+def write_fz(store, model, images, channels=None, seeds=None):
+    """images: {block: {tap: uint8 [one per valid channel, SIZE, SIZE, 3]}} → the ``fz`` group (seed 0);
+    with ``seeds``, a list of such dicts, one per seed.
 
     ``channels`` is the channel coord (default 0 .. widest − 1), as ``repro fz --channels`` stores it.
     """
-    blocks = list(images)
+    per_seed = images if seeds is not None else [images]
+    seeds = [0] if seeds is None else list(seeds)
+    blocks = list(per_seed[0])
     width = widths(model, blocks)
     channels = np.arange(max(width.values())) if channels is None else np.asarray(channels)
-    cube = np.zeros((len(blocks), 3, len(channels), SIZE, SIZE, 3), dtype=np.uint8)
+    cube = np.zeros((len(seeds), len(blocks), 3, len(channels), SIZE, SIZE, 3), dtype=np.uint8)
     valid = channels[None, :] < np.array([width[block] for block in blocks])[:, None]
-    for b, block in enumerate(blocks):
-        for t, tap in enumerate(TAPS):
-            cube[b, t, valid[b]] = images[block][tap][: valid[b].sum()]
+    for s, one in enumerate(per_seed):
+        for b, block in enumerate(blocks):
+            for t, tap in enumerate(TAPS):
+                cube[s, b, t, valid[b]] = one[block][tap][: valid[b].sum()]
     write_group(store, "fz", xr.Dataset(
-        {"image": (("block", "tap", "channel", "y", "x", "rgb"), cube), "valid": (("block", "channel"), valid)},
-        coords={"block": labels(blocks), "tap": labels(TAPS), "channel": channels}))
+        {"image": (("seed", "block", "tap", "channel", "y", "x", "rgb"), cube), "valid": (("block", "channel"), valid)},
+        coords={"seed": np.array(seeds), "block": labels(blocks), "tap": labels(TAPS), "channel": channels}))
 
 
 def new_store(tmp_path, profile, record):
@@ -269,8 +273,8 @@ def test_every_metric_equals_the_reference_on_random_weights(tmp_path):
         coords={"image": np.arange(n_images)}))
 
     metrics.run(store, model, record, profile)
-    responses = store.dataset("responses")["response"].load()
-    result = store.dataset("metrics").load()
+    responses = store.dataset("responses").sel(seed=0)["response"].load()
+    result = store.dataset("metrics").sel(seed=0).load()
     assert result.attrs["complete"] and result.attrs["top9_available"]
     assert result.attrs["top9_blocks"] == natural_blocks
     assert result.attrs["stage"] == "metrics" and result.attrs["weights_sha256"] == record["weights_sha256"]
@@ -373,8 +377,8 @@ def test_zeroed_summands_give_pure_skip_and_pure_overwrite(tmp_path):
     write_fz(store, model, fz)
     metrics.run(store, model, record, profile)
 
-    result = store.dataset("metrics").sel(stimulus_set="fz").load()
-    response = store.dataset("responses")["response"].sel(stimulus_set="fz").load()
+    result = store.dataset("metrics").sel(seed=0).sel(stimulus_set="fz").load()
+    response = store.dataset("responses").sel(seed=0)["response"].sel(stimulus_set="fz").load()
     skip = result.sel(block="1.1", channel=skip_channels)
     np.testing.assert_array_equal(skip["mix"], 5.0)
     assert not skip["failed_fz"].any() and not skip["mix_ok"].any()
@@ -391,9 +395,9 @@ def test_zeroed_summands_give_pure_skip_and_pure_overwrite(tmp_path):
     np.testing.assert_allclose(block_2_0.sel(tap="O"), block_2_0.sel(tap="B"), atol=1e-6)
 
     # Without a natural group, top9 stays NaN and the attrs say why.
-    assert np.isnan(store.dataset("responses")["response"].sel(stimulus_set="top9")).all()
-    assert np.isnan(store.dataset("metrics")["mix"].sel(stimulus_set="top9")).all()
-    attrs = store.dataset("metrics").attrs
+    assert np.isnan(store.dataset("responses").sel(seed=0)["response"].sel(stimulus_set="top9")).all()
+    assert np.isnan(store.dataset("metrics").sel(seed=0)["mix"].sel(stimulus_set="top9")).all()
+    attrs = store.dataset("metrics").sel(seed=0).attrs
     assert attrs["top9_available"] is False and "natural" in attrs["top9_note"]
 
 
@@ -443,7 +447,7 @@ def test_planted_scale_channel_passes_and_its_neighbours_do_not(tmp_path):
     write_fz(store, model, fz)
     metrics.run(store, model, record, profile)
 
-    result = store.dataset("metrics").sel(block=block, stimulus_set="fz").load()
+    result = store.dataset("metrics").sel(seed=0).sel(block=block, stimulus_set="fz").load()
     assert result["invariant_interpreting"].values[:width].tolist() == [c == planted for c in range(width)]
     assert result["invariant_naturally"].values[:width].tolist() == [c in (planted, planted + 1) for c in range(width)]
     assert result["mix_ok"].sel(channel=[planted - 1, planted, planted + 1]).all()
@@ -464,13 +468,13 @@ def test_failed_fz_is_flagged_counted_and_warned(tmp_path):
         named_blocks(model)["1.1"].bn2.bias[6] = -1000
     store = new_store(tmp_path, profile, record)
     write_fz(store, model, random_fz(rng, model, ["1.1"]))
-    with pytest.warns(metrics.FailedFZWarning, match=r"block 1\.1 \(fz\).*\b6\b"):
+    with pytest.warns(metrics.FailedFZWarning, match=r"block 1\.1 \(fz, seed 0\).*\b6\b"):
         metrics.run(store, model, record, profile)
-    result = store.dataset("metrics").sel(block="1.1", stimulus_set="fz").load()
+    result = store.dataset("metrics").sel(seed=0).sel(block="1.1", stimulus_set="fz").load()
     row = result.sel(channel=6)
     assert bool(row["failed_fz"]) and float(row["mix"]) == 5.0
     assert not row["mix_ok"] and not row["invariant_naturally"] and not row["invariant_interpreting"]
-    counts = store.dataset("metrics").attrs["failed_fz_count"]
+    counts = store.dataset("metrics").sel(seed=0).attrs["failed_fz_count"]
     assert counts["1.1"]["fz"] == int(result["failed_fz"].sum()) >= 1
 
     # A rerun finds every unit done and computes nothing.
@@ -503,8 +507,8 @@ def test_channel_subset_through_the_command_line(tmp_path):
     assert outcome.exit_code == 0, outcome.output
 
     reference = Reference(model, profile)
-    response = store.dataset("responses")["response"].sel(block="2.0", stimulus_set="fz").load()
-    result = store.dataset("metrics").sel(block="2.0").load()
+    response = store.dataset("responses").sel(seed=0)["response"].sel(block="2.0", stimulus_set="fz").load()
+    result = store.dataset("metrics").sel(seed=0).sel(block="2.0").load()
     assert list(response["channel"].values) == channels
     for position, c in enumerate(channels):
         for source in TAPS:

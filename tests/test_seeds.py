@@ -1,0 +1,271 @@
+"""Several FZ seeds per neuron: the seed dim through fz, responses and metrics, the pass frequencies and
+robust labels, seed noise floors, and the verification rule that uses them."""
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analyses import noise
+from report import verify
+from repro import fz, metrics, profiles
+from repro.errors import UserError
+from repro.model import ModelSpec, load_model
+from repro.store import Store
+
+BLOCKS = ["1.1", "2.0"]
+NO_JITTER = {block: {"I": 0, "B": 0, "O": 0} for block in ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")}
+
+
+def tiny_profile(seeds) -> dict:
+    return profiles.override(profiles.load("paper"), {
+        "model.widths": [8, 8, 16, 16], "model.stem": "small", "model.num_classes": 10,
+        "model.weights": "random:0", "model.image_size": 32, "model.blocks": BLOCKS,
+        "stimulus.crop": 16, "stimulus.shrink": 16, "stimulus.pad": 8,
+        "fz.steps": 6, "fz.trace_every": 2, "fz.channel_batch": 8, "fz.jitter": NO_JITTER, "fz.seeds": list(seeds)})
+
+
+def build(tmp_path, seeds) -> Store:
+    profile = tiny_profile(seeds)
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    store = Store.create_or_open(tmp_path / "run.zarr", profile, record)
+    fz.run(store, model, record, profile)
+    with warnings.catch_warnings():  # random-weight FZs may fail some channels; not what these tests check
+        warnings.simplefilter("ignore", metrics.FailedFZWarning)
+        metrics.run(store, model, record, profile)
+    return store
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return (build(tmp_path_factory.mktemp("three"), [0, 1, 2]), build(tmp_path_factory.mktemp("one"), [0]))
+
+
+def test_every_group_has_the_seed_dim(stores):
+    three, _ = stores
+    fz_group, responses, stored = (three.dataset(g) for g in ("fz", "responses", "metrics"))
+    assert fz_group["seed"].values.tolist() == [0, 1, 2]
+    for name in ("image", "activation", "initial_objective", "final_objective", "objective_trace"):
+        assert fz_group[name].dims[0] == "seed", name
+    assert responses["response"].dims[0] == "seed"
+    for name in metrics.PER_SET_FLOATS + metrics.PER_SET_FLAGS:
+        assert stored[name].dims == ("seed", "block", "channel", "stimulus_set"), name
+    for name in metrics.CRITERION_FLAGS:
+        assert "seed" not in stored[f"{name}_frequency"].dims and "seed" not in stored[f"{name}_robust"].dims
+    # Different seeds make different images.
+    images = fz_group["image"].sel(block="1.1", tap="B").values
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+
+
+def test_seed_0_of_three_equals_a_one_seed_run(stores):
+    three, one = stores
+    for group, names in (("fz", ("image", "activation", "final_objective", "objective_trace")),
+                         ("responses", ("response",)), ("metrics", ("mix", "scale_metric", "invariant_naturally"))):
+        a, b = three.dataset(group).sel(seed=0).load(), one.dataset(group).sel(seed=0).load()
+        for name in names:
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=f"{group}.{name}")
+
+
+def test_frequencies_and_robust_labels_equal_a_count_by_hand(stores):
+    three, _ = stores
+    stored = three.dataset("metrics").load()
+    fraction = stored.attrs["robust_fraction"]
+    for block in BLOCKS:
+        valid = stored["valid"].sel(block=block).values.astype(bool)
+        for name in metrics.CRITERION_FLAGS:
+            flags = stored[name].sel(block=block, stimulus_set="fz").values  # seed, channel
+            for c in range(len(valid)):
+                frequency = stored[f"{name}_frequency"].sel(block=block, channel=c, stimulus_set="fz").item()
+                robust = bool(stored[f"{name}_robust"].sel(block=block, channel=c, stimulus_set="fz"))
+                if not valid[c]:
+                    assert np.isnan(frequency) and not robust
+                    continue
+                passed = sum(bool(flags[s, c]) for s in range(3))
+                assert frequency == pytest.approx(passed / 3), (block, name, c)
+                assert robust == (passed / 3 >= fraction), (block, name, c)
+
+
+def test_objective_trace_records_every_k_steps(stores):
+    three, _ = stores
+    group = three.dataset("fz").load()
+    assert group["trace_step"].values.tolist() == [2, 4, 6]
+    # The last traced step is the last step: its value is final_objective.
+    np.testing.assert_array_equal(group["objective_trace"].sel(trace_step=6).values, group["final_objective"].values)
+
+
+def test_visualize_snapshot_equals_a_shorter_run():
+    profile = tiny_profile([0])
+    model, _ = load_model(ModelSpec.from_profile(profile["model"]))
+    engine = fz.prepare(model)
+    longer = fz.visualize(engine, profile, "1.1", "B", [0, 1], jitter=0, seed=5, steps=6, snapshot_at=[3])
+    shorter = fz.visualize(engine, profile, "1.1", "B", [0, 1], jitter=0, seed=5, steps=3)
+    np.testing.assert_array_equal(longer.snapshots[3].numpy(), shorter.images.numpy())
+    np.testing.assert_array_equal(longer.trace[:, 0].numpy(), shorter.trace[:, 0].numpy())
+
+
+@pytest.mark.parametrize("override, message", [({"fz.seeds": [0, 0]}, "distinct"), ({"fz.seeds": []}, "distinct"),
+                                               ({"metrics.robust_fraction": 0.0}, "robust_fraction")])
+def test_bad_seed_settings_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        profiles.override(profiles.load("paper"), override)
+
+
+# ---------------------------------------------------------------- noise floors on constructed sets
+
+
+def test_jaccard_and_floor_by_hand():
+    assert noise.jaccard([1, 2, 3], [2, 3, 4]) == pytest.approx(2 / 4)
+    assert noise.jaccard([], []) == 1.0 and noise.jaccard([1], []) == 0.0
+    lists = {0: [1, 2, 3], 1: [2, 3, 4], 2: [1, 2, 3, 4, 5, 6]}
+    found = noise.floor(lists)
+    expected = [len(set(a) & set(b)) / len(set(a) | set(b)) for a, b in itertools.combinations(lists.values(), 2)]
+    assert found.pairs == pytest.approx(expected) and found.seeds == 3
+    assert found.median == pytest.approx(np.median(expected))
+    assert found.low == pytest.approx(min(expected)) and found.high == pytest.approx(max(expected))
+    assert found.contains(min(expected)) and not found.contains(min(expected) - 0.01)
+    unknown = noise.floor({0: [1, 2]})
+    assert not unknown.known and "unknown" in unknown.describe() and not unknown.contains(1.0)
+
+
+def constructed_metrics(sets_per_seed: dict[int, list[int]], mix_per_seed: dict[int, list[float]], n: int = 8):
+    """A metrics dataset of one block: channel c passes mix and up in seed s when c is in sets_per_seed[s]."""
+    seeds = sorted(sets_per_seed)
+    passing = np.array([[c in sets_per_seed[s] for c in range(n)] for s in seeds])
+    mix = np.array([mix_per_seed[s] for s in seeds], dtype=np.float32)
+    ones = np.ones_like(passing)
+    dims = ("seed", "block", "channel", "stimulus_set")
+    return xr.Dataset({
+        "mix_ok": (dims, passing[:, None, :, None]), "up_ok": (dims, passing[:, None, :, None]),
+        "down_ok": (dims, ones[:, None, :, None]), "mix": (dims, mix[:, None, :, None]),
+        "scale_metric": (dims, np.tile(np.arange(n, dtype=np.float32), (len(seeds), 1))[:, None, :, None]),
+        "valid": (("block", "channel"), np.ones((1, n), bool)),
+    }, coords={"seed": seeds, "block": ["2.1"], "channel": np.arange(n), "stimulus_set": ["fz"]})
+
+
+def test_seed_lists_and_floors_table_on_a_constructed_store():
+    sets = {0: [1, 2, 3], 1: [2, 3, 4], 2: [1, 2, 3, 4]}
+    mixes = {0: [1.0, 1.1, 0.95, 3, 3, 3, 3, 3], 1: [3, 1.0, 1.2, 0.9, 3, 3, 3, 3], 2: [1.0, 1.1, 3, 0.98, 3, 3, 3, 3]}
+    dataset = constructed_metrics(sets, mixes).sel(stimulus_set="fz")
+    assert noise.seed_lists(dataset, "2.1", "criterion", "naturally") == sets
+    assert noise.seed_lists(dataset, "2.1", "top_mix") == {0: [0, 2, 1], 1: [1, 3, 2], 2: [0, 3, 1]}
+    # Top by SM among channels passing mix, up and down: SM rises with the channel number here.
+    assert noise.seed_lists(dataset, "2.1", "top_sm") == {0: [3, 2, 1], 1: [4, 3, 2], 2: [4, 3, 2]}
+    table = noise.floors_table(dataset).set_index("list")
+    row = table.loc["naturally"]
+    assert row["seeds"] == 3 and row["pairs"] == 3
+    assert row["low"] == pytest.approx(min(noise.floor(sets).pairs))
+    assert table.loc["top-3 mix", "median"] == pytest.approx(noise.floor({0: [0, 2, 1], 1: [1, 3, 2],
+                                                                          2: [0, 3, 1]}).median)
+
+
+def test_set_claim_is_within_noise_exactly_when_inside_the_seed_floor():
+    sets = {0: [1, 2, 3], 1: [2, 3, 4], 2: [1, 2, 3, 4]}  # seed-to-seed Jaccard 0.5, 0.75, 0.75
+    dataset = constructed_metrics(sets, {s: [3.0] * 8 for s in sets}).sel(stimulus_set="fz")
+    measured = verify.invariant_set(dataset, "2.1", "naturally")
+    assert isinstance(measured, verify.SeededSet) and list(measured) == [1, 2, 3] and measured.per_seed == sets
+    floor_low = 0.5
+    # Reference [1, 2, 3, 4, 5]: Jaccard 3/5, 3/5, 4/5 per seed, median 0.6 ≥ 0.5 → within noise (below 0.75).
+    inside = verify.set_overlap([1, 2, 3, 4, 5], measured, verified=0.75, noise=0.99)
+    assert inside.badge == verify.WITHIN_NOISE and "0.50" in inside.detail and "3 seeds" in inside.detail
+    # Reference [3, 4, 5, 6, 7]: median Jaccard 2/6 < 0.5 → deviates, though the fixed tolerance (0.2) would pass it.
+    outside = verify.set_overlap([3, 4, 5, 6, 7], measured, verified=0.75, noise=0.2)
+    assert outside.badge == verify.DEVIATES
+    assert np.median([noise.jaccard([3, 4, 5, 6, 7], s) for s in sets.values()]) < floor_low
+    assert verify.set_overlap([1, 2, 3, 4], measured, verified=0.75).badge == verify.VERIFIED
+
+
+def test_one_seed_store_says_the_floor_is_unknown():
+    dataset = constructed_metrics({0: [1, 2, 3]}, {0: [3.0] * 8}).sel(stimulus_set="fz")
+    measured = verify.invariant_set(dataset, "2.1", "naturally")
+    outcome = verify.set_overlap([1, 2, 3, 4, 5], measured, verified=0.75, noise=0.4)
+    assert outcome.badge == verify.WITHIN_NOISE and "floor unknown" in outcome.detail
+    assert verify.set_overlap([5, 6, 7], measured, verified=0.75, noise=0.4).badge == verify.DEVIATES
+
+
+# ---------------------------------------------------------------- the aliased comparison
+
+
+@pytest.fixture(scope="module")
+def aliased_store(tmp_path_factory):
+    from repro import pipeline
+
+    profile = profiles.override(tiny_profile([0, 1]), {"fz.compare_aliased": True})
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    store = Store.create_or_open(tmp_path_factory.mktemp("aliased") / "run.zarr", profile, record)
+    fz.run(store, model, record, profile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.FailedFZWarning)
+        metrics.run(store, model, record, profile)
+        for _, stage in pipeline.aliased_stages(store, model, record, profile):
+            stage()
+    return store, model, profile
+
+
+def test_compare_aliased_builds_metrics_aliased_from_one_seed(aliased_store):
+    store, _, _ = aliased_store
+    made = store.dataset("metrics_aliased")
+    assert made.attrs["complete"] and made["seed"].values.tolist() == [0]
+    assert made["mix"].sel(stimulus_set="fz").notnull().any()
+    assert store.group_attrs("fz_aliased")["aliased"] is True and store.group_attrs("fz")["aliased"] is False
+    # Another objective, other images (same seed, same initial image).
+    assert not np.array_equal(store.dataset("fz_aliased")["image"].sel(seed=0, block="1.1", tap="B").values,
+                              store.dataset("fz")["image"].sel(seed=0, block="1.1", tap="B").values)
+
+
+def test_aliased_b_fzs_maximise_lucents_hook_the_post_relu_block_output(aliased_store):
+    import copy
+
+    import torch
+    from lucent.optvis.render import ModuleHook
+
+    store, model, profile = aliased_store
+    group = store.dataset("fz_aliased").sel(seed=0, block="1.1", tap="B").load()
+    channels = [0, 1, 2, 3]
+    images = group["image"].sel(channel=channels).values
+    pixels = fz.normalizer(profile)(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    # Lucent's hook on bn2 of a plain torchvision forward: what the authors' FZ objective read.
+    plain = copy.deepcopy(model).eval()
+    hook = ModuleHook(plain.layer1[1].bn2)
+    with torch.no_grad():
+        plain(pixels)
+    features = hook.features
+    hook.close()
+    lucent_value = features[torch.arange(4), torch.tensor(channels), features.shape[2] // 2, features.shape[3] // 2]
+    engine = fz.prepare(model)
+    index = torch.tensor(channels)
+    with torch.no_grad():
+        aliased = fz.tap_values(engine, pixels, "1.1", "B", index, aliased=True)
+        post_relu = torch.relu(fz.tap_values(engine, pixels, "1.1", "O", index))
+    torch.testing.assert_close(aliased, lucent_value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lucent_value, post_relu, rtol=1e-5, atol=1e-5)
+    # The stored images are exactly the FZs of that objective: a rerun with the unit's seed reproduces them.
+    jitter = fz.jitter_of(profile, "1.1", "B")
+    again = fz.visualize(engine, profile, "1.1", "B", list(range(8)), jitter=jitter, aliased=True,
+                         seed=fz.chunk_seed(0, "1.1", "B", jitter, 0))
+    np.testing.assert_array_equal(fz.to_uint8(again.images), group["image"].values)
+
+
+def test_aliased_table_against_seed_noise(aliased_store):
+    store, _, _ = aliased_store
+    true = store.dataset("metrics").sel(stimulus_set="fz").load()
+    aliased = store.dataset("metrics_aliased").sel(stimulus_set="fz").load()
+    table = noise.aliased_against_seed_noise(true, aliased).set_index(["block", "criterion"])
+    for block in BLOCKS:
+        true_sets = {s: stats_channels(true.sel(seed=s), block) for s in (0, 1)}
+        aliased_set = stats_channels(aliased.sel(seed=0), block)
+        row = table.loc[(block, "naturally")]
+        against = [noise.jaccard(aliased_set, true_sets[s]) for s in (0, 1)]
+        assert row["aliased"] == len(aliased_set) and row["aliased_vs_true_high"] == pytest.approx(max(against))
+        seed_to_seed = noise.jaccard(true_sets[0], true_sets[1])
+        assert row["seed_to_seed_low"] == pytest.approx(seed_to_seed)
+        assert bool(row["beyond_noise"]) == (max(against) < seed_to_seed)
+
+
+def stats_channels(one: xr.Dataset, block: str) -> list[int]:
+    """mix ∧ up by hand from the flags."""
+    valid = one["valid"].sel(block=block).values.astype(bool)
+    flags = one["mix_ok"].sel(block=block).values & one["up_ok"].sel(block=block).values & valid
+    return [int(c) for c in one["channel"].values[flags]]

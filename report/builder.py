@@ -464,6 +464,19 @@ def _aliased_how_to(context: StoreContext) -> str:
             f"rerun `repro pipeline --profile {context.profile_name}` with it to see the comparison here.\n")
 
 
+def _reference_section(results: Sequence[verify.Result]) -> list[str]:
+    """This profile's own reference run, judged with the papers' rules (absent when there is none)."""
+    mine = [r for r in results if r.claim.paper == "reference"]
+    if not mine:
+        return []
+    return ["## Against this profile's reference run\n",
+            f"Numbers of a longer run of this profile ({_inline(mine[0].claim.where)}: its command and seeds are in "
+            "the file), checked with the papers' claim rules; a channel set is within noise when its overlap lies "
+            "within this store's own seed-to-seed overlap. "
+            + ", ".join(f"{badge(name)} {count}" for name, count in verify.summary(mine).items()) + ".\n",
+            claims_table(mine)]
+
+
 def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Result], context: StoreContext,
               out_dir: Path, chapters: Sequence[str], labels: dict[str, str]) -> str:
     profile = verify.store_profile(context.attrs)
@@ -491,6 +504,7 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
              "are in `report/spec.py`, published values in `data/published/`.\n",
              "Chapters: " + ", ".join(f"[{_inline(spec.CHAPTERS[c][1])}]({spec.CHAPTERS[c][0]}.qmd)" for c in chapters
                                       if c != "store") + ". Every channel: [the channel browser](units/index.html).\n",
+             *_reference_section(results),
              "## Default taps and reference-compatibility (aliased) taps\n"]
     if not store.has("metrics_aliased"):
         parts.append(_aliased_how_to(context))

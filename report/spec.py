@@ -470,6 +470,41 @@ FIGURES = [*FIGURES_STORE, *FIGURES_NATURALLY, *FIGURES_INTERPRETING]
 CLAIMS = [*CLAIMS_NATURALLY, *CLAIMS_INTERPRETING]
 
 
+# ---------------------------------------------------------------- a profile's own reference run
+
+
+def reference_claims(reference: Mapping) -> list[Claim]:
+    """The papers' claim rules applied to a reference run's numbers (``repro.reference``): channel sets by
+    overlap against the store's seed noise, counts by tolerance, top-3 mixes by overlap."""
+    profile = str(reference["profile"])
+    where = f"data/published/{profile}.toml"
+    need = (f"reference:{profile}:{reference.get('weights_sha256', '')}",)
+    claims = []
+    for block, entry in reference.get("blocks", {}).items():
+        for criterion, words in (("naturally", "mix AND up"), ("interpreting", "mix AND up AND down")):
+            numbers = entry[criterion]
+            claims += [
+                Claim(f"claim-reference-{criterion}-{_bid(block)}", "reference", where,
+                      f"Block {block}: channels passing {words} in the reference run", list(numbers["channels"]),
+                      v.invariant_set, {"metrics": METRICS_FZ_SEEDS}, v.set_overlap,
+                      {"block": block, "criterion": criterion}, SET_TOLERANCE, source="reference", requires=need),
+                Claim(f"claim-reference-{criterion}-count-{_bid(block)}", "reference", where,
+                      f"Block {block}: number of channels passing {words}", numbers["count"], v.invariant_count,
+                      {"metrics": METRICS_FZ}, v.number_close, {"block": block, "criterion": criterion},
+                      COUNT_TOLERANCE, source="reference", requires=need)]
+        claims.append(Claim(f"claim-reference-top-mixes-{_bid(block)}", "reference", where,
+                            f"Block {block}: the 3 channels with M closest to 1", list(entry["top_mixes"]),
+                            v.top_mix_set, {"metrics": METRICS_FZ_SEEDS}, v.set_overlap, {"block": block},
+                            TOP3_TOLERANCE, source="reference", requires=need))
+    return claims
+
+
+def reference_for(profile_name: str) -> dict | None:
+    from repro import reference
+
+    return reference.load(reference.path_for(profile_name)) if profile_name else None
+
+
 # ---------------------------------------------------------------- third chapter: superposition and alignment
 
 RESIDUAL_ALIGNMENT = Table(

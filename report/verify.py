@@ -133,6 +133,13 @@ def requirement_failures(requires: Sequence[str], attrs: Mapping, ablation_attrs
             reasons.append("weights are not IMAGENET1K_V1")
         if profile_differences(attrs):
             reasons.append(f"profile {attrs.get('profile_name', '')!r} differs from the paper's")
+    for need in requires:
+        if need.startswith("reference:"):
+            _, profile, weights = need.split(":", 2)
+            if attrs.get("profile_name") != profile:
+                reasons.append(f"the reference is profile {profile!r}'s; this store is {attrs.get('profile_name')!r}")
+            elif weights and attrs.get("weights_sha256") and attrs.get("weights_sha256") != weights:
+                reasons.append("the reference was made with other weights")
     if "code_scales" in requires:
         definition = _setting(store_profile(attrs), "ablation.scale_definition")
         definition = (ablation_attrs or {}).get("scale_definition", definition)
@@ -515,7 +522,9 @@ def evaluate(store, claims=None) -> list[Result]:
     """Every claim of the spec (or ``claims``) on ``store``."""
     from report import spec
 
-    claims = spec.CLAIMS if claims is None else claims
+    if claims is None:
+        reference = spec.reference_for(str(store.attrs.get("profile_name", "")))
+        claims = spec.CLAIMS + (spec.reference_claims(reference) if reference else [])
     loader = spec.Loader(store)
     attrs = store.attrs
     ablation_attrs = store.group_attrs("ablation") if store.has("ablation") else None

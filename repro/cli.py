@@ -238,6 +238,19 @@ def verify(store_path, strict):
         raise click.exceptions.Exit(1)
 
 
+@main.command()
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="e.g. data/published/toy.toml")
+@click.option("--command", "made_by", required=True, help="The command that made the store (recorded in the file).")
+def reference(store_path, out, made_by):
+    """Write a store's numbers as its profile's reference (judged by the report with the papers' rules)."""
+    from repro import reference as reference_numbers
+
+    store = Store.existing(store_path)
+    refuse_stale(store)
+    click.echo(f"reference written to {reference_numbers.write(store, out, made_by)}")
+
+
 def refuse_stale(store: Store) -> None:
     """The report and the claims never present a stale group as current."""
     stale = [state for state in store.status() if state.state == "stale"]

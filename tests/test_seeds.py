@@ -269,3 +269,72 @@ def stats_channels(one: xr.Dataset, block: str) -> list[int]:
     valid = one["valid"].sel(block=block).values.astype(bool)
     flags = one["mix_ok"].sel(block=block).values & one["up_ok"].sel(block=block).values & valid
     return [int(c) for c in one["channel"].values[flags]]
+
+
+# ---------------------------------------------------------------- a profile's reference run
+
+
+def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores, tmp_path):
+    import tomllib
+
+    from report import spec
+    from repro import reference
+
+    three, _ = stores
+    path = reference.write(three, tmp_path / "ref.toml", "repro pipeline --profile test-three-seeds")
+    written = reference.load(path)
+    assert written["kind"] == "reference" and written["seeds"] == [0, 1, 2] and tomllib.loads(path.read_text())
+    stored = three.dataset("metrics").sel(stimulus_set="fz").load()
+    for block in BLOCKS:  # the robust set and frequencies by hand
+        flags = (stored["mix_ok"] & stored["up_ok"] & stored["valid"]).sel(block=block).values  # seed, channel
+        robust = [c for c in range(flags.shape[1]) if flags[:, c].mean() >= stored.attrs["robust_fraction"]]
+        assert written["blocks"][block]["naturally"]["channels"] == robust
+        assert written["blocks"][block]["naturally"]["frequency"] == pytest.approx([flags[:, c].mean() for c in robust],
+                                                                                    abs=1e-4)
+    # The store that made the reference: every set and count is verified or within its own seed noise.
+    results = verify.evaluate(three, spec.reference_claims(written))
+    badges = {r.claim.id: r.outcome.badge for r in results}
+    assert set(badges.values()) <= {verify.VERIFIED, verify.WITHIN_NOISE}, badges
+    assert all("seed" in r.outcome.detail for r in results if r.claim.rule is verify.set_overlap)
+    # A reference with other channels and counts: the sets and counts deviate.
+    perturbed = {**written, "blocks": {}}
+    for block, entry in written["blocks"].items():
+        width = int(stored["valid"].sel(block=block).sum())
+        perturbed["blocks"][block] = {
+            criterion: {"channels": [c for c in range(width) if c not in entry[criterion]["channels"]][:4],
+                        "count": entry[criterion]["count"] + 20, "frequency": []}
+            for criterion in ("naturally", "interpreting")}
+        perturbed["blocks"][block]["top_mixes"] = [c for c in range(width) if c not in entry["top_mixes"]][:3]
+    results = verify.evaluate(three, spec.reference_claims(perturbed))
+    counts = [r for r in results if "-count-" in r.claim.id]
+    assert all(r.outcome.badge == verify.DEVIATES for r in counts)
+    # Sets: within noise exactly when the median Jaccard over seeds reaches the lowest seed-to-seed Jaccard.
+    from analyses import stats
+
+    for r in results:
+        if r.claim.rule is not verify.set_overlap or not r.claim.published:
+            continue
+        one = {s: stored.sel(seed=s) for s in (0, 1, 2)}
+        block = r.claim.args["block"]
+        if "top-mixes" in r.claim.id:
+            lists = [stats.top_mixes(one[s], block, 3) for s in one]
+        else:
+            lists = [stats.invariant_channels(one[s], block, r.claim.args["criterion"]) for s in one]
+        median = np.median([noise.jaccard(r.claim.published, channels) for channels in lists])
+        low = min(noise.jaccard(a, b) for a, b in itertools.combinations(lists, 2))
+        verified = r.claim.tolerance["verified"]
+        expected = (verify.VERIFIED if median >= verified else verify.WITHIN_NOISE if median >= low else verify.DEVIATES)
+        assert r.outcome.badge == expected, (r.claim.id, median, low)
+    assert verify.DEVIATES in {r.outcome.badge for r in results if r.claim.rule is verify.set_overlap}
+
+
+def test_reference_claims_do_not_apply_to_another_profile(stores):
+    from report import spec
+
+    three, _ = stores
+    claims = spec.reference_claims({"profile": "toy", "weights_sha256": "", "blocks": {
+        "1.1": {"naturally": {"channels": [1], "count": 1}, "interpreting": {"channels": [1], "count": 1},
+                "top_mixes": [1, 2, 3]}}})
+    results = verify.evaluate(three, claims)
+    assert {r.outcome.badge for r in results} == {verify.NOT_COMPARABLE}
+    assert all("profile 'toy'" in r.outcome.reason for r in results)

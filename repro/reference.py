@@ -1,0 +1,111 @@
+"""Reference numbers of a profile's own world, from a longer run, to judge later stores against.
+
+The papers' numbers apply only to a store made with their weights and settings. For another world (the toy
+profile) the reference is a store of the same profile made with more effort (more FZ seeds, more steps):
+``repro reference --store REF.zarr --out data/published/toy.toml --command "..."`` writes its numbers, and
+the report judges any store of that profile against them with the papers' claim rules (``report.spec``):
+
+* per block and criterion (``naturally`` = mix ∧ up, ``interpreting`` = mix ∧ up ∧ down): the robust set
+  (channels passing in at least ``metrics.robust_fraction`` of the reference's seeds), each channel's pass
+  frequency, and the count (median over seeds);
+* per block: the 3 channels whose mix ratio is closest to 1 (median over seeds of |M − 1|).
+
+The file names the profile, the command that made the reference store and the settings it differs by, so
+the reference can be remade.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tomllib
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import xarray as xr
+
+from analyses import noise, stats
+from repro.errors import UserError
+
+PUBLISHED = Path(__file__).resolve().parent.parent / "data" / "published"
+KIND = "reference"
+CRITERIA = ("naturally", "interpreting")
+
+
+def path_for(profile_name: str) -> Path:
+    return PUBLISHED / f"{profile_name}.toml"
+
+
+def numbers(metrics: xr.Dataset) -> dict:
+    """{block: {criterion: {channels, frequency, count}, top_mixes}} from an FZ-stimulus metrics dataset."""
+    fraction = float(metrics.attrs.get("robust_fraction", 0.5))
+    result = {}
+    for block in stats.blocks_of(metrics):
+        entry = {}
+        for criterion in CRITERIA:
+            per_seed = noise.seed_lists(metrics, block, "criterion", criterion)
+            counted = {}
+            for channels in per_seed.values():
+                for channel in channels:
+                    counted[channel] = counted.get(channel, 0) + 1
+            frequency = {c: n / len(per_seed) for c, n in counted.items()}
+            robust = sorted(c for c, f in frequency.items() if f >= fraction - 1e-9)
+            entry[criterion] = {"channels": robust, "frequency": [round(frequency[c], 4) for c in robust],
+                                "count": float(np.median([len(v) for v in per_seed.values()]))}
+        distance = (metrics["mix"] - 1).__abs__()
+        distance = distance.median("seed") if "seed" in distance.dims else distance
+        median = stats.per_channel(metrics.assign(mix_distance=distance), "mix_distance", block).dropna()
+        entry["top_mixes"] = [int(c) for c in median.sort_values(kind="stable").index[:3]]
+        result[block] = entry
+    return result
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def to_toml(blocks: Mapping, *, profile: str, command: str, store_attrs: Mapping, seeds: list[int]) -> str:
+    lines = [f"# Reference numbers of profile {profile!r}, judged by the report with the papers' claim rules.",
+             f"kind = {_toml_value(KIND)}", f"profile = {_toml_value(profile)}", f"command = {_toml_value(command)}",
+             f"seeds = {_toml_value(list(seeds))}",
+             f"weights_sha256 = {_toml_value(str(store_attrs.get('weights_sha256', '')))}",
+             f"git_commit = {_toml_value(str(store_attrs.get('git_commit', '')))}",
+             f"created = {_toml_value(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))}", ""]
+    for block, entry in blocks.items():
+        for criterion in CRITERIA:
+            lines.append(f'[blocks."{block}".{criterion}]')
+            lines += [f"{key} = {_toml_value(value)}" for key, value in entry[criterion].items()]
+            lines.append("")
+        lines.append(f'[blocks."{block}"]')
+        lines.append(f"top_mixes = {_toml_value(entry['top_mixes'])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load(path: Path) -> dict | None:
+    """The reference in ``path``, or None when there is none (a published paper file is not one)."""
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML ({error})") from None
+    return data if data.get("kind") == KIND else None
+
+
+def write(store, out: Path, command: str) -> Path:
+    """Write the reference numbers of ``store`` (its metrics with FZ stimuli, every seed) to ``out``."""
+    if not store.has("metrics"):
+        raise UserError(f"store {store.path} has no metrics group; run `repro pipeline` first")
+    metrics = store.dataset("metrics").sel(stimulus_set="fz").load()
+    attrs = store.group_attrs("metrics")
+    profile = str(attrs.get("profile_name", ""))
+    seeds = noise.seeds_of(metrics)
+    out.write_text(to_toml(numbers(metrics), profile=profile, command=command, store_attrs=attrs, seeds=seeds))
+    return out

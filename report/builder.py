@@ -508,8 +508,12 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
              "## Default taps and reference-compatibility (aliased) taps\n"]
     if not store.has("metrics_aliased"):
         parts.append(_aliased_how_to(context))
-    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3) for artifact in artifacts
-              if artifact.entry.chapter == "store"]
+    store_entries = [artifact for artifact in artifacts if artifact.entry.chapter == "store"]
+    aliased = [artifact for artifact in store_entries if "aliased" in artifact.entry.id]
+    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3) for artifact in aliased]
+    parts.append("## FZ seeds and convergence\n")
+    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3)
+              for artifact in store_entries if artifact not in aliased]
     return "\n".join(parts)
 
 

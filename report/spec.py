@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import xarray as xr
 
-from analyses import ablation, noise, stats
+from analyses import ablation, convergence, noise, stats
 from analyses import figures as fg
 from report import verify as v
 
@@ -448,6 +448,11 @@ CLAIMS_INTERPRETING = [
 # ---------------------------------------------------------------- this store: default vs aliased taps
 
 FIGURES_STORE = [
+    Figure("fig-fz-convergence", "store", "—", "FZ convergence per block",
+           "Each FZ's objective (the maximized center value) every fz.trace_every steps, over its last traced value; "
+           "median over channels and seeds per tap, 25-75 % band. A curve still rising at the last step has not "
+           "converged (benchmarks/fz_convergence.py measures the recipe against 4x the steps).",
+           convergence.convergence_figure, {"fz": Selection("fz", seeds=True)}),
     Table("tbl-seed-noise", "store", "—", "Seed noise floors of the channel lists",
           "Per block and list (each criterion's channel set, the top-3 mixes, the top-3 by scale metric among the "
           "channels passing all three criteria): each list computed on one FZ seed alone, and the Jaccard index "

@@ -338,3 +338,19 @@ def test_reference_claims_do_not_apply_to_another_profile(stores):
     results = verify.evaluate(three, claims)
     assert {r.outcome.badge for r in results} == {verify.NOT_COMPARABLE}
     assert all("profile 'toy'" in r.outcome.reason for r in results)
+
+
+def test_convergence_trace_relative_to_the_last_step(stores):
+    from analyses import convergence
+
+    three, _ = stores
+    group = three.dataset("fz").load()
+    relative = convergence.relative_trace(group, "1.1", "B")
+    trace = group["objective_trace"].sel(block="1.1", tap="B").values.reshape(-1, 3)  # (seed x channel, step)
+    trace = trace[trace[:, -1] > 0]
+    np.testing.assert_allclose(relative, trace / trace[:, -1:])
+    assert np.allclose(relative[:, -1], 1.0)
+    table = convergence.convergence_table(group)
+    row = table.set_index(["block", "tap"]).loc[("1.1", "B")]
+    assert row["half_step"] == 2 and row["median_at_half"] == pytest.approx(np.median(trace[:, 0] / trace[:, -1]))
+    convergence.convergence_figure(group)

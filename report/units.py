@@ -276,7 +276,7 @@ def write(store, loader, context, site: Path, shown: dict, previous_key: str | N
     if key == previous_key and (folder / "index.html").is_file():
         return key
     (folder / "img").mkdir(parents=True, exist_ok=True)
-    groups = {group: loader.load(spec.Selection(group, optional=True)) for group in GROUPS}
+    groups = {group: loader.load(spec.Selection(group, optional=True, seeds=True)) for group in GROUPS}
     metrics = groups["metrics"]
     blocks = {block: [int(c) for c in stats.valid_channels(metrics, block)] for block in stats.blocks_of(metrics)
               if block in [str(b) for b in groups["fz"]["block"].values]}

@@ -28,6 +28,8 @@ def relative_trace(fz: xr.Dataset, block: str, tap: str) -> np.ndarray:
 def convergence_table(fz: xr.Dataset) -> pd.DataFrame:
     """Per block and tap: the median relative objective at the half-way traced step (1 = converged by then)."""
     rows = []
+    if "objective_trace" not in fz:
+        return pd.DataFrame(rows)
     steps = fz["trace_step"].values
     for block in [str(b) for b in fz["block"].values]:
         for tap in [t for t in TAPS if t in fz["tap"].values]:
@@ -41,7 +43,14 @@ def convergence_table(fz: xr.Dataset) -> pd.DataFrame:
 
 
 def convergence_figure(fz: xr.Dataset) -> Figure:
-    """One panel per block: median relative objective against step, a line per tap."""
+    """One panel per block: median relative objective against step, a line per tap. A store made before the
+    objective was traced gets one panel saying so."""
+    if "objective_trace" not in fz or fz.sizes.get("trace_step", 0) == 0:
+        figure = Figure(figsize=(5.2, 1.2))
+        axis = figure.subplots()
+        axis.axis("off")
+        axis.text(0.5, 0.5, "this store's FZs have no objective trace (fz.objective_trace)", ha="center", va="center")
+        return figure
     blocks = [str(b) for b in fz["block"].values]
     steps = fz["trace_step"].values
     figure = Figure(figsize=(2.6 * max(len(blocks), 1), 2.4))

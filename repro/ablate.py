@@ -53,6 +53,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from repro import device as devices
 from repro import images, profiles
 from repro.errors import UserError
 from repro.model import OEdit, block_widths
@@ -705,7 +706,8 @@ class AblationRun:
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
-        channel_sets: Mapping[str, Sequence[int]] | None = None) -> xr.Dataset | None:
+        channel_sets: Mapping[str, Sequence[int]] | None = None,
+        device: torch.device | str | None = None) -> xr.Dataset | None:
     """Run (or resume) the ablation experiment into the store's ``ablation`` group and return it.
 
     Blocks without invariant channels are skipped with a warning; with none left, nothing is written.
@@ -725,7 +727,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     max_width = max(block_widths(model).values())
     store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
                   settings=settings_read, inputs=inputs)
-    experiment = AblationRun(store, model, settings, plans, cache, profile)
+    experiment = AblationRun(store, devices.place(model, devices.resolve(device)), settings, plans, cache, profile)
     experiment.screening()
     experiment.scales()
     store.finish(GROUP)

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 import click
 
+from repro import device as devices
 from repro import model as taps_model
 from repro import profiles
 from repro.images import normalize as normalize_image
@@ -130,32 +131,11 @@ def seeded(seed: int) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
-def lucent_device() -> torch.device:
-    """Lucent builds its tensors on CUDA whenever CUDA exists; the model has to live there too."""
-    return torch.device(lucent_param.spatial.device)
-
-
-@contextlib.contextmanager
-def lucent_on(device: torch.device) -> Iterator[None]:
-    """Point Lucent's module-level device at ``device`` (as the authors did for multi-GPU machines)."""
-    modules = (lucent_transform, lucent_param.spatial, lucent_param.color)
-    saved = [getattr(module, "device", None) for module in modules]
-    for module in modules:
-        module.device = device
-    try:
-        yield
-    finally:
-        for module, device_before in zip(modules, saved):
-            module.device = device_before
-
-
 def prepare(model: torch.nn.Module, device: torch.device | str | None = None, *, channels_last: bool = False
             ) -> torch.nn.Module:
     """A frozen eval-mode copy of the model on ``device`` (default: Lucent's), optionally channels_last."""
-    device = torch.device(device) if device is not None else lucent_device()
-    if device.type == "cpu" and torch.cuda.is_available():
-        # Lucent's colour decorrelation always puts its matrix on CUDA when CUDA exists.
-        raise UserError("Lucent's parameterization runs on CUDA whenever CUDA is present; use the cuda device")
+    device = devices.resolve(device) if device is not None else devices.lucent_device()
+    devices.check_lucent(device)
     prepared = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
@@ -191,7 +171,7 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
     size = int(profile["model"]["image_size"])
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
-    with seeded(seed), lucent_on(device):
+    with seeded(seed), devices.lucent_on(device):
         params, image_f = lucent_param.image(size, batch=len(index), decorrelate=bool(settings["decorrelate"]),
                                              fft=bool(settings["fft"]))
         optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
@@ -364,7 +344,7 @@ def _unit_part(selection: Selection, label: Label, channels: Sequence[int], imag
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
-        channels: Iterable[int] | None = None) -> xr.Dataset:
+        channels: Iterable[int] | None = None, device: torch.device | str | None = None) -> xr.Dataset:
     """Make the selected FZs into the store (group ``fz`` or ``fz_channel``), skipping done units.
 
     A unit is (block, tap, channel chunk). The group's layout is every tap and channel of the profile's
@@ -393,7 +373,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
         click.echo(f"{group}: already complete in {store.path}", err=True)
         return store.dataset(group)
     store.declare(group, template(layout, batch), attrs, settings=settings_read, units_expected=len(every_unit))
-    engine_model = prepare(model)
+    engine_model = prepare(model, devices.resolve(device))
     for job in jobs:
         _run_job(store, group, engine_model, profile, layout, job, batch, set(wanted.channels))
     store.finish(group, complete=every_unit <= store.done(group))

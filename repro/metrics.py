@@ -49,6 +49,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 from tqdm import tqdm
 
+from repro import device as devices
 from repro import fz as fz_stage
 from repro import images as imgs
 from repro import profiles
@@ -167,12 +168,6 @@ def tuning_rho(input_activation: np.ndarray, block_activation: np.ndarray) -> np
 def fz_tensor(images: np.ndarray, profile: Mapping) -> torch.Tensor:
     """Saved FZs, uint8 ``[N, H, W, 3]``, as the normalized float ``[N, 3, H, W]`` the network sees."""
     return imgs.normalize(imgs.to_unit_float(images), profile)
-
-
-def to_accelerator(model: nn.Module) -> None:
-    """Move the model to the GPU when there is one; otherwise it stays where it is."""
-    if torch.cuda.is_available():
-        model.to("cuda")
 
 
 def own_channel_responses(model: nn.Module, x: torch.Tensor, block: str, channels: np.ndarray) -> np.ndarray:
@@ -421,7 +416,7 @@ def failed_counts(metrics: xr.Dataset) -> dict:
 
 
 def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None) -> None:
+        blocks: Sequence[str] | None = None, device: torch.device | str | None = None) -> None:
     """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``."""
     inputs = read_inputs(store, profile, blocks)
     settings = MixSettings.from_profile(profile)
@@ -433,7 +428,7 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         click.echo(f"metrics: already complete in {store.path}", err=True)
         return
     store.require_intact(inputs.input_groups)
-    to_accelerator(model)
+    model = devices.place(model, devices.resolve(device))
     attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
                        top9_note=inputs.top9_note)
     store.declare("responses", responses_template(inputs), attrs, settings=settings_read,

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from repro import ablate, fz, metrics, natural, profiles
+from repro import device as devices
 from repro.errors import UserError
 from repro.model import ModelSpec, load_model
 from repro.store import Store
@@ -47,20 +48,22 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
+def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto") -> Store:
     profile = profiles.load(profile_name)
+    device = devices.resolve(device)  # once, for every stage
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.for_run(store_path, profile, record, new=new_store)
-    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile))]
+    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, device=device))]
     if profile["fz"]["channel_grids"]:
+        channel_profile = profiles.override(profile, {"fz.objective": "channel"})
         stages.append(("fz (whole channel, for the grids)",
-                       lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))))
+                       lambda: fz.run(store, model, record, channel_profile, device=device)))
     stages += [
-        ("natural images", lambda: natural.run(store, model, record, profile)),
-        ("metrics", lambda: metrics.run(store, model, record, profile)),
-        ("ablation", lambda: ablate.run(store, model, record, profile)),
+        ("natural images", lambda: natural.run(store, model, record, profile, device=device)),
+        ("metrics", lambda: metrics.run(store, model, record, profile, device=device)),
+        ("ablation", lambda: ablate.run(store, model, record, profile, device=device)),
     ]
     for title, stage in stages:
         started = time.perf_counter()

@@ -411,6 +411,7 @@ class Store:
         whose current versions are recorded. Otherwise the group is replaced (one line says why), as a
         whole and atomically: a staged copy of the template is renamed into place.
         """
+        self._check_space(template, units_expected)
         self.ensure_root()
         self._lock_group(group)
         settings = json.loads(json.dumps(settings or {}, default=str))
@@ -443,6 +444,14 @@ class Store:
                 os.rename(self.path / staging, target)
             fault_point("declared")
             self._consolidate()
+
+    def _check_space(self, template: xr.Dataset, units_expected: int | None) -> None:
+        """Refuse to start when the disk cannot hold even the first unit (its share of the group, uncompressed)."""
+        first_unit = template.nbytes / max(1, units_expected or 1)
+        free = shutil.disk_usage(self.path if self.path.exists() else self.path.parent).free
+        if free < first_unit:
+            raise UserError(f"not enough free space for store {self.path}: a unit needs about "
+                            f"{first_unit / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free")
 
     def _replace_reason(self, current: Mapping, settings: Mapping, inputs: Mapping) -> str:
         if current.get("settings_digest") != digest(settings):

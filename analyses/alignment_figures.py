@@ -48,10 +48,13 @@ def _label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def _interval_bars(ax, x, mean, low, high, color, marker, label, offset=1.0):
-    mean, low, high = (np.asarray(v, float) for v in (mean, low, high))
-    ax.errorbar(np.asarray(x, float) * offset, mean, yerr=[mean - low, high - mean], fmt=marker, color=color, ms=4,
-                capsize=3, lw=1, label=label)
+def _interval_bars(ax, x, value, low, high, color, marker, label, offset=1.0, shift=0.0):
+    """The value as a marker and its interval as a vertical line. Drawn as lines rather than error bars:
+    a resampling interval need not contain the full-sample value (matching scores are biased upwards by
+    the copies a resample holds)."""
+    x = np.asarray(x, float) * offset + shift
+    ax.vlines(x, np.asarray(low, float), np.asarray(high, float), color=color, lw=1.2)
+    ax.plot(x, np.asarray(value, float), marker, color=color, ms=4, ls="none", label=label)
 
 
 # ---------------------------------------------------------------- simulations (pure, cheap)
@@ -285,9 +288,8 @@ def plot_networks(alignment: xr.Dataset, metrics=NETWORK_METRICS) -> Figure:
         for index, kind in enumerate(("raw", "sae")):
             color, marker, label = REPRESENTATION_STYLE[kind]
             rows = frame[(frame["metric"] == metric) & (frame["representation"] == kind)].set_index("block_a").loc[blocks]
-            mean, low, high = rows["network"].to_numpy(), rows["network_low"].to_numpy(), rows["network_high"].to_numpy()
-            ax.errorbar(positions + (index - 0.5) * 0.2, mean, yerr=[mean - low, high - mean], fmt=marker, color=color,
-                        ms=4, capsize=3, label=label)
+            _interval_bars(ax, positions, rows["network"], rows["network_low"], rows["network_high"], color, marker,
+                           label, shift=(index - 0.5) * 0.2)
         ax.set_xticks(positions, blocks, fontsize=8)
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(_label(metric), fontsize=9)
@@ -387,6 +389,10 @@ def _first_d(frame: pd.DataFrame, kind: str, threshold: float) -> str:
     return f"d = {int(above['d'].iloc[0])}" if len(above) else f"no d up to {int(rows['d'].max())}"
 
 
+def _ds(values) -> str:
+    return "d = " + ", ".join(map(str, values)) if values else "no d"
+
+
 def recovery_findings(alignment: xr.Dataset) -> list[str]:
     frame = _recovery_frame(alignment)
     draws = int(alignment.sizes["seed"])
@@ -401,7 +407,7 @@ def recovery_findings(alignment: xr.Dataset) -> list[str]:
         f"{frame[(frame['metric'] == 'ground_truth_r') & (frame['representation'] == 'raw')]['recovery_mean'].max():.2f}"
         " at most.",
         f"Cross-system debiased CKA of SAE latents exceeds that of raw neurons (intervals apart) at "
-        f"d = {', '.join(map(str, better)) or 'no d'}, falls below it at d = {', '.join(map(str, worse)) or 'no d'}; "
+        f"{_ds(better)}, falls below it at {_ds(worse)}; "
         f"at d = {top}: SAE {_with_interval(*cka.loc[top, [('recovery_mean', 'sae'), ('recovery_low', 'sae'), ('recovery_high', 'sae')]])}"
         f", supervised {_with_interval(*cka.loc[top, [('recovery_mean', 'sae_supervised'), ('recovery_low', 'sae_supervised'), ('recovery_high', 'sae_supervised')]])}"
         f", raw {_with_interval(*cka.loc[top, [('recovery_mean', 'raw'), ('recovery_low', 'raw'), ('recovery_high', 'raw')]])}.",
@@ -441,6 +447,11 @@ def network_findings(alignment: xr.Dataset) -> list[str]:
         lines.append(f"Across blocks ({REPRESENTATION_STYLE[kind][2]}, debiased CKA): the same block of the other "
                      f"network is the most similar one for {diagonal_best} of {len(grid)} blocks.")
     del cross
+    unexplained = alignment.attrs.get("network_sae_unexplained_variance") or {}
+    if unexplained:
+        values = np.array(list(unexplained.values()), dtype=float)
+        lines.append(f"The network SAEs leave {values.min():.0%}–{values.max():.0%} of the center vectors' variance "
+                     f"unexplained (median {np.median(values):.0%}).")
     return lines
 
 
@@ -591,7 +602,9 @@ FIGURES = [
     {"id": "fig-alignment-networks", "title": "Two trained networks: raw vs SAE latents at matching blocks",
      "caption": "Group alignment: the toy network and its twin trained with another seed, at the same block's "
                 "post-ReLU output (center neurons over the store's images); SAE latents from an unsupervised TopK "
-                "SAE per network and block. 95 % percentile bootstrap intervals over images (SAEs fixed).",
+                "SAE per network and block. 95 % percentile bootstrap intervals over images (SAEs fixed). Matching "
+                "scores are biased upwards in a resample (copies of an image raise chance correlations), so their "
+                "intervals can lie above the full-sample value.",
      "function": plot_networks, "inputs": STORE},
     {"id": "tbl-alignment-networks", "title": "Two trained networks at matching blocks",
      "caption": "Group alignment: value [95 % bootstrap interval] for raw neurons and SAE latents, and the paired-"

@@ -288,9 +288,16 @@ def tap_vectors(models: Mapping[str, torch.nn.Module], cache: xr.Dataset, chosen
     return join(centres), join(samples)
 
 
-def network_representations(centres: dict, samples: dict, settings: Settings) -> dict[str, np.ndarray]:
-    """{"{network}:{block}:{raw|sae}": images × units}: the raw center vectors and the SAE codes of them."""
-    representations = {}
+def unexplained_variance(activity: np.ndarray, reconstruction: np.ndarray) -> float:
+    """Fraction of the activity's variance (about its mean) the reconstruction leaves unexplained."""
+    total = np.sum((activity - activity.mean(axis=0)) ** 2)
+    return float(np.sum((activity - reconstruction) ** 2) / total) if total > 0 else float("nan")
+
+
+def network_representations(centres: dict, samples: dict, settings: Settings) -> tuple[dict[str, np.ndarray], dict]:
+    """{"{network}:{block}:{raw|sae}": images × units}: the raw center vectors and the SAE codes of them; and
+    each SAE's fraction of unexplained variance on those center vectors."""
+    representations, unexplained = {}, {}
     for (network, block), centre in centres.items():
         channels = centre.shape[1]
         sae_settings = settings.sae(settings.seed, latents=settings.network_sae_expansion * channels,
@@ -299,7 +306,8 @@ def network_representations(centres: dict, samples: dict, settings: Settings) ->
         sae = train_sae(samples[(network, block)], sae_settings)
         representations[f"{network}:{block}:raw"] = centre
         representations[f"{network}:{block}:sae"] = sae.encode(centre)
-    return representations
+        unexplained[f"{network}:{block}"] = round(unexplained_variance(centre, sae.reconstruct(centre)), 4)
+    return representations, unexplained
 
 
 def network_part(scores: ab.PairScores, blocks: Sequence[str], settings: Settings) -> xr.Dataset:
@@ -335,14 +343,15 @@ def compare_networks(store: Store, model: torch.nn.Module, partner: torch.nn.Mod
     if any(widths[0][b] != widths[1][b] for b in blocks):
         raise UserError("the partner network's blocks must have the store network's widths")
     centres, samples = tap_vectors({"a": model, "b": partner}, cache, chosen, profile, blocks, settings, rng)
-    representations = network_representations(centres, samples, settings)
+    representations, unexplained = network_representations(centres, samples, settings)
     pairs = []
     for block_a, block_b in pair_list(blocks):
         metrics = ab.METRICS if block_a == block_b else settings.cross_metrics
         pairs += [(f"a:{block_a}:{kind}", f"b:{block_b}:{kind}", metrics) for kind in ("raw", "sae")]
     scores = ab.score_pairs(representations, pairs, settings.bootstrap, seed=[settings.seed, 2])
     return network_part(scores, blocks, settings), {"network_images": int(chosen.size),
-                                                     "network_sae_samples": int(samples[("a", blocks[0])].shape[0])}
+                                                     "network_sae_samples": int(samples[("a", blocks[0])].shape[0]),
+                                                     "network_sae_unexplained_variance": unexplained}
 
 
 # ---------------------------------------------------------------- the stage

@@ -97,6 +97,12 @@ class TrainedSAE:
         return self.module(y)[0].numpy().astype(np.float64)
 
     @torch.no_grad()
+    def reconstruct(self, activity) -> np.ndarray:
+        """The unsupervised SAE's reconstruction of ``activity``, in its units."""
+        y = torch.as_tensor(np.asarray(activity, dtype=np.float32)) / self.scale
+        return (self.module(y)[1] * self.scale).numpy().astype(np.float64)
+
+    @torch.no_grad()
     def dictionary(self) -> np.ndarray:
         """The unit-norm atoms (latents × width) of an unsupervised SAE."""
         return self.module.decoder.numpy().astype(np.float64)

@@ -368,6 +368,8 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     settings = Settings.from_profile(profile)
     blocks = list(settings.blocks or profile["model"]["blocks"])
     partner, partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
+    if partner is not None:
+        imgs.open_cache(store)  # the networks need the store's images: fail now, not after the simulations
     attrs = provenance(profile, weights, stage=GROUP, settings=json.dumps(asdict(settings), sort_keys=True),
                        partner_weights=settings.partner_weights,
                        partner_weights_file_sha256=partner_record.get("weights_file_sha256", ""),

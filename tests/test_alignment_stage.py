@@ -295,6 +295,12 @@ def test_bad_alignment_settings_exit_2_with_one_line(tmp_path):
         stage.Settings.from_profile({"alignment": {"neurons_count": 3}})
 
 
+def test_the_stage_needs_the_stores_images_and_says_so_before_computing(tmp_path):
+    result = CliRunner().invoke(main, ["alignment", "--profile", "tiny", "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 2 and "image cache" in result.output
+    assert not (tmp_path / "s.zarr" / "alignment").exists()
+
+
 def check_alignment_group(dataset: xr.Dataset) -> None:
     """The contract of group ``alignment``, shared with the pipeline test."""
     assert dataset.attrs["complete"] and dataset.attrs["stage"] == "alignment"

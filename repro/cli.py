@@ -6,6 +6,7 @@ The pipeline, one store per run (a zarr directory you can open with xarray):
   repro natural  --profile P --store S   natural-image activations and top-9 exemplars
   repro metrics  --store S               stimulus responses, mix ratios, scale criteria
   repro ablate   --store S               scale-robust ablation of invariant vs random channels
+  repro alignment --store S              SAEs and alignment metrics: superposed toy systems, two networks
   repro report   --store S --out DIR     both papers' figures, checked against the published numbers
 `repro pipeline --profile toy --store S` runs them all; `repro profile show toy` prints a profile.
 """
@@ -223,6 +224,16 @@ def ablate(profile_name, weights, store_path, new_store, device_name, images, bl
         chosen[block.strip()] = parse_channels(listed)
     from repro import ablate as ablate_stage
     ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, device=device)
+
+
+@main.command()
+@run_options
+def alignment(profile_name, weights, store_path, new_store, device_name):
+    """Train TopK SAEs and compare representations: recovery vs neurons, and two trained networks."""
+    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store,
+                                                     device_name=device_name)
+    from repro import alignment as alignment_stage
+    alignment_stage.run(store, model, record, profile, device=device)
 
 
 @main.command()

@@ -1,5 +1,5 @@
 """Every stage of a profile into one store: FZs (center neuron and whole channel), natural images,
-metrics and ablation. Each stage skips the units already done, so a rerun with nothing changed is quick."""
+metrics, ablation and alignment. Each stage skips the units already done, so a rerun with nothing changed is quick."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from repro import ablate, fz, metrics, natural, profiles
+from repro import ablate, alignment, fz, metrics, natural, profiles
 from repro import device as devices
 from repro.errors import UserError
 from repro.model import ModelSpec, load_model
@@ -64,6 +64,7 @@ def run(profile_name: str, store_path: Path, *, new_store: bool = False, device:
         ("natural images", lambda: natural.run(store, model, record, profile, device=device)),
         ("metrics", lambda: metrics.run(store, model, record, profile, device=device)),
         ("ablation", lambda: ablate.run(store, model, record, profile, device=device)),
+        ("alignment", lambda: alignment.run(store, model, record, profile, device=device)),
     ]
     for title, stage in stages:
         started = time.perf_counter()

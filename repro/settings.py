@@ -99,6 +99,35 @@ class AblationSettings:
 
 
 @dataclass(frozen=True)
+class AlignmentSettings:
+    features: int = field(metadata=POSITIVE)
+    active_probability: float = field(metadata=POSITIVE)
+    neurons: tuple[int, ...]
+    seeds: int = field(metadata=POSITIVE)
+    train_stimuli: int = field(metadata=POSITIVE)
+    eval_stimuli: int = field(metadata=POSITIVE)
+    sae_latents: int = field(metadata=POSITIVE)
+    sae_topk: int = field(metadata=POSITIVE)
+    sae_steps: int = field(metadata=POSITIVE)
+    sae_lr: float = field(metadata=POSITIVE)
+    sae_batch_size: int = field(metadata=POSITIVE)
+    partner_weights: str
+    partner_weights_sha256: str
+    blocks: tuple[str, ...]
+    tap: str = field(metadata=choice("I", "B", "O"))
+    cross_metrics: tuple[str, ...]
+    network_sae_expansion: int = field(metadata=POSITIVE)
+    network_sae_topk_fraction: float = field(metadata=POSITIVE)
+    network_sae_samples: int = field(metadata=POSITIVE)
+    network_sae_steps: int = field(metadata=POSITIVE)
+    max_stimuli: int = field(metadata=POSITIVE)
+    bootstrap: int = field(metadata=POSITIVE)
+    batch_size: int = field(metadata=POSITIVE)
+    seed: int
+    threads: int = field(metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
 class ToyTrainSettings:
     seed: int
     threads: int = field(metadata=POSITIVE)
@@ -142,6 +171,7 @@ class Profile:
     natural: NaturalSettings
     metrics: MetricsSettings
     ablation: AblationSettings
+    alignment: AlignmentSettings
     toy: ToySettings | None = None  # only the toy world's profiles have it
 
 

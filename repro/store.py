@@ -43,6 +43,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -321,12 +322,16 @@ class Store:
             self._locks[group] = _HELD[key]
             return
         handle = self._open_lock(group)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(20):  # another process's probe (``_writers_active``) holds it for an instant
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
             handle.close()
             raise UserError(f"group {group!r} of {self.path} is being written by another process; "
-                            "let it finish (or stop it), then rerun") from None
+                            "let it finish (or stop it), then rerun")
         self._locks[group] = _HELD[key] = handle
 
     def release(self, group: str) -> None:

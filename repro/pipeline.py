@@ -47,8 +47,8 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
-    profile = profiles.load(profile_name)
+def run(profile_name: str, store_path: Path, *, new_store: bool = False, reading: str | None = None) -> Store:
+    profile = profiles.override(profiles.load(profile_name), {"reading": reading})
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))

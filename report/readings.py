@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from analyses import figures, stats
-from repro import reading
+from repro import profiles, reading
 from report import spec, verify
 
 READING_GROUPS = ("fz", "metrics", "ablation")  # the groups whose settings hold reading items
@@ -50,7 +50,10 @@ def store_items(store) -> dict:
 def store_reading(store) -> str:
     """``paper``, ``code`` or ``mixed (...)``: what the store's groups were made under."""
     items = store_items(store)
-    return reading.describe(items) if items else "none recorded (no fz, metrics or ablation group)"
+    if items:
+        return reading.describe(items)
+    profile = verify.store_profile(store.attrs)  # no group records items: the store's profile says
+    return reading.label(profiles.with_reading_defaults(profile)) if "metrics" in profile else "not recorded"
 
 
 def invariant_sets(metrics: xr.Dataset, block: str, criterion: str) -> list[int]:

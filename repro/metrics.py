@@ -12,6 +12,9 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
   when the store has a complete ``natural`` group and ``image_cache``, for the blocks ``natural`` has
   (attr ``top9_blocks``); otherwise NaN, and the attrs ``top9_available`` / ``top9_note`` say why.
 
+``relu_response``: the same, for the mean of the per-image ReLUs (for ``fz``, one image, the ReLU of
+``response``); the code's reading of the top-9 deltas (``metrics.top9_relu = "per_image"``) reads it.
+
 ``metrics``: per (block, channel, stimulus_set), in the papers' notation (X̂_T = the stimulus of tap T):
 
 * ``mix`` M = O_c(X̂_I) / O_c(X̂_B); O_c(X̂_B) ≤ 0 → 5 (skip); else O_c(X̂_I) ≤ 0 → 0 (overwrite);
@@ -20,6 +23,13 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
 * ``down_delta`` = I_c(S⁻¹(X̂_B)) − ReLU(I_c(X̂_B)), ``down_ok`` = down_delta > 0.
 * ``scale_metric`` = up_delta / B_c(X̂_B) + down_delta / I_c(X̂_I).
 * ``invariant_naturally`` = mix ∧ up; ``invariant_interpreting`` = mix ∧ up ∧ down.
+
+That is the paper's reading. The authors' code differs in items 2-5 and 7 of METHOD.md's list, each a setting
+of the ``metrics`` table (``repro.reading``): ``delta_relu = "both"`` ReLUs the scaled term too;
+``direction = "normalised"`` tests ``up_delta / B_c(X̂_B) > 0`` and ``down_delta / I_c(X̂_I) > 0``;
+``mix_edges = "code"`` gives M = 10 when O_c(X̂_B) ≤ 0, leaves M unclamped, and flags a failed FZ only when both
+O responses are < 0; ``top9_relu = "per_image"`` and ``top9_png`` average per-image ReLUs of the 9 images after
+an 8-bit PNG round trip; ``interpreting_criterion = "mix_up"`` drops down from the second paper's set.
 * ``failed_fz``: both O responses ≤ 0 (see :func:`mix_ratio`); warned (:class:`FailedFZWarning`) and
   counted per block in the attrs ``failed_fz_count`` / ``failed_fz_total``.
 

@@ -28,13 +28,16 @@ ITEM_KEYS = {key: item for item, keys in CODE_ITEMS.items() for key in keys}
 
 
 def get(profile: Mapping, dotted: str) -> Any:
+    """An item's value; None where the profile lacks it (validation names what is missing)."""
     table, key = dotted.split(".")
-    return profile[table][key]
+    holder = profile.get(table)
+    return holder.get(key) if isinstance(holder, Mapping) else None
 
 
 def _set(profile: dict, dotted: str, value: Any) -> None:
     table, key = dotted.split(".")
-    profile.setdefault(table, {})[key] = value
+    if isinstance(profile.setdefault(table, {}), dict):  # a table given as a scalar is for validation to name
+        profile[table][key] = value
 
 
 def values(reading: str, paper: Mapping) -> dict[str, Any]:

@@ -9,6 +9,7 @@ The pipeline, one store per run (a zarr directory you can open with xarray):
   repro alignment --store S              SAEs and alignment metrics: superposed toy systems, two networks
   repro report   --store S --out DIR     both papers' figures, checked against the published numbers
 `repro pipeline --profile toy --store S` runs them all; `repro profile show toy` prints a profile.
+`repro status --store S` shows each group (complete, partial, stale); `repro check --store S` verifies chunks.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def resolve_profile(profile_name: str | None, store_path: Path | None, settings:
     if profile_name:
         base = profiles.load(profile_name)
     elif store_path is not None and Store(store_path).exists():
-        base = Store(store_path).profile
+        base = profiles.with_reading_defaults(Store(store_path).profile)
     else:
         raise UserError("no --profile given and no existing store to take one from")
     return profiles.override(base, settings)
@@ -75,6 +76,11 @@ def open_run(profile_name, store_path, weights, new_store, settings=None, device
     return profile, model, record, store, device
 
 
+reading_option = click.option(
+    "--reading", type=click.Choice(["paper", "code"]),
+    help="The papers' text or the authors' code, for every reading item the profile does not set itself.")
+
+
 def run_options(function):
     """Options every stage that computes shares."""
     for option in reversed([
@@ -83,6 +89,7 @@ def run_options(function):
         click.option("--store", "store_path", type=click.Path(path_type=Path), required=True, help="The run's zarr store."),
         click.option("--new-store", is_flag=True, help="Start a fresh store (every group is removed) once the run's input is valid."),
         DEVICE_OPTION,
+        reading_option,
     ]):
         function = option(function)
     return function
@@ -162,10 +169,10 @@ def taps(arch, profile_name, image_size):
 @click.option("--steps", type=int, help="Optimization steps (default: the profile's).")
 @click.option("--objective", type=click.Choice(["neuron", "channel"]), help="Center neuron or whole-channel mean.")
 @click.option("--aliased", is_flag=True, default=None, help="Reference compatibility: Lucent's aliased taps.")
-def fz(profile_name, weights, store_path, new_store, device_name, blocks, tap_names, channels, steps, objective,
-       aliased):
+def fz(profile_name, weights, store_path, new_store, device_name, reading, blocks, tap_names, channels, steps,
+       objective, aliased):
     """Feature visualizations (FZs) of center neurons, all channels of a tap in one batch."""
-    settings = {"fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
+    settings = {"reading": reading, "fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
                                                      device_name)
     from repro import fz as fz_stage
@@ -178,9 +185,10 @@ def fz(profile_name, weights, store_path, new_store, device_name, blocks, tap_na
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's / $RESIDUAL_STREAM_IMAGES).")
 @click.option("--blocks", help="Comma-separated blocks (default: the profile's).")
 @click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
-def natural(profile_name, weights, store_path, new_store, device_name, images, blocks, float16):
+def natural(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, float16):
     """Natural-image center activations of every tap, and each channel's top-9 images."""
-    settings = {"natural.dtype": "float16" if float16 else None, "natural.images": resolved(images)}
+    settings = {"reading": reading, "natural.dtype": "float16" if float16 else None,
+                "natural.images": resolved(images)}
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
                                                      device_name)
     from repro import natural as natural_stage
@@ -191,9 +199,11 @@ def natural(profile_name, weights, store_path, new_store, device_name, images, b
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
 @DEVICE_OPTION
-def metrics(store_path, weights, device_name):
+@reading_option
+def metrics(store_path, weights, device_name, reading):
     """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
-    profile, model, record, store, device = open_run(None, store_path, weights, False, device_name=device_name)
+    profile, model, record, store, device = open_run(None, store_path, weights, False, {"reading": reading},
+                                                     device_name=device_name)
     from repro import metrics as metrics_stage
     metrics_stage.run(store, model, record, profile, device=device)
 
@@ -207,11 +217,10 @@ def metrics(store_path, weights, device_name):
 @click.option("--trials", type=int, help="Accepted random trials per block.")
 @click.option("--ablation", type=click.Choice(["mean", "zero"]))
 @click.option("--scale-definition", type=click.Choice(["paper", "code"]))
-def ablate(profile_name, weights, store_path, new_store, device_name, images, blocks, criterion, channel_sets, trials,
-           ablation,
-           scale_definition):
+def ablate(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, criterion, channel_sets,
+           trials, ablation, scale_definition):
     """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    settings = {"natural.images": resolved(images), "ablation.blocks": parse_list(blocks),
+    settings = {"reading": reading, "natural.images": resolved(images), "ablation.blocks": parse_list(blocks),
                 "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
                 "ablation.scale_definition": scale_definition}
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
@@ -228,10 +237,10 @@ def ablate(profile_name, weights, store_path, new_store, device_name, images, bl
 
 @main.command()
 @run_options
-def alignment(profile_name, weights, store_path, new_store, device_name):
+def alignment(profile_name, weights, store_path, new_store, device_name, reading):
     """Train TopK SAEs and compare representations: recovery vs neurons, and two trained networks."""
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store,
-                                                     device_name=device_name)
+                                                     {"reading": reading}, device_name)
     from repro import alignment as alignment_stage
     alignment_stage.run(store, model, record, profile, device=device)
 
@@ -240,13 +249,20 @@ def alignment(profile_name, weights, store_path, new_store, device_name):
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--keep-going", is_flag=True, help="Show a failing analysis as an error box and build the rest.")
-def report(store_path, out_dir, keep_going):
+@click.option("--compare", "compare_path", type=click.Path(path_type=Path),
+              help="A second store (made under the other reading) to compare invariant channels with.")
+def report(store_path, out_dir, keep_going, compare_path):
     """Rebuild both papers' figures and tables from a store and render HTML."""
     from report import builder
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    builder.build(store, out_dir, keep_going=keep_going)
+    compare = Store.existing(compare_path) if compare_path else None
+    if compare is not None:
+        refuse_stale(compare)
+        if not compare.has("metrics"):
+            raise UserError(f"store {compare.path} has no metrics group to compare with; run `repro metrics` on it")
+    builder.build(store, out_dir, keep_going=keep_going, compare=compare)
 
 
 @main.command()
@@ -311,11 +327,12 @@ def check(store_path, repair):
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--new-store", is_flag=True)
 @DEVICE_OPTION
-def pipeline(profile_name, store_path, new_store, device_name):
+@reading_option
+def pipeline(profile_name, store_path, new_store, device_name, reading):
     """Run every stage of a profile into one store (done units are skipped)."""
     from repro import pipeline as pipeline_stages
 
-    pipeline_stages.run(profile_name, store_path, new_store=new_store, device=device_name)
+    pipeline_stages.run(profile_name, store_path, new_store=new_store, device=device_name, reading=reading)
 
 
 def _register_optional_groups():

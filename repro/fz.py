@@ -13,7 +13,8 @@ c at the tap". What makes it fast is only how the same computation is arranged:
   weight gradient is computed;
 * taps that are the same tensor (``O`` of 2.0 is ``I`` of 2.1) are optimized once when their jitter
   agrees and stored under both labels. When it does not (paper profile: ``O`` of 3.0 has jitter 4,
-  ``I`` of 3.1 has 16), they are different FZs and are made separately.
+  ``I`` of 3.1 has 16), they are different FZs and are made separately, unless ``fz.input_jitter =
+  "previous_output"`` (the authors' code) gives the I tap its O tap's jitter.
 
 Lucent's transforms draw one random setting per call for the whole batch (numpy's global generator), so
 the images of one chunk share their transform draws. The method does not need independent draws per
@@ -79,6 +80,17 @@ def jitter_of(profile: Mapping, block: str, tap: str) -> int:
         return int(profile["fz"]["jitter"][block][tap])
     except KeyError:
         raise UserError(f"profile {profile.get('name', '')!r} sets no fz.jitter for block {block} tap {tap}") from None
+
+
+def tap_jitter(model: torch.nn.Module, profile: Mapping, block: str, tap: str) -> int:
+    """The jitter a tap's FZ is made at. ``fz.input_jitter = "previous_output"`` (the code's reading): an I
+    tap that is the previous block's O takes that O's jitter, so the two labels share one FZ (the code's
+    3.1 I is 3.0's O FZ, made at jitter 4)."""
+    if profile["fz"]["input_jitter"] == "previous_output":
+        tensor = taps_model.same_tensor(model, block, tap)
+        if tensor != (block, tap) and tensor[0] in profile["fz"]["jitter"]:
+            return jitter_of(profile, *tensor)
+    return jitter_of(profile, block, tap)
 
 
 def transforms(profile: Mapping, jitter: int) -> list[Callable]:
@@ -265,7 +277,7 @@ def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list
     for block in selection.blocks:
         for tap in selection.taps:
             tensor = taps_model.same_tensor(model, block, tap)
-            grouped.setdefault((*tensor, jitter_of(profile, block, tap)), []).append((block, tap))
+            grouped.setdefault((*tensor, tap_jitter(model, profile, block, tap)), []).append((block, tap))
     jobs = []
     for (block, tap, jitter), stored_as in grouped.items():
         width = selection.widths[stored_as[0][0]]

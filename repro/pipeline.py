@@ -48,8 +48,9 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto") -> Store:
-    profile = profiles.load(profile_name)
+def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto",
+        reading: str | None = None) -> Store:
+    profile = profiles.override(profiles.load(profile_name), {"reading": reading})
     device = devices.resolve(device)  # once, for every stage
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()

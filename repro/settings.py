@@ -53,6 +53,7 @@ class FZSettings:
     channel_grids: bool
     pad_from_jitter: int = field(metadata=NON_NEGATIVE)
     jitter: dict[str, dict[str, int]]
+    input_jitter: str = field(metadata=choice("schedule", "previous_output"))
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class MetricsSettings:
     mix_high: float = field(metadata=POSITIVE)
     mix_clamp: float = field(metadata=POSITIVE)
     batch_size: int = field(metadata=POSITIVE)
+    delta_relu: str = field(metadata=choice("unscaled", "both"))
+    direction: str = field(metadata=choice("delta", "normalised"))
+    mix_edges: str = field(metadata=choice("paper", "code"))
+    top9_relu: str = field(metadata=choice("of_mean", "per_image"))
+    top9_png: bool
+    interpreting_criterion: str = field(metadata=choice("mix_up_down", "mix_up"))
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class AblationSettings:
     trials: int = field(metadata=POSITIVE)
     scales: tuple[float, ...]
     scale_definition: str = field(metadata=choice("paper", "code"))
+    resize: str = field(metadata=choice("tensor", "pil"))
     ablation: str = field(metadata=choice("mean", "zero"))
     seed: int
     batch_size: int = field(metadata=POSITIVE)
@@ -165,6 +173,7 @@ class ToySettings:
 class Profile:
     name: str
     description: str
+    reading: str = field(metadata=choice("paper", "code"))
     model: ModelSettings
     fz: FZSettings
     stimulus: StimulusSettings

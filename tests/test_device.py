@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from repro import device as devices
-from repro import fz, metrics, natural, ablate, pipeline
+from repro import ablate, alignment, fz, metrics, natural, pipeline
 from repro.cli import main
 from repro.errors import UserError
 from repro.model import ModelSpec, load_model
@@ -63,13 +63,14 @@ def test_the_cli_resolves_once_and_passes_the_device_to_every_stage(monkeypatch,
         return real_resolve(name)
 
     monkeypatch.setattr(devices, "resolve", counting_resolve)
-    for module in (fz, natural, metrics, ablate):
+    for module in (fz, natural, metrics, ablate, alignment):
         monkeypatch.setattr(module, "run", lambda *args, device=None, _m=module.__name__, **kw: seen.append((_m, device)))
     monkeypatch.setattr(pipeline, "images_for", lambda profile: tmp_path)
     result = CliRunner().invoke(main, ["pipeline", "--profile", "tiny", "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 0, result.output
     assert calls == ["auto"]
-    assert [name for name, _ in seen] == ["repro.fz", "repro.fz", "repro.natural", "repro.metrics", "repro.ablate"]
+    assert [name for name, _ in seen] == ["repro.fz", "repro.fz", "repro.natural", "repro.metrics", "repro.ablate",
+                                          "repro.alignment"]
     assert all(device == torch.device("cuda") for _, device in seen)
 
 

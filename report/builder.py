@@ -539,7 +539,8 @@ def alignment_qmd(artifacts: Sequence[Artifact], results, context: StoreContext,
     entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
     parts = [front_matter(spec.CHAPTERS["alignment"][1]),
              "Superposition deflates representational alignment: simulations beside their closed forms "
-             "(see `analyses/alignment_figures.py`), and one table on this store's natural images.\n"]
+             "(see `analyses/alignment_figures.py`); sparse-feature recovery and the two trained networks "
+             "from the store's `alignment` group (`repro alignment`).\n"]
     parts += [entry_markdown(artifact, results, context, out_dir, labels, entries) for artifact in artifacts
               if artifact.entry.chapter == "alignment"]
     return "\n".join(parts)

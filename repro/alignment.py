@@ -69,40 +69,41 @@ LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Settings:
-    features: int = 64
-    active_probability: float = 0.1
-    neurons: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96)
-    seeds: int = 10
-    train_stimuli: int = 4000
-    eval_stimuli: int = 2000
-    sae_latents: int = 64
-    sae_topk: int = 7
-    sae_steps: int = 800
-    sae_lr: float = 0.01
-    sae_batch_size: int = 512
-    partner_weights: str = ""
-    partner_weights_sha256: str = ""
-    blocks: tuple[str, ...] = ()
-    tap: str = "O"
-    cross_metrics: tuple[str, ...] = ("cka_debiased",)
-    network_sae_expansion: int = 2
-    network_sae_topk_fraction: float = 0.125
-    network_sae_samples: int = 16384
-    network_sae_steps: int = 800
-    max_stimuli: int = 2000
-    bootstrap: int = 200
-    batch_size: int = 250
-    seed: int = 0
-    threads: int = 2
+    """The profile's [alignment] table (its defaults are in profiles/paper.toml), with the stage's own checks."""
+
+    features: int
+    active_probability: float
+    neurons: tuple[int, ...]
+    seeds: int
+    train_stimuli: int
+    eval_stimuli: int
+    sae_latents: int
+    sae_topk: int
+    sae_steps: int
+    sae_lr: float
+    sae_batch_size: int
+    partner_weights: str
+    partner_weights_sha256: str
+    blocks: tuple[str, ...]
+    tap: str
+    cross_metrics: tuple[str, ...]
+    network_sae_expansion: int
+    network_sae_topk_fraction: float
+    network_sae_samples: int
+    network_sae_steps: int
+    max_stimuli: int
+    bootstrap: int
+    batch_size: int
+    seed: int
+    threads: int
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "Settings":
-        table = dict(profile.get("alignment", {}))
+        table = profile["alignment"]  # a loaded profile's is validated by repro.settings; a bare dict may not be
         unknown = sorted(set(table) - set(cls.__dataclass_fields__))
         if unknown:
             raise UserError(f"unknown alignment settings: {', '.join(unknown)}")
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in table.items()}
-        settings = cls(**values)
+        settings = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
         settings.check()
         return settings
 

@@ -56,15 +56,7 @@ def _merge(base: dict, top: Mapping) -> dict:
 def load(name_or_path: str) -> dict:
     """The resolved, validated profile: base merged, path-valued settings made absolute, env defaults applied."""
     path = _path(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"profile {path} is not valid TOML: {error}") from None
-    base = raw.pop("base", None)
-    if base is not None and not isinstance(base, str):
-        raise UserError(f"profile {path}: base must be a profile name, not {base!r}")
-    profile = _merge(_load_unchecked(base), raw) if base else raw
-    profile["name"] = raw.get("name", path.stem)
+    profile = _load_unchecked(name_or_path)
     readings.resolve(profile, _load_unchecked(ROOT_PROFILE), _pinned(path))
     model = profile.get("model", {})
     weights = model.get("weights", "") if isinstance(model, Mapping) else ""
@@ -92,10 +84,15 @@ def _pinned(path: Path) -> set[str]:
 
 
 def _load_unchecked(name: str) -> dict:
-    """A base profile, merged but not yet validated (the profile built on it is)."""
+    """A profile merged over its bases, not yet validated (``load`` validates the result)."""
     path = _path(name)
-    raw = tomllib.loads(path.read_text())
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"profile {path} is not valid TOML: {error}") from None
     base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise UserError(f"profile {path}: base must be a profile name, not {base!r}")
     merged = _merge(_load_unchecked(base), raw) if base else raw
     merged["name"] = raw.get("name", path.stem)
     return merged

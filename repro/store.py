@@ -515,36 +515,19 @@ class Store:
     def write_unit(self, group: str, unit: str, part: xr.Dataset, region: Mapping[str, slice] | str = "auto") -> None:
         """Write one unit's arrays into their region, then create its done-marker."""
         part = part.drop_attrs()
-        region = self._region(group, part) if region == "auto" else dict(region)
+        stored = xr.open_zarr(str(self.path), group=group, consolidated=False)  # metadata only
+        region = _region(stored, group, part) if region == "auto" else dict(region)
         part = part.drop_vars([name for name in part.coords if name in region])
         with _quiet_zarr():
             part.to_zarr(str(self.path), group=group, region=region, mode="r+", consolidated=False,
                          write_empty_chunks=True)
         fault_point("unit-written")
-        sizes = self._sizes(group)
         marker = {"unit": unit, "variables": sorted(part.data_vars), "written": now(),
-                  "region": {dim: list(piece.indices(sizes[dim])[:2]) for dim, piece in region.items()}}
+                  "region": {dim: list(piece.indices(stored.sizes[dim])[:2]) for dim, piece in region.items()}}
         node = self.path / group / UNITS / _unit_node(unit)
         node.mkdir(parents=True, exist_ok=True)
         _write_atomic(node / "zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": marker}))
         fault_point("unit-marked")
-
-    def _sizes(self, group: str) -> dict[str, int]:
-        return dict(xr.open_zarr(str(self.path), group=group, consolidated=False).sizes)
-
-    def _region(self, group: str, part: xr.Dataset) -> dict[str, slice]:
-        """The region a part with coords fills (each labelled dim must be contiguous in the group)."""
-        stored = xr.open_zarr(str(self.path), group=group, consolidated=False)
-        region = {}
-        for dim in part.dims:
-            if dim not in part.coords:
-                region[dim] = slice(None)
-                continue
-            index = stored.indexes[dim].get_indexer(part[dim].values)
-            if (index < 0).any() or (len(index) and not (np.diff(index) == 1).all()):
-                raise ValueError(f"{group}: the part's {dim} labels are not a contiguous run of the group's")
-            region[dim] = slice(int(index[0]), int(index[-1]) + 1)
-        return region
 
     def finish(self, group: str, *, complete: bool = True, **attrs) -> None:
         """Record whether every unit of the group's layout is done; refresh the metadata users open."""
@@ -632,6 +615,20 @@ class Store:
             named = ", ".join(f"{d.group}:{d.unit}" for d in damage[:4]) + (" ..." if len(damage) > 4 else "")
             raise UserError(f"store {self.path} has damaged units ({named}: {damage[0].problem}); "
                             f"run `repro check --store {self.path} --repair`, then rerun the stages")
+
+
+def _region(stored: xr.Dataset, group: str, part: xr.Dataset) -> dict[str, slice]:
+    """The region a part with coords fills (each labelled dim must be contiguous in the group)."""
+    region = {}
+    for dim in part.dims:
+        if dim not in part.coords:
+            region[dim] = slice(None)
+            continue
+        index = stored.indexes[dim].get_indexer(part[dim].values)
+        if (index < 0).any() or (len(index) and not (np.diff(index) == 1).all()):
+            raise ValueError(f"{group}: the part's {dim} labels are not a contiguous run of the group's")
+        region[dim] = slice(int(index[0]), int(index[-1]) + 1)
+    return region
 
 
 def _chunks_of(array: zarr.Array, region: Mapping[str, list[int]]) -> Iterator[tuple[int, ...]]:

@@ -12,38 +12,14 @@ import itertools
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
-from scipy.spatial.distance import pdist
 from sklearn.model_selection import KFold
-from threadpoolctl import threadpool_limits
 
 from analyses import superposition as sp
+from helpers import assert_matches_monte_carlo, fresh_rng, one_blas_thread  # noqa: F401 (an autouse fixture)
 from analyses.alignment import (RSAResult, RegressionScore, expected_linear_cka, linear_cka, regression_score,
                                 rsa)
-
-
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """Small matrices: on shared cores, BLAS threads contending slowed these tests several-fold."""
-    with threadpool_limits(limits=1):
-        yield
-
-
-def fresh_rng(label: str) -> np.random.Generator:
-    """A generator seeded from the OS's entropy, its seed printed for replay."""
-    seed = np.random.SeedSequence().entropy
-    print(f"{label}: seed = {seed}")
-    return np.random.default_rng(seed)
-
-
-def assert_matches_monte_carlo(values, closed_form: float, allowance: float, label: str = "") -> None:
-    values = np.asarray(values, dtype=float)
-    mean, sd = values.mean(), values.std(ddof=1)
-    bound = 4 * sd / math.sqrt(values.size) + allowance
-    print(f"{label}: closed form {closed_form:.4f}, MC {mean:.4f} ± {sd:.4f} (n = {values.size}), bound {bound:.4f}")
-    assert abs(mean - closed_form) < bound, (label, mean, closed_form, bound)
 
 
 # ---------------------------------------------------------------- independent reference computations

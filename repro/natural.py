@@ -44,6 +44,7 @@ import xarray as xr
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from repro import device as devices
 from repro import images as imgs
 from repro import profiles
 from repro.errors import UserError
@@ -293,9 +294,9 @@ def batch_center_values(model, profile, layout: TapLayout, squares, heights, wid
     Copied out of the full maps (run() returns views of them), so a batch's maps are freed before the
     next batch's forward.
     """
-    inputs = imgs.eval_from_cache(squares, profile, heights, widths)
+    inputs = imgs.eval_from_cache(squares, profile, heights, widths).to(next(model.parameters()).device)
     values, _ = run_model(model, inputs, layout.computed, center=True, stop=True)
-    return {key: value.clone() for key, value in values.items()}
+    return {key: value.float().cpu().clone() for key, value in values.items()}
 
 
 def compute_shards(store, model, profile, images, layout, settings, todo: Sequence[int]) -> dict[str, str]:
@@ -344,7 +345,7 @@ def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Map
 
 
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None) -> None:
+        blocks: Sequence[str] | None = None, device: torch.device | str | None = None) -> None:
     """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
     settings = Settings.from_profile(profile)
     images = imgs.find_images(settings.root)
@@ -355,6 +356,7 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
         click.echo(f"natural: {store.path} is already complete ({len(images)} images)", err=True)
         return
     declare_groups(store, images, layout, settings, profile, weights, settings_read)
+    model = devices.place(model, devices.resolve(device))
     done = store.done(GROUP) & store.done(CACHE_GROUP)
     todo = [s for s in range(len(shard_ranges(len(images), settings.shard_size))) if shard_unit(s) not in done]
     errors = compute_shards(store, model, profile, images, layout, settings, todo) if todo else {}

@@ -1,5 +1,5 @@
 """Every stage of a profile into one store: FZs (center neuron and whole channel), natural images,
-metrics and ablation. Each stage skips the units already done, so a rerun with nothing changed is quick."""
+metrics, ablation and alignment. Each stage skips the units already done, so a rerun with nothing changed is quick."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from repro import ablate, fz, metrics, natural, profiles
+from repro import ablate, alignment, fz, metrics, natural, profiles
+from repro import device as devices
 from repro.errors import UserError
 from repro.model import ModelSpec, load_model
 from repro.store import Store
@@ -50,32 +51,39 @@ def images_for(profile: dict) -> Path:
 ALIASED_FZ, ALIASED_GROUPS = "fz_aliased", ("responses_aliased", "metrics_aliased")
 
 
-def aliased_stages(store: Store, model, record, profile: dict) -> list:
+def aliased_stages(store: Store, model, record, profile: dict, device=None) -> list:
     """The aliased comparison: FZs made with Lucent's by-reference taps (the authors' FZs), one seed,
     measured with the true taps like every other FZ (FZ stimuli only)."""
     aliased = profiles.override(profile, {"model.aliased": True, "fz.seeds": list(profile["fz"]["seeds"][:1])})
-    return [("fz (aliased taps, first seed)", lambda: fz.run(store, model, record, aliased, group=ALIASED_FZ)),
+    return [("fz (aliased taps, first seed)",
+             lambda: fz.run(store, model, record, aliased, group=ALIASED_FZ, device=device)),
             ("metrics (aliased FZs)", lambda: metrics.run(store, model, record, profile, fz_group=ALIASED_FZ,
-                                                          groups=ALIASED_GROUPS, top9=False))]
+                                                          groups=ALIASED_GROUPS, top9=False, device=device))]
 
 
-def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
-    profile = profiles.load(profile_name)
+def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto",
+        reading: str | None = None) -> Store:
+    profile = profiles.override(profiles.load(profile_name), {"reading": reading})
+    device = devices.resolve(device)  # once, for every stage
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.for_run(store_path, profile, record, new=new_store)
-    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile))]
+    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, device=device))]
     if profile["fz"]["channel_grids"]:
+        channel_profile = profiles.override(profile, {"fz.objective": "channel"})
         stages.append(("fz (whole channel, for the grids)",
-                       lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))))
+                       lambda: fz.run(store, model, record, channel_profile, device=device)))
     stages += [
-        ("natural images", lambda: natural.run(store, model, record, profile)),
-        ("metrics", lambda: metrics.run(store, model, record, profile)),
+        ("natural images", lambda: natural.run(store, model, record, profile, device=device)),
+        ("metrics", lambda: metrics.run(store, model, record, profile, device=device)),
     ]
     if profile["fz"]["compare_aliased"]:
-        stages += aliased_stages(store, model, record, profile)
-    stages.append(("ablation", lambda: ablate.run(store, model, record, profile)))
+        stages += aliased_stages(store, model, record, profile, device)
+    stages += [
+        ("ablation", lambda: ablate.run(store, model, record, profile, device=device)),
+        ("alignment", lambda: alignment.run(store, model, record, profile, device=device)),
+    ]
     for title, stage in stages:
         started = time.perf_counter()
         click.echo(f"== {title}")

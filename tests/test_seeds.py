@@ -50,7 +50,7 @@ def test_every_group_has_the_seed_dim(stores):
     assert fz_group["seed"].values.tolist() == [0, 1, 2]
     for name in ("image", "activation", "initial_objective", "final_objective", "objective_trace"):
         assert fz_group[name].dims[0] == "seed", name
-    assert responses["response"].dims[0] == "seed"
+    assert responses["response"].dims[0] == "seed" and responses["relu_response"].dims[0] == "seed"
     for name in metrics.PER_SET_FLOATS + metrics.PER_SET_FLAGS:
         assert stored[name].dims == ("seed", "block", "channel", "stimulus_set"), name
     for name in metrics.CRITERION_FLAGS:
@@ -63,7 +63,7 @@ def test_every_group_has_the_seed_dim(stores):
 def test_seed_0_of_three_equals_a_one_seed_run(stores):
     three, one = stores
     for group, names in (("fz", ("image", "activation", "final_objective", "objective_trace")),
-                         ("responses", ("response",)), ("metrics", ("mix", "scale_metric", "invariant_naturally"))):
+                         ("responses", ("response", "relu_response")), ("metrics", ("mix", "scale_metric", "invariant_naturally"))):
         a, b = three.dataset(group).sel(seed=0).load(), one.dataset(group).sel(seed=0).load()
         for name in names:
             np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=f"{group}.{name}")
@@ -354,3 +354,148 @@ def test_convergence_trace_relative_to_the_last_step(stores):
     row = table.set_index(["block", "tap"]).loc[("1.1", "B")]
     assert row["half_step"] == 2 and row["median_at_half"] == pytest.approx(np.median(trace[:, 0] / trace[:, -1]))
     convergence.convergence_figure(group)
+
+
+# ---------------------------------------------------------------- the authors'-code reading, per seed
+
+
+def test_the_code_reading_is_computed_on_every_seed(stores, tmp_path):
+    """The same three-seed FZs measured under reading = "code": each seed's metrics follow the code's
+    formulas (items 2-4 and 7) by hand, and the frequencies count the code's flags."""
+    from test_metrics import write_group
+
+    three, _ = stores
+    profile = profiles.override(tiny_profile([0, 1, 2]), {"reading": "code"})
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    store = Store.create_or_open(tmp_path / "code.zarr", profile, record)
+    write_group(store, "fz", three.dataset("fz").load())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", metrics.FailedFZWarning)
+        metrics.run(store, model, record, profile)
+    code = store.dataset("responses").sel(stimulus_set="fz").load()
+    paper = three.dataset("responses").sel(stimulus_set="fz").load()
+    np.testing.assert_array_equal(code["response"].values, paper["response"].values)  # same FZs, same taps
+    np.testing.assert_array_equal(code["relu_response"].values, np.maximum(code["response"].values, 0))
+    stored = store.dataset("metrics").sel(stimulus_set="fz").load()
+    assert stored.attrs["reading"] == "code" and stored["seed"].values.tolist() == [0, 1, 2]
+    differs = False
+    for block in BLOCKS:
+        valid = stored["valid"].sel(block=block).values.astype(bool)
+        passed = []
+        for seed in (0, 1, 2):
+            r = code["response"].sel(seed=seed, block=block).values.astype(np.float64)  # tap, channel, source, transform
+            at = {(tap, source, transform): r[t, :, s, k] for t, tap in enumerate("IBO") for s, source in enumerate("IBO")
+                  for k, transform in enumerate(("none", "S", "S_inv"))}
+            o_i, o_b = at[("O", "I", "none")], at[("O", "B", "none")]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mix = np.where(o_b <= 0, 10.0, np.where(o_i <= 0, 0.0, o_i / o_b))
+                up = np.maximum(at[("B", "I", "S")], 0) - np.maximum(at[("B", "I", "none")], 0)
+                down = np.maximum(at[("I", "B", "S_inv")], 0) - np.maximum(at[("I", "B", "none")], 0)
+                up_ok, down_ok = up / at[("B", "B", "none")] > 0, down / at[("I", "I", "none")] > 0
+            mix_ok = (2 / 3 < mix) & (mix < 1.5) & ~((o_i < 0) & (o_b < 0))
+            one = stored.sel(seed=seed, block=block)
+            np.testing.assert_allclose(one["mix"].values[valid], mix[valid], rtol=1e-6)
+            np.testing.assert_allclose(one["up_delta"].values[valid], up[valid], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(one["down_delta"].values[valid], down[valid], rtol=1e-5, atol=1e-6)
+            for name, flags in (("mix_ok", mix_ok), ("up_ok", up_ok), ("down_ok", down_ok),
+                                ("invariant_interpreting", mix_ok & up_ok)):
+                assert np.array_equal(one[name].values[valid], flags[valid]), (block, seed, name)
+            passed.append((mix_ok & up_ok)[valid])
+            reference = three.dataset("metrics").sel(seed=seed, block=block, stimulus_set="fz").load()
+            differs |= not np.allclose(reference["up_delta"].values[valid], up[valid])
+        frequency = stored["invariant_interpreting_frequency"].sel(block=block).values[valid]
+        np.testing.assert_allclose(frequency, np.mean(passed, axis=0), rtol=1e-6)
+    assert differs  # the paper's deltas differ from the code's on these FZs, so the comparison can fail
+
+
+# ---------------------------------------------------------------- the report's loader
+
+
+def test_the_report_drops_the_fz_seed_but_keeps_the_alignment_draws(tmp_path):
+    from report import spec
+    from test_metrics import write_group
+
+    profile = tiny_profile([0, 1])
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    store = Store.create_or_open(tmp_path / "run.zarr", profile, record)
+    per_seed = xr.Dataset({"mix": (("seed", "block", "channel"), np.arange(12.0).reshape(2, 2, 3))},
+                          coords={"seed": [4, 7], "block": ["1.1", "2.0"], "channel": np.arange(3)})
+    for group in ("metrics", "metrics_aliased", "fz_channel"):
+        write_group(store, group, per_seed)
+    write_group(store, "alignment", xr.Dataset({"recovery": (("d", "seed"), np.arange(6.0).reshape(2, 3))},
+                                               coords={"d": [8, 16], "seed": np.arange(3)}))
+    loader = spec.Loader(store)
+    for group in ("metrics", "metrics_aliased", "fz_channel"):
+        first = loader.load(spec.Selection(group))
+        assert "seed" not in first.dims and first["mix"].values.tolist() == [[0, 1, 2], [3, 4, 5]], group
+        assert loader.load(spec.Selection(group, seeds=True)).sizes["seed"] == 2
+    draws = loader.load(spec.Selection("alignment"))
+    assert draws["recovery"].dims == ("d", "seed") and draws["recovery"].values.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+# ---------------------------------------------------------------- the toy world's reference file
+
+
+def reference_store(path, sets: dict[str, list[int]], seeds=(0, 1, 2)):
+    """A toy-profile store whose metrics are built from reference numbers: in every seed exactly ``sets``
+    pass mix, up and down, and their first three channels have the mix ratios closest to 1."""
+    from test_report import make_store, metrics_dataset
+    from test_report import write_group as write_report_group
+
+    store = make_store(path, profile_name="toy", weights="random", invariant=sets, pixels=False, aliased=False)
+    widths = {block: 8 for block in sets}
+    per_seed = []
+    for seed in seeds:
+        one = metrics_dataset(widths, np.random.default_rng(seed), sets)
+        mix = one["mix"].values.copy()
+        for b, block in enumerate(sets):
+            for rank, channel in enumerate(sets[block]):
+                mix[b, channel, :] = 1.0 + 0.01 * (rank + 1)
+        per_seed.append(one.assign(mix=(one["mix"].dims, mix)))
+    flagged = [name for name in per_seed[0].data_vars if "stimulus_set" in per_seed[0][name].dims]
+    seeded = xr.concat([one[flagged] for one in per_seed], dim=xr.DataArray(list(seeds), dims="seed", name="seed"))
+    seeded = seeded.merge(per_seed[0].drop_vars(flagged))
+    write_report_group(path, "metrics", seeded)
+    Store(path).update_attrs("metrics", robust_fraction=0.5)
+    return store
+
+
+def test_the_toy_reference_file_verifies_a_store_built_from_it_and_a_perturbed_one_deviates(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from report import spec
+    from repro import reference
+    from repro.cli import main
+
+    blocks = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+    sets = {block: [1, 3, 4, 6] for block in blocks}
+    numbers = {block: {"naturally": {"channels": channels, "frequency": [1.0] * len(channels), "count": len(channels)},
+                       "interpreting": {"channels": channels, "frequency": [1.0] * len(channels),
+                                        "count": len(channels)},
+                       "top_mixes": channels[:3]} for block, channels in sets.items()}
+    published = tmp_path / "published"
+    published.mkdir()
+    (published / "toy.toml").write_text(reference.to_toml(
+        numbers, profile="toy", command="repro pipeline --profile toy-reference", store_attrs={}, seeds=[0, 1, 2, 3]))
+    monkeypatch.setattr(reference, "PUBLISHED", published)
+    assert spec.reference_for("toy")["blocks"]["2.1"]["naturally"]["channels"] == sets["2.1"]
+
+    # Built from the reference numbers: every reference claim is verified, through the default claim list.
+    built = reference_store(tmp_path / "built.zarr", sets)
+    results = [r for r in verify.evaluate(built) if r.claim.paper == "reference"]
+    assert len(results) == 5 * len(blocks)  # per block: two sets, two counts, the top mixes
+    assert {r.outcome.badge for r in results} == {verify.VERIFIED}, [(r.claim.id, r.outcome.detail) for r in results]
+    # Perturbed: other channels pass (as many of them), so the sets and top mixes deviate; counts still agree.
+    perturbed = reference_store(tmp_path / "perturbed.zarr", {block: [0, 2, 5, 7] for block in blocks})
+    outcomes = {r.claim.id: r.outcome.badge for r in verify.evaluate(perturbed) if r.claim.paper == "reference"}
+    for block in blocks:
+        bid = block.replace(".", "-")
+        for criterion in ("naturally", "interpreting"):
+            assert outcomes[f"claim-reference-{criterion}-{bid}"] == verify.DEVIATES
+            assert outcomes[f"claim-reference-{criterion}-count-{bid}"] == verify.VERIFIED
+        assert outcomes[f"claim-reference-top-mixes-{bid}"] == verify.DEVIATES
+    # repro verify prints them.
+    printed = CliRunner().invoke(main, ["verify", "--store", str(tmp_path / "perturbed.zarr")])
+    assert printed.exit_code == 0, printed.output
+    lines = [line for line in printed.output.splitlines() if "claim-reference-naturally-2-1" in line]
+    assert len(lines) == 1 and verify.DEVIATES in lines[0], printed.output

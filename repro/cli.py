@@ -11,6 +11,7 @@ The pipeline, one store per run (a zarr directory you can open with xarray):
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -77,6 +78,35 @@ def run_options(function):
     ]):
         function = option(function)
     return function
+
+
+def executor_options(function):
+    """``--local-workers`` / ``--scheduler``: where the stage's units run (see ``repro.executor``)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, local_workers, scheduler, **kwargs):
+        click.get_current_context().meta["placement"] = (local_workers, scheduler)
+        return function(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--local-workers", type=click.IntRange(min=0), default=None,
+                     help="Run the units on N Dask worker processes here (default: in this process; "
+                          "$RESIDUAL_STREAM_LOCAL_WORKERS, the profile's run.local_workers)."),
+        click.option("--scheduler", default=None,
+                     help="Run the units on the Dask cluster at ADDRESS (tcp://host:8786; $RESIDUAL_STREAM_SCHEDULER)."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def stage_executor(profile):
+    """The executor of this command's units, from its options, the environment and the profile."""
+    from repro import executor
+
+    ctx = click.get_current_context()
+    local_workers, scheduler = ctx.meta.get("placement", (None, None))
+    where = executor.placement(profile, local_workers, scheduler, device=ctx.params.get("device"))
+    return executor.open_executor(where)
 
 
 class Commands(click.Group):
@@ -147,6 +177,7 @@ def taps(arch, profile_name, image_size):
 
 @main.command()
 @run_options
+@executor_options
 @click.option("--blocks", help="Comma-separated blocks, e.g. 1.1,2.1 (default: the profile's).")
 @click.option("--taps", "tap_names", help="Comma-separated taps among I,B,O (default: all).")
 @click.option("--channels", help="Channel list such as 0-15 (default: all).")
@@ -158,12 +189,14 @@ def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels
     settings = {"fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
     profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
     from repro import fz as fz_stage
-    fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
-                 channels=parse_channels(channels))
+    with stage_executor(profile) as executor:
+        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
+                     channels=parse_channels(channels), executor=executor)
 
 
 @main.command()
 @run_options
+@executor_options
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's / $RESIDUAL_STREAM_IMAGES).")
 @click.option("--blocks", help="Comma-separated blocks (default: the profile's).")
 @click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
@@ -172,21 +205,25 @@ def natural(profile_name, weights, store_path, new_store, images, blocks, float1
     settings = {"natural.dtype": "float16" if float16 else None, "natural.images": resolved(images)}
     profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
     from repro import natural as natural_stage
-    natural_stage.run(store, model, record, profile, blocks=parse_list(blocks))
+    with stage_executor(profile) as executor:
+        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks), executor=executor)
 
 
 @main.command()
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
+@executor_options
 def metrics(store_path, weights):
     """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
     profile, model, record, store = open_run(None, store_path, weights, False)
     from repro import metrics as metrics_stage
-    metrics_stage.run(store, model, record, profile)
+    with stage_executor(profile) as executor:
+        metrics_stage.run(store, model, record, profile, executor=executor)
 
 
 @main.command()
 @run_options
+@executor_options
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's).")
 @click.option("--blocks", help="Blocks to ablate, e.g. 2.1,3.1 (default: the profile's).")
 @click.option("--criterion", type=click.Choice(["naturally", "interpreting"]), help="Which paper's invariance criterion.")
@@ -208,7 +245,8 @@ def ablate(profile_name, weights, store_path, new_store, images, blocks, criteri
             raise UserError(f"--channels {item!r}: expected BLOCK=LIST such as 2.1=13,15")
         chosen[block.strip()] = parse_channels(listed)
     from repro import ablate as ablate_stage
-    ablate_stage.run(store, model, record, profile, channel_sets=chosen or None)
+    with stage_executor(profile) as executor:
+        ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, executor=executor)
 
 
 @main.command()
@@ -285,11 +323,12 @@ def check(store_path, repair):
 @click.option("--profile", "profile_name", default="toy", show_default=True)
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--new-store", is_flag=True)
+@executor_options
 def pipeline(profile_name, store_path, new_store):
     """Run every stage of a profile into one store (done units are skipped)."""
     from repro import pipeline as pipeline_stages
 
-    pipeline_stages.run(profile_name, store_path, new_store=new_store)
+    pipeline_stages.run(profile_name, store_path, new_store=new_store, executor_for=stage_executor)
 
 
 def _register_optional_groups():

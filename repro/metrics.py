@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -47,13 +48,13 @@ import xarray as xr
 from scipy import stats
 from torch import nn
 from torchvision.models.resnet import Bottleneck
-from tqdm import tqdm
 
 from repro import fz as fz_stage
 from repro import images as imgs
 from repro import profiles
 from repro import model as taps_model
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import TAPS
 from repro.stimulus import TRANSFORMS, ScaleTransforms
 from repro.store import Store, labels, provenance
@@ -421,11 +422,10 @@ def failed_counts(metrics: xr.Dataset) -> dict:
 
 
 def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None) -> None:
+        blocks: Sequence[str] | None = None, executor=None) -> None:
     """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``."""
     inputs = read_inputs(store, profile, blocks)
     settings = MixSettings.from_profile(profile)
-    batch_size = int(profile["metrics"]["batch_size"])
     settings_read = group_settings(profile, inputs)
     layout_units = {f"{block}:{s}" for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)}
     if (all(store.is_current(group, settings_read, inputs.input_groups) for group in ("responses", "metrics"))
@@ -433,7 +433,6 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         click.echo(f"metrics: already complete in {store.path}", err=True)
         return
     store.require_intact(inputs.input_groups)
-    to_accelerator(model)
     attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
                        top9_note=inputs.top9_note)
     store.declare("responses", responses_template(inputs), attrs, settings=settings_read,
@@ -445,12 +444,20 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
     }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(inputs.layout_blocks))
 
+    responses_done, metrics_done = store.done("responses"), store.done("metrics")
     units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
-    for block, stimulus_set in tqdm(units, desc="metrics", disable=None):
-        _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size)
-    for block in inputs.blocks:
-        if f"{block}:channel" not in store.done("metrics"):
-            store.write_unit("metrics", f"{block}:channel", block_part(model, inputs, block))
+    units = [(b, s) for b, s in units if not {f"{b}:{s}"} <= responses_done & metrics_done]
+    units += [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
+    executor = executor or Serial()
+    if units:
+        executor.check_store(store.path, "metrics")
+    context = MetricsContext(str(store.path), dict(profile), tuple(inputs.blocks), tuple(inputs.layout_blocks),
+                             inputs.top9_available, inputs.top9_note)
+    for caught in executor.map(make_unit, units, context=context, model=model, prepare=on_accelerator,
+                               model_settings=profile["model"], weights_sha256=weights.get("weights_sha256", ""),
+                               desc="metrics"):
+        for message in caught:  # warnings raised where the unit ran, shown here
+            warnings.warn(message, FailedFZWarning, stacklevel=2)
 
     counts = failed_counts(store.dataset("metrics"))
     top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
@@ -458,6 +465,44 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
     store.finish("responses", complete=complete, top9_blocks=top9_blocks)
     store.finish("metrics", complete=complete, top9_blocks=top9_blocks, failed_fz_count=counts,
                  failed_fz_total=sum(sum(c.values()) for c in counts.values()))
+
+
+def on_accelerator(model: nn.Module) -> nn.Module:
+    to_accelerator(model)
+    return model
+
+
+@dataclass(frozen=True)
+class MetricsContext:
+    """What every unit of one run shares; each unit reopens the input groups from the store."""
+
+    store_path: str
+    profile: dict
+    blocks: tuple[str, ...]
+    layout_blocks: tuple[str, ...]
+    top9_available: bool
+    top9_note: str
+
+    def inputs(self) -> Inputs:
+        store = Store(Path(self.store_path))
+        natural = store.dataset("natural") if self.top9_available else None
+        cache = imgs.open_cache(store) if self.top9_available else None
+        return Inputs(store.dataset("fz"), natural, cache, list(self.blocks), self.top9_note, list(self.layout_blocks))
+
+
+def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) -> list[str]:
+    """One unit: a block's responses and metrics for one stimulus set, or its per-channel columns
+    (``stimulus_set == "channel"``). Returns the messages of the warnings it raised."""
+    block, stimulus_set = unit
+    store, inputs = Store(Path(context.store_path)), context.inputs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FailedFZWarning)
+        if stimulus_set == "channel":
+            store.write_unit("metrics", f"{block}:channel", block_part(model, inputs, block))
+        else:
+            _run_unit(store, model, inputs, context.profile, MixSettings.from_profile(context.profile), block,
+                      stimulus_set, int(context.profile["metrics"]["batch_size"]))
+    return [str(w.message) for w in caught if issubclass(w.category, FailedFZWarning)]
 
 
 def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:

@@ -34,6 +34,7 @@ extraction cloned its hooked tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -42,11 +43,11 @@ import numpy as np
 import torch
 import xarray as xr
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from repro import images as imgs
 from repro import profiles
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import TAPS, check_taps, describe_taps, run as run_model, same_tensor
 from repro.store import Store, labels, provenance
 
@@ -298,26 +299,34 @@ def batch_center_values(model, profile, layout: TapLayout, squares, heights, wid
     return {key: value.clone() for key, value in values.items()}
 
 
-def compute_shards(store, model, profile, images, layout, settings, todo: Sequence[int]) -> dict[str, str]:
-    """Run the pass over the shards in ``todo``; return {path: decode error} of corrupt images met."""
-    bounds = shard_ranges(len(images), settings.shard_size)
+@dataclass(frozen=True)
+class PassContext:
+    """What every shard of one pass shares (sent to each worker once)."""
+
+    store_path: str
+    profile: dict
+    images: imgs.ImageList
+    layout: TapLayout
+    settings: Settings
+    loader_workers: int  # DataLoader processes per shard; 0 on Dask workers, which are the parallelism
+
+
+def make_shard(model, context: PassContext, shard: int) -> dict[str, str]:
+    """One shard's activations, top-k candidates and cache squares into the store, as one unit; return
+    {path: decode error} of the corrupt images met."""
+    settings, images, layout = context.settings, context.images, context.layout
+    bounds = shard_ranges(len(images), settings.shard_size)[shard]
     loader = DataLoader(imgs.DecodedSquares(images, settings.resize),
-                        batch_sampler=_batches([bounds[s] for s in todo], settings.batch_size),
-                        num_workers=settings.workers)
+                        batch_sampler=_batches([bounds], settings.batch_size), num_workers=context.loader_workers)
+    buffer = ShardBuffer(shard, bounds, layout, settings.resize)
     errors: dict[str, str] = {}
-    batches = iter(loader)
-    total = sum(bounds[s][1] - bounds[s][0] for s in todo)
-    with tqdm(total=total, unit="img", desc="natural images", dynamic_ncols=True) as progress, torch.inference_mode():
-        for shard in todo:
-            buffer = ShardBuffer(shard, bounds[shard], layout, settings.resize)
-            while not buffer.full:
-                index, squares, heights, widths, batch_errors, read_errors = next(batches)
-                imgs.raise_read_errors(images, index, read_errors)
-                values = batch_center_values(model, profile, layout, squares, heights, widths)
-                buffer.add(index, squares, heights, widths, batch_errors, values, layout)
-                errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
-                progress.update(len(index))
-            _write_shard(store, buffer, settings)
+    with torch.inference_mode():
+        for index, squares, heights, widths, batch_errors, read_errors in loader:
+            imgs.raise_read_errors(images, index, read_errors)
+            values = batch_center_values(model, context.profile, layout, squares, heights, widths)
+            buffer.add(index, squares, heights, widths, batch_errors, values, layout)
+            errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
+    _write_shard(Store(Path(context.store_path)), buffer, settings)
     return errors
 
 
@@ -344,7 +353,7 @@ def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Map
 
 
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None) -> None:
+        blocks: Sequence[str] | None = None, executor=None) -> None:
     """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
     settings = Settings.from_profile(profile)
     images = imgs.find_images(settings.root)
@@ -357,5 +366,13 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     declare_groups(store, images, layout, settings, profile, weights, settings_read)
     done = store.done(GROUP) & store.done(CACHE_GROUP)
     todo = [s for s in range(len(shard_ranges(len(images), settings.shard_size))) if shard_unit(s) not in done]
-    errors = compute_shards(store, model, profile, images, layout, settings, todo) if todo else {}
+    executor = executor or Serial()
+    if todo:
+        executor.check_store(store.path, GROUP)
+    context = PassContext(str(store.path), dict(profile), images, layout, settings,
+                          settings.workers if isinstance(executor, Serial) else 0)
+    errors = {}
+    for shard_errors in executor.map(make_shard, todo, context=context, model=model, model_settings=profile["model"],
+                                     weights_sha256=weights.get("weights_sha256", ""), desc="natural image shards"):
+        errors.update(shard_errors)
     finish(store, images, settings, errors)

@@ -10,6 +10,7 @@ import click
 
 from repro import ablate, fz, metrics, natural, profiles
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import ModelSpec, load_model
 from repro.store import Store
 
@@ -47,24 +48,27 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-def run(profile_name: str, store_path: Path, *, new_store: bool = False) -> Store:
+def run(profile_name: str, store_path: Path, *, new_store: bool = False, executor_for=None) -> Store:
+    """Every stage, its units on one executor (one cluster for the whole pipeline when distributed)."""
     profile = profiles.load(profile_name)
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.for_run(store_path, profile, record, new=new_store)
-    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile))]
-    if profile["fz"]["channel_grids"]:
-        stages.append(("fz (whole channel, for the grids)",
-                       lambda: fz.run(store, model, record, profiles.override(profile, {"fz.objective": "channel"}))))
-    stages += [
-        ("natural images", lambda: natural.run(store, model, record, profile)),
-        ("metrics", lambda: metrics.run(store, model, record, profile)),
-        ("ablation", lambda: ablate.run(store, model, record, profile)),
-    ]
-    for title, stage in stages:
-        started = time.perf_counter()
-        click.echo(f"== {title}")
-        stage()
-        click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
+    with (executor_for(profile) if executor_for else Serial()) as executor:
+        stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, executor=executor))]
+        if profile["fz"]["channel_grids"]:
+            channel = profiles.override(profile, {"fz.objective": "channel"})
+            stages.append(("fz (whole channel, for the grids)",
+                           lambda: fz.run(store, model, record, channel, executor=executor)))
+        stages += [
+            ("natural images", lambda: natural.run(store, model, record, profile, executor=executor)),
+            ("metrics", lambda: metrics.run(store, model, record, profile, executor=executor)),
+            ("ablation", lambda: ablate.run(store, model, record, profile, executor=executor)),
+        ]
+        for title, stage in stages:
+            started = time.perf_counter()
+            click.echo(f"== {title}")
+            stage()
+            click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
     return store

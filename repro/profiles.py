@@ -19,9 +19,9 @@ from repro.errors import UserError
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
-# Settings that do not change stored results (where images live, worker counts) or that choose the group a
-# result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
-NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "fz.objective"}
+# Settings that do not change stored results (where images live, worker counts, where units run) or that
+# choose the group a result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
+NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "fz.objective", "run"}
 # Read by a stage but not part of what its group's values depend on: the weights are the store's identity
 # (their SHA-256), the image folder enters as its listing, and whole-channel grids are a pipeline choice.
 NOT_GROUP_SETTINGS = NON_RESULT_KEYS - {"fz.objective"} | {"model.weights", "model.weights_sha256", "fz.channel_grids"}

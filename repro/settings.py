@@ -133,6 +133,13 @@ class ToySettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """Where the units run; never part of a result (a store made on N workers equals the serial one)."""
+    local_workers: int = field(metadata=NON_NEGATIVE)  # 0: in this process
+    scheduler: str  # address of a running Dask scheduler, "" for none
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -143,6 +150,7 @@ class Profile:
     metrics: MetricsSettings
     ablation: AblationSettings
     toy: ToySettings | None = None  # only the toy world's profiles have it
+    run: RunSettings | None = None  # stores made before the table existed record profiles without it
 
 
 def typed(profile: Mapping, *, where: str = "profile") -> Profile:

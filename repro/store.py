@@ -69,13 +69,24 @@ GROUP_NODE = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
 
 
 FAULT_ENV = "REPRO_FAULT_AT"
+FAULT_ONCE_ENV = "REPRO_FAULT_ONCE"
 
 
 def fault_point(name: str) -> None:
     """Kill this process here when ``$REPRO_FAULT_AT`` names this point: how the tests stop a run at an
-    exact instant (a group just declared, a unit written but not marked) instead of by timing."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    exact instant (a group just declared, a unit written but not marked) instead of by timing.
+
+    With ``$REPRO_FAULT_ONCE`` naming a file, only the first process to reach the point dies (it creates
+    the file): how a test kills exactly one of several workers mid-unit."""
+    if os.environ.get(FAULT_ENV) != name:
+        return
+    once = os.environ.get(FAULT_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def git_commit() -> str:

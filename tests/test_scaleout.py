@@ -1,0 +1,133 @@
+"""Scale-out on Dask: stores made on workers equal the serial ones, array for array; a worker killed
+mid-unit changes nothing; a cluster that cannot be reached, or cannot see the store, is one line, exit 2.
+
+One LocalCluster of two worker processes serves the module's tests (through ``--scheduler``); the fault
+test starts its own with ``--local-workers 2``, since its workers must carry the fault variables."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from repro import executor, profiles
+from repro.cli import main
+from repro.errors import UserError
+from repro.store import FAULT_ENV, FAULT_ONCE_ENV, Store
+
+from test_natural import write_profile
+
+pytestmark = pytest.mark.slow
+REPRO = Path(sys.executable).parent / "repro"
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    yield cluster.scheduler_address, client
+    client.close()
+    cluster.close()
+
+
+def assert_equal_stores(first: Path, second: Path, groups=None) -> None:
+    a, b = Store(first), Store(second)
+    groups = groups or a.groups()
+    assert groups and set(groups) <= set(b.groups())
+    for group in groups:
+        xr.testing.assert_identical(a.dataset(group).load().drop_attrs(), b.dataset(group).load().drop_attrs())
+        assert a.done(group) == b.done(group), group
+        for key in ("complete", "settings_digest"):
+            assert a.group_attrs(group).get(key) == b.group_attrs(group).get(key), (group, key)
+    assert not b.check()
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_every_stage_on_two_workers_equals_the_serial_store(tmp_path, scheduler):
+    address, client = scheduler
+    profile = tmp_path / "tiny-here.toml"
+    profile.write_text(f'base = "tiny"\nname = "tiny"\n\n[toy]\ndata_dir = "{tmp_path / "data"}"\n')
+    invoke("pipeline", "--profile", profile, "--store", tmp_path / "serial.zarr")
+    invoke("pipeline", "--profile", profile, "--store", tmp_path / "workers.zarr", "--scheduler", address)
+    groups = ["fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation"]
+    assert_equal_stores(tmp_path / "serial.zarr", tmp_path / "workers.zarr", groups)
+    # Each worker built its models once (one per preparation: fz's copy, metrics', the plain one), not per unit.
+    built = client.run(executor.models_built)
+    assert len(built) == 2 and all(1 <= count <= 3 for count in built.values()), built
+    assert sum(len(Store(tmp_path / "workers.zarr").done(g)) for g in groups) > 3 * 2
+
+
+def test_natural_shards_spread_over_workers_merge_to_the_serial_top_k(tmp_path, image_folder, scheduler):
+    address, _ = scheduler
+    profile = write_profile(tmp_path / "profile.toml", image_folder)  # 12 images, 3 shards
+    invoke("natural", "--profile", profile, "--store", tmp_path / "serial.zarr")
+    invoke("natural", "--profile", profile, "--store", tmp_path / "workers.zarr", "--scheduler", address)
+    assert_equal_stores(tmp_path / "serial.zarr", tmp_path / "workers.zarr", ["natural", "image_cache"])
+    assert len(Store(tmp_path / "workers.zarr").done("natural")) == 3 + 1  # shards and the merged top-k
+
+
+def test_a_worker_killed_mid_unit_leaves_the_store_equal(tmp_path):
+    profile = tmp_path / "tiny-here.toml"
+    profile.write_text('base = "tiny"\nname = "tiny"\n')
+    arguments = ["fz", "--profile", profile, "--blocks", "1.1,2.1", "--store"]
+    invoke(*arguments, tmp_path / "serial.zarr")
+    token = tmp_path / "killed-once"
+    environment = {**os.environ, FAULT_ENV: "unit-written", FAULT_ONCE_ENV: str(token)}
+    run = subprocess.run([str(REPRO), *map(str, arguments), str(tmp_path / "workers.zarr"), "--local-workers", "2"],
+                         env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert token.exists()  # one worker died with a unit's arrays written and its marker not
+    assert_equal_stores(tmp_path / "serial.zarr", tmp_path / "workers.zarr", ["fz"])
+
+
+def test_an_unreachable_scheduler_is_one_line_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["fz", "--profile", "tiny", "--store", str(tmp_path / "s.zarr"),
+                                       "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in errors[0]
+
+
+class BlindClient:
+    """A cluster client whose one worker reads another file system than this process."""
+
+    class scheduler:
+        address = "tcp://10.0.0.1:8786"
+
+    def run(self, function, *args):
+        return {"tcp://10.0.0.2:40000": function("/elsewhere/store.zarr", *args[1:])}
+
+
+def test_a_store_the_workers_cannot_see_is_one_line(tmp_path):
+    store = Store.create_or_open(tmp_path / "s.zarr", profiles.load("tiny"), {"weights_sha256": "x"})
+    store.declare("fz", xr.Dataset({"v": ("i", [1])}), {})
+    with pytest.raises(UserError, match=r"not visible from 1 Dask worker.*shared"):
+        executor.DaskExecutor(BlindClient()).check_store(store.path, "fz")
+    store.finish("fz")
+
+
+def test_placement_comes_from_options_then_environment_then_profile(monkeypatch):
+    profile = profiles.override(profiles.load("tiny"), {"run.local_workers": 3})
+    monkeypatch.delenv(executor.LOCAL_WORKERS_ENV, raising=False)
+    monkeypatch.delenv(executor.SCHEDULER_ENV, raising=False)
+    assert executor.placement(profile).local_workers == 3
+    monkeypatch.setenv(executor.LOCAL_WORKERS_ENV, "2")
+    assert executor.placement(profile).local_workers == 2
+    assert executor.placement(profile, local_workers=0).distributed is False
+    assert executor.placement(profiles.load("paper"), local_workers=0).local_workers == 0
+    monkeypatch.setenv(executor.LOCAL_WORKERS_ENV, "two")
+    with pytest.raises(UserError, match="expected a number"):
+        executor.placement(profile)
+    # Where units run is never part of a result: the identity hash and group settings ignore it.
+    assert profiles.identity_hash(profile) == profiles.identity_hash(profiles.load("tiny"))

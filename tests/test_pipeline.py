@@ -38,6 +38,24 @@ def test_every_stage_lands_in_the_store(built):
     assert metrics.mix.sel(stimulus_set="fz").notnull().any()
 
 
+def test_every_stage_on_two_dask_workers_equals_the_serial_store(built, scheduler):
+    from repro import executor
+    from repro.store import Store
+    from test_scaleout import assert_equal_stores
+
+    runner, profile, store, _ = built
+    address, client = scheduler
+    workers = store.parent / "workers.zarr"
+    result = runner.invoke(main, ["pipeline", "--profile", str(profile), "--store", str(workers), "--scheduler", address])
+    assert result.exit_code == 0, result.output
+    groups = ["fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation"]
+    assert_equal_stores(store, workers, groups)
+    # Each worker built its models once (one per preparation: fz's copy, metrics', the plain one), not per unit.
+    built_models = client.run(executor.models_built)
+    assert len(built_models) == 2 and all(1 <= count <= 3 for count in built_models.values()), built_models
+    assert sum(len(Store(workers).done(group)) for group in groups) > 3 * 2
+
+
 def test_the_report_has_every_chapter(built):
     _, _, _, out = built
     site = out / "_site"

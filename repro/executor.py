@@ -166,7 +166,6 @@ class DaskExecutor:
 
     @classmethod
     def start(cls, where: Placement) -> "DaskExecutor":
-        import dask
         from distributed import Client
 
         if where.scheduler:
@@ -177,10 +176,8 @@ class DaskExecutor:
                 raise UserError(f"cannot reach the Dask scheduler at {where.scheduler} ({first}); "
                                 "start it (`dask scheduler`) or fix --scheduler") from None
             return cls(client)
-        # Workers may start DataLoader processes of their own, which daemonic processes cannot.
-        with dask.config.set({"distributed.worker.daemon": False}):
-            cluster = _local_cluster(where)
-            client = Client(cluster)
+        cluster = _local_cluster(where)
+        client = Client(cluster)
         click.echo(f"{where.local_workers} local Dask workers; dashboard {client.dashboard_link}", err=True)
         return cls(client, cluster)
 
@@ -191,9 +188,18 @@ class DaskExecutor:
         self.close()
 
     def close(self) -> None:
+        import logging
+
         self.client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            # A worker whose torch threads are slow to exit is stopped by its nanny: expected, not news.
+            nanny = logging.getLogger("distributed.nanny")
+            level = nanny.level
+            nanny.setLevel(logging.ERROR)
+            try:
+                self.cluster.close()
+            finally:
+                nanny.setLevel(level)
 
     def check_store(self, store_path, group: str) -> None:
         """Refuse, in one line, a cluster whose workers do not see the group the client just declared."""

@@ -56,17 +56,20 @@ class Placement:
 
 def placement(profile: Mapping, local_workers: int | None = None, scheduler: str | None = None,
               device: str | None = None) -> Placement:
-    """The run's placement: options first, then the environment, then the profile's ``[run]`` table."""
-    table = profile.get("run") or {}
-    if local_workers is None and os.environ.get(LOCAL_WORKERS_ENV, "").strip():
-        text = os.environ[LOCAL_WORKERS_ENV].strip()
-        if not text.isdigit():
-            raise UserError(f"{LOCAL_WORKERS_ENV}={text!r}: expected a number of worker processes (0: in-process)")
-        local_workers = int(text)
-    if scheduler is None and os.environ.get(SCHEDULER_ENV, "").strip():
-        scheduler = os.environ[SCHEDULER_ENV].strip()
-    workers = int(table.get("local_workers", 0) if local_workers is None else local_workers)
-    address = str(table.get("scheduler", "") if scheduler is None else scheduler)
+    """The run's placement: the options when either is given, else the environment's, else the profile's
+    ``[run]`` table (each source is taken whole, so ``--scheduler`` is not mixed with a profile's workers)."""
+    if local_workers is None and scheduler is None:
+        workers_text = os.environ.get(LOCAL_WORKERS_ENV, "").strip()
+        scheduler = os.environ.get(SCHEDULER_ENV, "").strip() or None
+        if workers_text:
+            if not workers_text.isdigit():
+                raise UserError(f"{LOCAL_WORKERS_ENV}={workers_text!r}: expected a number of worker processes "
+                                "(0: in-process)")
+            local_workers = int(workers_text)
+    if local_workers is None and scheduler is None:
+        table = profile.get("run") or {}
+        local_workers, scheduler = int(table.get("local_workers", 0)), str(table.get("scheduler", ""))
+    workers, address = int(local_workers or 0), str(scheduler or "")
     if workers < 0:
         raise UserError(f"--local-workers {workers}: expected 0 (in-process) or more")
     if workers and address:

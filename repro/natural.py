@@ -3,7 +3,10 @@
 One pass over an ImageFolder (the ImageNet validation set in the paper profile): each batch is decoded
 once (in DataLoader workers), one forward reads every tap of every block (``repro.model.run``, center
 neurons only; a tensor two taps share is computed once and stored under both labels), and the
-activations are written shard by shard. Memory is bounded by one shard, whatever the number of images.
+activations are written shard by shard. Memory is bounded by one shard, whatever the number of images: a
+shard is one unit (``make_shard``), whose buffers are freed when it returns, before the next shard's are
+made (a loop that rebinds one buffer name holds two shards' buffers at the moment the next is allocated).
+Shards are independent, so on Dask workers (``repro.executor``) they run side by side.
 
 Group ``natural``:
 

@@ -98,6 +98,8 @@ def test_placement_comes_from_options_then_environment_then_profile(monkeypatch)
     monkeypatch.delenv(executor.LOCAL_WORKERS_ENV, raising=False)
     monkeypatch.delenv(executor.SCHEDULER_ENV, raising=False)
     assert executor.placement(profile).local_workers == 3
+    # An option replaces the profile's choice whole: a scheduler is not mixed with its local workers.
+    assert executor.placement(profile, scheduler="tcp://head:8786") == executor.Placement(0, "tcp://head:8786")
     monkeypatch.setenv(executor.LOCAL_WORKERS_ENV, "2")
     assert executor.placement(profile).local_workers == 2
     assert executor.placement(profile, local_workers=0).distributed is False

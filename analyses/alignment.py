@@ -9,6 +9,9 @@ exact variant of each metric is stated in its docstring, since published numbers
   dissimilarity matrices (squared-Euclidean or correlation distance).
 * ``regression_score``: linear regression X → Y, variance-weighted R² and median per-unit Pearson r.
 * ``expected_linear_cka``: the closed form for two random superpositions of the same latents.
+* ``unit_correlations`` and the unit-matching scores ``hungarian_matching``, ``semi_matching`` and
+  ``soft_matching``: how well single units of one system find a counterpart in the other.
+* ``ridge_r2``: out-of-fold ridge regression at a fixed penalty over given folds (for resampled stimuli).
 
 Bad input (different numbers of stimuli, NaN or inf, wrong number of dimensions, too few stimuli, an
 unknown option) raises one ``ValueError`` saying what is wrong.
@@ -20,7 +23,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import sparse, stats
+from scipy.optimize import linear_sum_assignment, linprog
 from scipy.spatial.distance import pdist
 from sklearn.linear_model import LinearRegression, RidgeCV
 from sklearn.metrics import r2_score
@@ -256,3 +260,121 @@ def regression_score(X, Y, method: str = "ols", alphas=RIDGE_ALPHAS, n_splits: i
         alpha = float(RidgeCV(alphas=alphas).fit(X, Y).alpha_)
     r2 = float(r2_score(Y, predicted, multioutput="variance_weighted"))
     return RegressionScore(r2, _median_unit_correlation(predicted, Y), method, alpha)
+
+
+# ---------------------------------------------------------------- unit matching
+
+def unit_correlations(X, Y) -> np.ndarray:
+    """Pearson r between every unit (column) of X and every unit of Y: a (d₁ × d₂) matrix; 0 where a unit is
+    constant across stimuli (a silent unit correlates with nothing)."""
+    X, Y = check_pair(X, Y, 3, "unit correlations")
+
+    def standardised(M):
+        centred = M - M.mean(axis=0)
+        norms = np.linalg.norm(centred, axis=0)
+        return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
+    return standardised(X).T @ standardised(Y)
+
+
+def _correlations(X, Y, correlations) -> np.ndarray:
+    return unit_correlations(X, Y) if correlations is None else np.asarray(correlations, float)
+
+
+def hungarian_matching(X=None, Y=None, correlations=None) -> float:
+    """One-to-one matching of X's units to Y's maximising the summed signed Pearson r
+    (``scipy.optimize.linear_sum_assignment``); the mean r over the min(d₁, d₂) matched pairs. The matching
+    uses only the two systems' own units (or ``correlations``, their precomputed r matrix)."""
+    R = _correlations(X, Y, correlations)
+    rows, cols = linear_sum_assignment(R, maximize=True)
+    return float(R[rows, cols].mean())
+
+
+def matched_pairs(X=None, Y=None, correlations=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Hungarian matching itself: (X's units, Y's units, their r), pairs ordered by X's unit."""
+    R = _correlations(X, Y, correlations)
+    rows, cols = linear_sum_assignment(R, maximize=True)
+    return rows, cols, R[rows, cols]
+
+
+def semi_matching(X=None, Y=None, correlations=None) -> float:
+    """Each unit matched to its best-correlated unit in the other system (many-to-one, as in Li et al. 2016's
+    semi-matching): the mean best r of X's units and of Y's units, averaged over the two directions."""
+    R = _correlations(X, Y, correlations)
+    return float((R.max(axis=1).mean() + R.max(axis=0).mean()) / 2)
+
+
+def soft_matching(X=None, Y=None, correlations=None) -> float:
+    """Soft matching: max Σᵢⱼ Pᵢⱼ rᵢⱼ over transport plans P ≥ 0 whose rows sum to 1/d₁ and columns to 1/d₂
+    (each unit spreads unit mass over the other system's units). For d₁ = d₂ the transport polytope is the
+    Birkhoff polytope scaled by 1/d, whose vertices are permutations, so the optimum is the Hungarian mean r,
+    computed that way; otherwise the linear program is solved by HiGHS (``scipy.optimize.linprog``)."""
+    R = _correlations(X, Y, correlations)
+    a, b = R.shape
+    if a == b:
+        return hungarian_matching(correlations=R)
+    row_sums = sparse.kron(sparse.eye(a), np.ones((1, b)))
+    col_sums = sparse.kron(np.ones((1, a)), sparse.eye(b))
+    result = linprog(-R.ravel(), A_eq=sparse.vstack([row_sums, col_sums]).tocsr(),
+                     b_eq=np.concatenate([np.full(a, 1 / a), np.full(b, 1 / b)]), bounds=(0, None), method="highs")
+    if not result.success:
+        raise ValueError(f"soft matching: the transport problem was not solved ({result.message})")
+    return float(-result.fun)
+
+
+# ---------------------------------------------------------------- ridge at a fixed penalty
+
+def ridge_predictions(X, Y, alpha: float, folds) -> np.ndarray:
+    """Out-of-fold predictions of ridge regression X → Y with intercept at penalty ``alpha`` (sklearn's
+    ``Ridge`` objective ‖y − Xw − b‖² + α‖w‖², intercept unpenalised): each fold label in ``folds`` (one per
+    stimulus) is predicted from the others.
+
+    Each fold's normal equations are the whole data's minus the fold's own ([X, 1] augmented, so the
+    intercept needs no per-fold centring): one Gram matrix serves every fold."""
+    X, Y = check_pair(X, Y, 3, "ridge regression")
+    folds = np.asarray(folds)
+    if folds.shape != (X.shape[0],) or np.unique(folds).size < 2:
+        raise ValueError("folds must give one fold label per stimulus, with at least two folds")
+    Z = np.hstack([X - X.mean(axis=0), np.ones((X.shape[0], 1))])  # a common shift keeps it well conditioned
+    gram, cross = Z.T @ Z, Z.T @ Y
+    penalty = alpha * np.eye(Z.shape[1])
+    penalty[-1, -1] = 0.0
+    predicted = np.empty_like(Y)
+    for fold in np.unique(folds):
+        test = folds == fold
+        Z_test = Z[test]
+        weights = np.linalg.solve(gram - Z_test.T @ Z_test + penalty, cross - Z_test.T @ Y[test])
+        predicted[test] = Z_test @ weights
+    return predicted
+
+
+def variance_weighted_r2(Y, predicted) -> float:
+    """1 − Σ squared errors / Σ squared deviations from Y's mean, over all units (sklearn's
+    ``r2_score(multioutput="variance_weighted")``)."""
+    Y, predicted = np.asarray(Y, float), np.asarray(predicted, float)
+    total = np.sum((Y - Y.mean(axis=0)) ** 2)
+    if not total > 0:
+        raise ValueError("Y is constant across stimuli; R² is undefined")
+    return float(1 - np.sum((Y - predicted) ** 2) / total)
+
+
+def ridge_r2(X, Y, alpha: float, folds) -> float:
+    """Variance-weighted R² of the out-of-fold ridge predictions (``ridge_predictions``)."""
+    return variance_weighted_r2(Y, ridge_predictions(X, Y, alpha, folds))
+
+
+def ridge_penalty(X, Y, alphas=RIDGE_ALPHAS) -> float:
+    """The penalty with the least leave-one-out squared error over all of Y's units, one penalty shared by
+    them (the choice ``RidgeCV`` makes), from one eigendecomposition XcᵀXc = V diag(s²) Vᵀ of the centred X:
+    with intercept, stimulus i's leave-one-out residual is eᵢ / (1 − hᵢ), hᵢ = 1/n + Σⱼ (Xc vⱼ)ᵢ² / (sⱼ² + α)."""
+    X, Y = check_pair(X, Y, 3, "ridge regression")
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    eigenvalues, V = np.linalg.eigh(Xc.T @ Xc)
+    P = Xc @ V
+    projected = P.T @ Yc
+    errors = []
+    for alpha in alphas:
+        inverse = 1 / (np.maximum(eigenvalues, 0) + alpha)
+        residual = Yc - P @ (inverse[:, None] * projected)
+        leverage = 1 / X.shape[0] + (P ** 2) @ inverse
+        errors.append(np.mean((residual / (1 - leverage)[:, None]) ** 2))
+    return float(np.asarray(alphas)[int(np.argmin(errors))])

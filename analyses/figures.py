@@ -488,23 +488,3 @@ def aliased_mix_scatter(metrics: xr.Dataset, metrics_aliased: xr.Dataset) -> Fig
         axes[0][0].set_ylabel("M, aliased taps")
     figure.tight_layout()
     return figure
-
-
-def residual_stream_alignment_table(natural: xr.Dataset, block_a: str = "3.0", block_b: str = "3.1",
-                                    tap: str = "O", max_stimuli: int = 2000) -> pd.DataFrame:
-    """Alignment metrics between two blocks' residual-stream taps over the store's natural images, on the raw
-    post-ReLU channels and on features recovered from each (``analyses.alignment_figures.residual_alignment``)."""
-    from analyses.alignment_figures import residual_alignment
-
-    def activity(block: str) -> np.ndarray:
-        values = natural.activation.sel(block=block, tap=tap)
-        if "valid" in natural:
-            values = values.where(natural.valid.sel(block=block), drop=True)
-        matrix = np.maximum(values.transpose("image", "channel").values.astype(np.float64), 0.0)
-        return matrix
-
-    a, b = activity(block_a), activity(block_b)
-    usable = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)  # corrupt images are NaN
-    table = residual_alignment(a[usable], b[usable], max_stimuli=max_stimuli, steps=400)
-    table.insert(0, "pair", f"{block_a} {tap} vs {block_b} {tap}")
-    return table

@@ -118,11 +118,22 @@ def per_channel(metrics_ds: xr.Dataset, name: str, block: str, stimulus_set: str
     return pd.Series(np.asarray(values), index=pd.Index(channels, name="channel"), name=name)
 
 
+# The second paper's set under the code's reading (``metrics.interpreting_criterion = "mix_up"``): down dropped.
+CODE_INTERPRETING = ("mix_ok", "up_ok")
+
+
+def criterion_flags(metrics_ds: xr.Dataset, criterion: str) -> tuple[str, ...]:
+    """The flags a criterion ANDs; "interpreting" follows the reading the metrics were made under."""
+    if criterion == "interpreting" and metrics_ds.attrs.get("interpreting_criterion") == "mix_up":
+        return CODE_INTERPRETING
+    return CRITERIA.get(criterion, (criterion,))
+
+
 def passing(metrics_ds: xr.Dataset, block: str, criterion: str = "naturally", stimulus_set: str = "fz") -> pd.Series:
     """Boolean Series over the block's valid channels: does each pass ``criterion`` with ``stimulus_set``?"""
     if stimulus_set == "both":
         return passing(metrics_ds, block, criterion, "fz") & passing(metrics_ds, block, criterion, "top9")
-    names = CRITERIA.get(criterion, (criterion,))
+    names = criterion_flags(metrics_ds, criterion)
     unknown = [name for name in names if name not in metrics_ds]
     if unknown:
         raise ValueError(f"unknown criterion {criterion!r}: use one of {', '.join(CRITERIA)} or a boolean variable")
@@ -185,9 +196,10 @@ def top_mixes(metrics_ds: xr.Dataset, block: str, n: int = 3, stimulus_set: str 
 
 def mix_histogram(metrics_ds: xr.Dataset, block: str, bins=MIX_BINS, stimulus_set: str = "fz"
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """numpy.histogram of the block's mix ratios (Fig. 2): (counts, bin edges). M = 5 lands in the last bin."""
+    """numpy.histogram of the block's mix ratios (Fig. 2): (counts, bin edges). M = 5 lands in the last bin;
+    so does any M above the top edge (the code's reading stores M unclamped and clamps for the histogram)."""
     mix = per_channel(metrics_ds, "mix", block, stimulus_set).dropna().to_numpy()
-    return np.histogram(mix, bins=bins)
+    return np.histogram(np.minimum(mix, np.asarray(bins)[-1]), bins=bins)
 
 
 def scale_metric_terms(metrics_ds: xr.Dataset, responses_ds: xr.Dataset, block: str, channels=None,

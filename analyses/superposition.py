@@ -16,13 +16,20 @@ k ≥ 64, d ≥ 4):
   Beta(d₁d₂/2, (k−d₁)d₂/2)); each Y unit's R² is Beta(d₁/2, (k−d₁)/2), so the median per-unit r is
   about √(median of that Beta) ≈ √(min(d₁, k)/k).
 
+* orthogonal mixing (A with orthonormal rows for d ≥ k, orthonormal columns for d < k): P, Q are
+  projections, so CKA = tr(PQ)/d with expectation min(d, k)/k exactly; RSA (ratio of expectations)
+  (2 + γ)(d/k) / (2 + γ(d + 2)/(k + 2)) for d < k and 1 for d ≥ k; R² min(d, k)/k as for Gaussian mixing.
+  Only the regression's deflation is shared by both mixings: it is the one caused by d < k alone.
+* the partial-overlap map: the identical-content pair superposed into d neurons (d/(d+K+1)) against a pair
+  sharing k_s of K latents without superposition (k_s/K); the ordering inverts where k_s/K > d/(d+K+1).
+
+These closed forms are this package's own derivations (checked here by Monte Carlo), not formulas quoted
+from Liu et al.; their notation maps as n features → k, m neurons → d, y = Az → X = Z A (A is k × d).
+
 Simulations take an explicit ``seed`` (an int or a ``numpy.random.Generator``) and return tidy
 ``pandas.DataFrame``s (one row per draw × condition × metric) with the closed form beside each value;
-``summarize`` turns them into closed form vs Monte Carlo mean ± sd.
-
-Feature recovery (``recover_features``) uses a TopK sparse autoencoder (the tool of Longon, Klindt &
-Khosla 2025) to learn the dictionary, then non-negative sparse coding under that dictionary; see its
-docstring for why.
+``summarize`` turns them into closed form vs Monte Carlo mean, sd and a 95 % t-interval of the mean.
+Feature recovery with sparse autoencoders trains networks, so it runs in the ``repro alignment`` stage.
 """
 from __future__ import annotations
 
@@ -34,25 +41,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
 from analyses.alignment import expected_linear_cka, linear_cka, regression_score, rsa
 
 LATENT_KINDS = ("sparse", "gaussian")
+MIXINGS = ("gaussian", "orthogonal")
 K_FEATURES = 64          # the toy model's features (Longon et al.)
 ACTIVE_PROBABILITY = 0.1  # each feature active with probability 0.1, valued U[0, 1]
-DUPLICATE_COSINE = 0.9    # random atoms in d ≥ 16 dimensions are far less parallel than this
+LEVEL = 0.95              # intervals: the t-interval of the mean over draws at this level
 
 __all__ = [
     "sample_sparse_latents", "sample_gaussian_latents", "sample_latents", "superposition_matrix",
-    "participation_ratio", "sample_participation_ratio", "sparse_latent_excess_kurtosis", "latent_gamma",
-    "linear_cka_one_draw", "expected_linear_cka", "partial_overlap_factor", "expected_partial_overlap_cka",
+    "orthogonal_matrix", "mixing_matrix", "participation_ratio", "sample_participation_ratio",
+    "sparse_latent_excess_kurtosis", "latent_gamma", "linear_cka_one_draw", "expected_linear_cka",
+    "expected_orthogonal_cka", "expected_orthogonal_rsa", "partial_overlap_factor", "expected_partial_overlap_cka",
     "rsa_one_draw", "expected_rsa", "regression_r2_one_draw", "in_sample_r2", "expected_regression_r2",
-    "expected_regression_median_r", "simulate_deflation", "simulate_partial_overlap", "summarize",
-    "nonnegative_sparse_codes", "RecoveredFeatures", "recover_features", "column_correlations",
-    "FeatureMatch", "match_features", "standardise_columns", "simulate_feature_recovery",
-    "simulate_recovery_threshold", "INVERSION_PAIRS",
+    "expected_regression_median_r", "simulate_deflation", "simulate_sweeps", "simulate_mixing",
+    "simulate_partial_overlap", "simulate_overlap_map", "summarize", "INVERSION_PAIRS",
 ]
 
 
@@ -105,6 +111,21 @@ def superposition_matrix(k: int, d: int, seed=0) -> np.ndarray:
     return _rng(seed).standard_normal((k, d))
 
 
+def orthogonal_matrix(k: int, d: int, seed=0) -> np.ndarray:
+    """A random (k × d) block of a Haar-distributed orthogonal matrix of size max(k, d): orthonormal rows
+    (A Aᵀ = I, no superposition) when d ≥ k, orthonormal columns (a random projection) when d < k."""
+    return stats.ortho_group.rvs(max(k, d), random_state=_rng(seed))[:k, :d] if max(k, d) > 1 else np.ones((1, 1))
+
+
+def mixing_matrix(kind: str, k: int, d: int, seed=0) -> np.ndarray:
+    """``superposition_matrix`` ("gaussian") or ``orthogonal_matrix`` ("orthogonal")."""
+    if kind == "gaussian":
+        return superposition_matrix(k, d, seed)
+    if kind == "orthogonal":
+        return orthogonal_matrix(k, d, seed)
+    raise ValueError(f"unknown mixing {kind!r}; choose one of {', '.join(map(repr, MIXINGS))}")
+
+
 # ---------------------------------------------------------------- latent statistics
 
 def participation_ratio(cov) -> float:
@@ -148,6 +169,22 @@ def linear_cka_one_draw(A, B, cov=None) -> float:
     weighted_a, weighted_b = (A, B) if cov is None else (np.asarray(cov, float) @ A, np.asarray(cov, float) @ B)
     cross, auto_a, auto_b = A.T @ weighted_b, A.T @ weighted_a, B.T @ weighted_b
     return float(np.sum(cross * cross) / (np.linalg.norm(auto_a) * np.linalg.norm(auto_b)))
+
+
+def expected_orthogonal_cka(k: int, d: int) -> float:
+    """Expected linear CKA (n → ∞) of two independent orthogonal mixings of k isotropic latents into d
+    units: P, Q are rank-min(d, k) projections, CKA = tr(PQ)/min(d, k), and E tr(PQ) = d²/k for d < k;
+    so min(d, k)/k, exactly (the denominator does not vary)."""
+    return min(d, k) / k
+
+
+def expected_orthogonal_rsa(k: int, d: int, gamma: float) -> float:
+    """Expected RSA (squared-Euclidean RDMs, Pearson; ratio of expectations) for orthogonal mixing:
+    1 for d ≥ k; for d < k, with E⟨P, Q⟩ = E Σₐ PₐₐQₐₐ = d²/k, ‖P‖² = d and E Σₐ Pₐₐ² = d(d + 2)/(k + 2)
+    (Pₐₐ ~ Beta(d/2, (k − d)/2)): (2 + γ)(d/k) / (2 + γ(d + 2)/(k + 2))."""
+    if d >= k:
+        return 1.0
+    return float((2 + gamma) * (d / k) / (2 + gamma * (d + 2) / (k + 2)))
 
 
 def partial_overlap_factor(k_shared: int, k1: int, k2: int) -> float:
@@ -230,14 +267,16 @@ def expected_regression_median_r(k: int, d1: int, exact: bool = True, n: int | N
 
 def summarize(draws: pd.DataFrame) -> pd.DataFrame:
     """Closed form vs Monte Carlo: per condition and metric, the closed form (mean over draws when it
-    depends on the draw), the mean and sd of the simulated values, the number of draws, the difference and
-    the standard error of the mean."""
+    depends on the draw), the mean and sd of the simulated values, the number of draws, the difference, the
+    standard error of the mean and the 95 % t-interval of the mean (mc_low, mc_high)."""
     keys = [c for c in draws.columns if c not in ("draw", "value", "closed_form")]
     grouped = draws.groupby(keys, sort=False)
     table = grouped.agg(closed_form=("closed_form", "mean"), mc_mean=("value", "mean"), mc_sd=("value", "std"),
                         n_draws=("value", "size")).reset_index()
     table["difference"] = table["mc_mean"] - table["closed_form"]
     table["standard_error"] = table["mc_sd"] / np.sqrt(table["n_draws"])
+    half = stats.t.ppf(0.5 + LEVEL / 2, np.maximum(table["n_draws"] - 1, 1)) * table["standard_error"]
+    table["mc_low"], table["mc_high"] = table["mc_mean"] - half, table["mc_mean"] + half
     return table
 
 
@@ -275,9 +314,51 @@ def simulate_deflation(k: int = K_FEATURES, ds=(4, 8, 16, 32, 64, 128), n: int =
             values = {"cka": linear_cka(X, Y, debiased=True), "cka_biased": linear_cka(X, Y),
                       "rsa": rsa(X, Y).value, "regression_r2": fit.r2, "regression_median_r": fit.median_r}
             closed["cka_biased"] = expected_linear_cka(k, d, d, r=sample_participation_ratio(Z))
-            rows += [{"metric": metric, "k": k, "d": d, "compression": d / k, "latent": latent, "gamma": gamma,
-                      "n": n, "draw": draw, "value": value, "closed_form": closed[metric]}
+            rows += [{"metric": metric, "k": k, "d": d, "compression": d / k, "latent": latent, "p": p,
+                      "gamma": gamma, "n": n, "draw": draw, "value": value, "closed_form": closed[metric]}
                      for metric, value in values.items()]
+    return pd.DataFrame(rows)
+
+
+def simulate_sweeps(k: int = K_FEATURES, d: int = 16, ds=(4, 8, 16, 32, 64, 128), ks=(16, 32, 64, 128, 256),
+                    ps=(0.02, 0.05, 0.1, 0.3, 1.0), n: int = 1000, n_draws: int = 8, seed=0) -> pd.DataFrame:
+    """``simulate_deflation`` swept over d (k fixed), over k (d fixed) and over the active probability p
+    (k and d fixed; p changes RSA through γ, not CKA or R²), sparse latents. Rows as ``simulate_deflation``
+    plus ``sweep`` ("d", "k" or "p"); each condition has ``n_draws`` draws."""
+    rng = _rng(seed)
+    parts = [simulate_deflation(k=k, ds=ds, n=n, n_draws=n_draws, seed=rng).assign(sweep="d")]
+    parts += [simulate_deflation(k=size, ds=(d,), n=n, n_draws=n_draws, seed=rng).assign(sweep="k") for size in ks]
+    parts += [simulate_deflation(k=k, ds=(d,), n=n, n_draws=n_draws, p=p, seed=rng).assign(sweep="p") for p in ps]
+    return pd.concat(parts, ignore_index=True)
+
+
+@_single_threaded
+def simulate_mixing(k: int = K_FEATURES, ds=(8, 16, 32, 64, 128, 256), n: int = 1000, n_draws: int = 8,
+                    latent: str = "sparse", p: float = ACTIVE_PROBABILITY, seed=0) -> pd.DataFrame:
+    """Random Gaussian vs orthogonal mixing of the same latents into d units, for d below and above k.
+
+    Metrics: debiased linear CKA (``cka``), RSA (squared Euclidean, Pearson), in-sample OLS R². Closed forms:
+    Gaussian ``expected_linear_cka``, ``expected_rsa``; orthogonal ``expected_orthogonal_cka``,
+    ``expected_orthogonal_rsa``; R² min(d, k)/k for both (in sample at n). Returns one row per (mixing,
+    metric, d, draw): mixing, metric, k, d, compression, latent, n, draw, value, closed_form.
+    """
+    rng = _rng(seed)
+    gamma = latent_gamma(latent, p)
+    closed = {"gaussian": lambda d: {"cka": expected_linear_cka(k, d, d), "rsa": expected_rsa(k, d, d, gamma)},
+              "orthogonal": lambda d: {"cka": expected_orthogonal_cka(k, d),
+                                       "rsa": expected_orthogonal_rsa(k, d, gamma)}}
+    rows = []
+    for mixing in MIXINGS:
+        for d in ds:
+            expected = {**closed[mixing](d), "regression_r2": expected_regression_r2(k, d, n)}
+            for draw in range(n_draws):
+                Z = sample_latents(latent, n, k, rng, p)
+                X, Y = Z @ mixing_matrix(mixing, k, d, rng), Z @ mixing_matrix(mixing, k, d, rng)
+                values = {"cka": linear_cka(X, Y, debiased=True), "rsa": rsa(X, Y).value,
+                          "regression_r2": regression_score(X, Y, "ols").r2}
+                rows += [{"mixing": mixing, "metric": metric, "k": k, "d": d, "compression": d / k, "latent": latent,
+                          "n": n, "draw": draw, "value": value, "closed_form": expected[metric]}
+                         for metric, value in values.items()]
     return pd.DataFrame(rows)
 
 
@@ -329,298 +410,63 @@ def simulate_partial_overlap(k_total: int = 128, k_shared: int = 64, d: int = 16
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- feature recovery
-
-def nonnegative_sparse_codes(X, dictionary, sparsity: float, init=None, iterations: int = 200) -> np.ndarray:
-    """Codes H ≥ 0 minimising ½‖X − H D‖²_F + ``sparsity`` · Σ H (a non-negative lasso per stimulus),
-    by FISTA with step 1/‖D‖₂², all stimuli at once; ``init`` warm-starts it. D (m × d) holds atoms as rows."""
-    X, D = np.asarray(X, float), np.asarray(dictionary, float)
-    gram, target = D @ D.T, X @ D.T
-    step = 1.0 / max(np.linalg.norm(D, 2) ** 2, 1e-12)
-    H = np.zeros((X.shape[0], D.shape[0])) if init is None else np.maximum(np.asarray(init, float), 0)
-    momentum_point, t = H.copy(), 1.0
-    for _ in range(iterations):
-        H_next = np.maximum(momentum_point - step * (momentum_point @ gram - target + sparsity), 0)
-        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        momentum_point = H_next + ((t - 1) / t_next) * (H_next - H)
-        H, t = H_next, t_next
-    return H
-
-
-@dataclass
-class RecoveredFeatures:
-    """Features recovered from one system's activity X (n × d).
-
-    ``codes`` (n × m, ≥ 0): each stimulus's feature activations. ``dictionary`` (m × d): unit-norm atoms,
-    in the scaled input space. ``offset`` (d) and ``scale``: X ≈ (codes @ dictionary + offset) · scale.
-    ``sparsity``: the lasso penalty used for the codes (scaled units).
-    """
-    codes: np.ndarray
-    dictionary: np.ndarray
-    offset: np.ndarray
-    scale: float
-    sparsity: float
-
-    def encode(self, X, iterations: int = 200) -> np.ndarray:
-        """Codes of new activity under the learned dictionary."""
-        Xs = np.asarray(X, float) / self.scale - self.offset
-        return nonnegative_sparse_codes(Xs, self.dictionary, self.sparsity, iterations=iterations)
-
-    def reconstruct(self) -> np.ndarray:
-        return (self.codes @ self.dictionary + self.offset) * self.scale
-
-
-class _Adam:
-    """Adam (Kingma & Ba 2015) over a list of numpy arrays, updated in place."""
-
-    def __init__(self, parameters: list[np.ndarray], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.parameters, self.lr, self.betas, self.eps, self.step_count = parameters, lr, betas, eps, 0
-        self.first = [np.zeros_like(p) for p in parameters]
-        self.second = [np.zeros_like(p) for p in parameters]
-
-    def step(self, gradients: list[np.ndarray | None]) -> None:
-        self.step_count += 1
-        beta1, beta2 = self.betas
-        correction1, correction2 = 1 - beta1 ** self.step_count, 1 - beta2 ** self.step_count
-        for parameter, gradient, first, second in zip(self.parameters, gradients, self.first, self.second):
-            if gradient is None:
-                continue
-            first *= beta1
-            first += (1 - beta1) * gradient
-            second *= beta2
-            second += (1 - beta2) * gradient * gradient
-            parameter -= self.lr * (first / correction1) / (np.sqrt(second / correction2) + self.eps)
-
-
-def _topk_mask(pre: np.ndarray, keep: int) -> np.ndarray:
-    """Boolean mask of the ``keep`` largest positive entries of each row."""
-    keep = min(keep, pre.shape[1])
-    indices = np.argpartition(pre, pre.shape[1] - keep, axis=1)[:, -keep:]
-    mask = np.zeros(pre.shape, dtype=bool)
-    np.put_along_axis(mask, indices, True, axis=1)
-    return mask & (pre > 0)
-
-
-def _train_topk_sae(Xs: np.ndarray, n_latents: int, topk: int, steps: int, batch_size: int, lr: float,
-                    rng: np.random.Generator, fit_offset: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train a TopK sparse autoencoder on Xs (n × d); return (codes, dictionary, offset).
-
-    Encoder: codes = TopK(ReLU((x − b) Wₑᵀ + bₑ)), keeping the ``topk`` largest; decoder: x̂ = codes W_d + b,
-    with unit-norm rows of W_d (the dictionary), initialised tied (Wₑ = W_d). Loss: mean squared
-    reconstruction error plus, for latents silent for 50 steps, 1/32 of an auxiliary TopK loss in which
-    they reconstruct the remaining error (keeps latents from dying). Gradients by hand, Adam updates.
-    """
-    n, d = Xs.shape
-    decoder = rng.standard_normal((n_latents, d))
-    decoder /= np.linalg.norm(decoder, axis=1, keepdims=True)
-    encoder, encoder_bias, offset = decoder.copy(), np.zeros(n_latents), np.zeros(d)
-    optimiser = _Adam([decoder, encoder, encoder_bias, offset], lr)
-    silent_for = np.zeros(n_latents)
-    for _ in range(steps):
-        batch = Xs[rng.integers(0, n, batch_size)]
-        centred = batch - offset
-        pre = np.maximum(centred @ encoder.T + encoder_bias, 0)
-        mask = _topk_mask(pre, topk)
-        codes = pre * mask
-        residual = codes @ decoder + offset - batch
-        grad_residual = 2 * residual / batch_size
-        grad_decoder = codes.T @ grad_residual
-        grad_pre = (grad_residual @ decoder.T) * mask
-        silent_for = np.where(mask.any(axis=0), 0, silent_for + 1)
-        dead = silent_for > 50
-        if dead.any():  # dead latents learn to explain the error the live ones leave
-            dead_mask = _topk_mask(np.where(dead, pre, 0), min(2 * topk, int(dead.sum())))
-            dead_codes = pre * dead_mask
-            grad_aux = 2 * (dead_codes @ decoder + residual) / (32 * batch_size)
-            grad_decoder += dead_codes.T @ grad_aux
-            grad_pre += (grad_aux @ decoder.T) * dead_mask
-        grad_offset = grad_residual.sum(axis=0) - grad_pre.sum(axis=0) @ encoder if fit_offset else None
-        optimiser.step([grad_decoder, grad_pre.T @ centred, grad_pre.sum(axis=0), grad_offset])
-        decoder /= np.linalg.norm(decoder, axis=1, keepdims=True)
-    pre = np.maximum((Xs - offset) @ encoder.T + encoder_bias, 0)
-    return pre * _topk_mask(pre, topk), decoder, offset
-
-
-def _reseed_redundant_atoms(dictionary: np.ndarray, codes: np.ndarray, centred: np.ndarray,
-                            max_cosine: float = DUPLICATE_COSINE) -> np.ndarray:
-    """Clear the dictionary (as in K-SVD): an atom that is never used, or nearly parallel to a more-used one,
-    is replaced in place by the direction of the worst-reconstructed stimulus's residual, and its codes are
-    zeroed. Twin atoms otherwise split one feature's activity between them arbitrarily (the lasso is
-    indifferent to the split), so neither correlates well with the feature. Returns the new codes."""
-    usage = codes.sum(axis=0)
-    cosines = np.abs(dictionary @ dictionary.T)
-    np.fill_diagonal(cosines, 0)
-    redundant = usage == 0
-    for i, j in zip(*np.nonzero(np.triu(cosines > max_cosine))):
-        if not (redundant[i] or redundant[j]):
-            redundant[i if usage[i] < usage[j] else j] = True
-    if not redundant.any():
-        return codes
-    codes = codes.copy()
-    codes[:, redundant] = 0
-    residual = centred - codes @ dictionary
-    worst = np.argsort(np.einsum("ij,ij->i", residual, residual))[::-1][:int(redundant.sum())]
-    directions = residual[worst]
-    norms = np.linalg.norm(directions, axis=1, keepdims=True)
-    dictionary[redundant] = np.divide(directions, norms, out=np.zeros_like(directions), where=norms > 0)
-    return codes
-
-
-def recover_features(X, n_latents: int, topk: int, steps: int = 800, batch_size: int = 256, lr: float = 1e-2,
-                     sparsity: float = 0.01, refine_rounds: int = 15, fit_offset: bool = False,
-                     seed=0) -> RecoveredFeatures:
-    """Recover sparse non-negative features from activity X (n × d), possibly in superposition (m > d).
-
-    1. Scale X so that its mean row norm is 1 (``sparsity`` is then unit-free).
-    2. Learn a dictionary with a TopK sparse autoencoder (``n_latents`` latents, ``topk`` active per
-       stimulus, Adam, ``steps`` minibatches of ``batch_size``; ``_train_topk_sae``), seeded by ``seed``.
-    3. Re-infer the codes as the non-negative lasso solution under that dictionary (FISTA, warm-started
-       from the autoencoder's codes), alternating ``refine_rounds`` times with a least-squares update of
-       the atoms in use (method of optimal directions).
-
-    Why this: on the toy problem (k = 64, p = 0.1, d = 32) sklearn's ``MiniBatchDictionaryLearning`` with
-    positive codes reached a mean matched |r| of only 0.4-0.6 after ~10 s, and alternating minimisation
-    from a random start stalls in poor local minima. The TopK autoencoder (the predecessor paper's tool)
-    finds the atoms quickly (matched |cos| ≈ 0.94 after 600 steps), but its one-layer linear encoder leaves
-    crosstalk between superposed features (matched |r| ≈ 0.82); sparse coding under its dictionary and the
-    refinement rounds (which also re-seed unused and duplicated atoms) lift that to ≈ 0.98. The autoencoder
-    is written in numpy: it has d × m weights, and importing torch and its optimiser took longer than the
-    training. ``fit_offset`` learns a decoder bias (for activations with a large common mean, e.g. post-ReLU
-    channels); the toy latents need none.
-    """
-    X = np.asarray(X, dtype=float)
-    scale = float(np.mean(np.linalg.norm(X, axis=1)))
-    if not scale > 0:
-        raise ValueError("X is all zeros; there are no features to recover")
-    Xs = X / scale
-    sae_codes, dictionary, offset = _train_topk_sae(Xs, n_latents, topk, steps, batch_size, lr, _rng(seed),
-                                                    fit_offset)
-    centred = Xs - offset
-    codes = nonnegative_sparse_codes(centred, dictionary, sparsity, init=sae_codes, iterations=50)
-    for _ in range(refine_rounds):
-        used = codes.sum(axis=0) > 0
-        if used.any():
-            dictionary[used] = np.linalg.lstsq(codes[:, used], centred, rcond=None)[0]
-        norms = np.linalg.norm(dictionary, axis=1)
-        norms[norms == 0] = 1.0
-        dictionary, codes = dictionary / norms[:, None], codes * norms  # unit atoms, same reconstruction
-        codes = _reseed_redundant_atoms(dictionary, codes, centred)
-        codes = nonnegative_sparse_codes(centred, dictionary, sparsity, init=codes, iterations=20)
-    codes = nonnegative_sparse_codes(centred, dictionary, sparsity, init=codes, iterations=100)
-    return RecoveredFeatures(codes, dictionary, offset, scale, sparsity)
-
-
-def column_correlations(S, T) -> np.ndarray:
-    """Pearson r between every column of S (n × a) and every column of T (n × b): an (a × b) matrix;
-    0 where a column is constant (a dead feature correlates with nothing)."""
-    S, T = np.asarray(S, float), np.asarray(T, float)
-
-    def standardised(M):
-        centred = M - M.mean(axis=0)
-        norms = np.linalg.norm(centred, axis=0)
-        return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
-    return standardised(S).T @ standardised(T)
-
-
-@dataclass
-class FeatureMatch:
-    """A one-to-one matching of the columns of S to the columns of T maximising Σ |r|.
-    ``rows[i]`` (a column of S) is matched to ``cols[i]`` (a column of T) with correlation ``r[i]``;
-    pairs are ordered by ``cols``."""
-    rows: np.ndarray
-    cols: np.ndarray
-    r: np.ndarray
-
-    @property
-    def abs_r(self) -> np.ndarray:
-        return np.abs(self.r)
-
-
-def match_features(S, T) -> FeatureMatch:
-    """Optimal one-to-one matching of S's features (columns) to T's by |Pearson r|
-    (``scipy.optimize.linear_sum_assignment``); min(a, b) pairs."""
-    correlations = column_correlations(S, T)
-    rows, cols = linear_sum_assignment(np.abs(correlations), maximize=True)
-    order = np.argsort(cols)
-    rows, cols = rows[order], cols[order]
-    return FeatureMatch(rows, cols, correlations[rows, cols])
-
-
-def standardise_columns(M) -> np.ndarray:
-    """z-score each column (constant columns become 0): recovered features on a common scale."""
-    M = np.asarray(M, float)
-    centred = M - M.mean(axis=0)
-    sd = centred.std(axis=0)
-    return np.divide(centred, sd, out=np.zeros_like(centred), where=sd > 0)
-
-
-def _alignment_values(X, Y) -> dict[str, float]:
-    fit = regression_score(X, Y, "ols")
-    return {"cka": linear_cka(X, Y), "cka_debiased": linear_cka(X, Y, debiased=True), "rsa": rsa(X, Y).value,
-            "regression_r2": fit.r2}
-
-
 @_single_threaded
-def simulate_feature_recovery(k: int = K_FEATURES, d: int = 32, p: float = ACTIVE_PROBABILITY, n: int = 2000,
-                              n_latents: int = 96, topk: int = 8, steps: int = 800, seed=0) -> dict:
-    """Two systems with identical sparse latents (k, p) and independent random superpositions into d units:
-    alignment of the raw activity vs alignment of the features recovered from each.
+def simulate_overlap_map(k_total: int = 128, shared=(8, 16, 32, 48, 64, 96, 128), ds=(4, 8, 16, 32, 64, 128, 256),
+                         n: int = 1000, n_draws: int = 8, latent: str = "sparse", p: float = ACTIVE_PROBABILITY,
+                         seed=0) -> pd.DataFrame:
+    """The two sides of the partial-overlap map, each with ``n_draws`` draws of debiased linear CKA:
 
-    Each system's features are recovered with ``recover_features`` (``n_latents`` latents, ``topk``) and
-    matched one-to-one to the true latents (``match_features``, linear_sum_assignment on |r|); the matched
-    codes, z-scored and ordered by true feature, are compared across systems with the same metrics as the
-    raw activity (biased and debiased linear CKA, RSA with squared-Euclidean RDMs and Pearson, OLS R²).
+    * ``side`` "superposed": both systems carry the same K = ``k_total`` latents, each through its own random
+      N(0, 1) matrix into d units (d in ``ds``); closed form d/(d + K + 1).
+    * ``side`` "overlap": each system has K latents, k_s of them (``shared``) common, the rest its own, one
+      unit per latent; closed form k_s/K.
 
-    Why d = 32 by default (2× superposition): with p = 0.1 about 6.4 of 64 features are active per stimulus,
-    and sparse recovery from random Gaussian measurements needs d of order 2 s log(k/s) ≈ 30. Even with the
-    true dictionary, non-negative lasso recovers a mean matched |r| of about 0.45 at d = 8, 0.69 at d = 12,
-    0.87 at d = 16, 0.99 at d = 24 and 0.999 at d = 32 (``simulate_recovery_threshold``); the learned
-    dictionary adds error on top, so d = 8-16 cannot show recovery with random superposition matrices.
-
-    Returns a dict of DataFrames: ``alignment`` (representation, metric, value, closed_form: the expected raw
-    value, or 1 for perfectly recovered features), ``recovery`` (system, mean/median/min matched |r| to the
-    true features, n_features, n_above_0.9), ``matched_r`` (system, feature, abs_r) and ``params``.
+    Returns one row per (side, size, draw): side, k_total, size (d or k_s), n, draw, value, closed_form.
+    ``overlap_map`` pairs them into the map over (k_s, d).
     """
-    rng = _rng(seed)
-    Z = sample_sparse_latents(n, k, p, rng)
-    systems = {"X": Z @ superposition_matrix(k, d, rng), "Y": Z @ superposition_matrix(k, d, rng)}
-    matched, recovery, per_feature = {}, [], []
-    for name, activity in systems.items():
-        features = recover_features(activity, n_latents, topk, steps=steps, seed=rng)
-        match = match_features(features.codes, Z)
-        matched[name] = standardise_columns(features.codes[:, match.rows])  # column j ↔ true feature j
-        recovery.append({"system": name, "mean_matched_r": float(match.abs_r.mean()),
-                         "median_matched_r": float(np.median(match.abs_r)), "min_matched_r": float(match.abs_r.min()),
-                         "n_features": k, "n_above_0.9": int((match.abs_r > 0.9).sum())})
-        per_feature += [{"system": name, "feature": int(f), "abs_r": float(r)} for f, r in zip(match.cols, match.abs_r)]
-    gamma = latent_gamma("sparse", p)
-    raw_closed = {"cka": expected_linear_cka(k, d, d, r=sample_participation_ratio(Z)),
-                  "cka_debiased": expected_linear_cka(k, d, d), "rsa": expected_rsa(k, d, d, gamma),
-                  "regression_r2": expected_regression_r2(k, d, n)}
-    rows = [{"representation": "raw activity", "metric": metric, "value": value, "closed_form": raw_closed[metric]}
-            for metric, value in _alignment_values(systems["X"], systems["Y"]).items()]
-    rows += [{"representation": "recovered features", "metric": metric, "value": value, "closed_form": 1.0}
-             for metric, value in _alignment_values(matched["X"], matched["Y"]).items()]
-    return {"alignment": pd.DataFrame(rows), "recovery": pd.DataFrame(recovery), "matched_r": pd.DataFrame(per_feature),
-            "params": {"k": k, "d": d, "p": p, "n": n, "n_latents": n_latents, "topk": topk, "steps": steps}}
-
-
-@_single_threaded
-def simulate_recovery_threshold(k: int = K_FEATURES, ds=(8, 12, 16, 24, 32), p: float = ACTIVE_PROBABILITY,
-                                n: int = 1000, sparsity: float = 0.01, seed=0) -> pd.DataFrame:
-    """How well the features could be recovered at each d if the dictionary were known: non-negative lasso
-    (``nonnegative_sparse_codes``) with the true unit-norm atoms, codes matched to the true latents.
-    Returns one row per d: k, d, compression, mean_matched_r, min_matched_r."""
     rng = _rng(seed)
     rows = []
     for d in ds:
-        Z = sample_sparse_latents(n, k, p, rng)
-        atoms = superposition_matrix(k, d, rng)
-        atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-        X = Z @ atoms
-        scale = float(np.mean(np.linalg.norm(X, axis=1)))
-        codes = nonnegative_sparse_codes(X / scale, atoms, sparsity, iterations=300)
-        match = match_features(codes, Z)
-        rows.append({"k": k, "d": d, "compression": d / k, "mean_matched_r": float(match.abs_r.mean()),
-                     "min_matched_r": float(match.abs_r.min())})
+        for draw in range(n_draws):
+            Z = sample_latents(latent, n, k_total, rng, p)
+            X, Y = Z @ superposition_matrix(k_total, d, rng), Z @ superposition_matrix(k_total, d, rng)
+            rows.append({"side": "superposed", "k_total": k_total, "size": d, "n": n, "draw": draw,
+                         "value": linear_cka(X, Y, debiased=True),
+                         "closed_form": expected_partial_overlap_cka(k_total, k_total, k_total, d, d)})
+    for k_shared in shared:
+        for draw in range(n_draws):
+            Z = sample_latents(latent, n, k_total, rng, p)
+            own = sample_latents(latent, n, k_total - k_shared, rng, p)
+            rows.append({"side": "overlap", "k_total": k_total, "size": k_shared, "n": n, "draw": draw,
+                         "value": linear_cka(Z, np.hstack([Z[:, :k_shared], own]), debiased=True),
+                         "closed_form": partial_overlap_factor(k_shared, k_total, k_total)})
     return pd.DataFrame(rows)
+
+
+def overlap_map(draws: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """The map over (k_s shared of K, d neurons) of Δ = CKA(k_s shared, no superposition) − CKA(all K shared,
+    superposed into d): positive where the pair sharing fewer features scores higher (the inversion).
+
+    Per cell: closed_form Δ = k_s/K − d/(d + K + 1), the simulated mean Δ, its Welch t-interval at ``level``
+    from the two sides' independent draws, ``inverts_closed_form`` (Δ > 0) and ``inverts_simulated``
+    (True / False where the interval excludes 0, missing where it does not)."""
+    sides = {side: group.groupby("size")["value"].agg(["mean", "var", "size"]) for side, group in draws.groupby("side")}
+    closed = {side: group.groupby("size")["closed_form"].first() for side, group in draws.groupby("side")}
+    rows = []
+    for k_shared, over in sides["overlap"].iterrows():
+        for d, sup in sides["superposed"].iterrows():
+            variance = over["var"] / over["size"] + sup["var"] / sup["size"]
+            freedom = variance ** 2 / ((over["var"] / over["size"]) ** 2 / max(over["size"] - 1, 1)
+                                       + (sup["var"] / sup["size"]) ** 2 / max(sup["size"] - 1, 1)) if variance > 0 else 1
+            half = stats.t.ppf(0.5 + level / 2, freedom) * math.sqrt(variance)
+            delta = over["mean"] - sup["mean"]
+            simulated = pd.NA if abs(delta) <= half else bool(delta > 0)
+            closed_delta = closed["overlap"][k_shared] - closed["superposed"][d]
+            rows.append({"k_shared": int(k_shared), "d": int(d), "k_total": int(draws["k_total"].iloc[0]),
+                         "closed_form": closed_delta, "mc_mean": delta, "mc_low": delta - half, "mc_high": delta + half,
+                         "n_draws": int(min(over["size"], sup["size"])), "inverts_closed_form": bool(closed_delta > 0),
+                         "inverts_simulated": simulated})
+    table = pd.DataFrame(rows)
+    table["inverts_simulated"] = table["inverts_simulated"].astype("boolean")
+    return table
+

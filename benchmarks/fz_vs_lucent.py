@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -32,6 +34,7 @@ import torch
 from lucent.optvis import objectives, render
 from lucent.optvis import param as lucent_param
 
+from repro import device as devices
 from repro import fz, profiles
 from repro.model import ModelSpec, load_model
 
@@ -68,7 +71,7 @@ def lucent_fzs(model, profile, block, tap, channels, steps, device) -> float:
     total = 0.0
     for channel in channels:
         unfrozen = copy.deepcopy(model).to(device).eval().requires_grad_(True)
-        with fz.lucent_on(device):
+        with devices.lucent_on(device):
             seconds, _ = timed(device, lambda: render.render_vis(
                 unfrozen, objectives.neuron(lucent_layer(block, tap), channel),
                 param_f=lambda: lucent_param.image(size, decorrelate=True, fft=True),
@@ -176,8 +179,17 @@ def full_tap(args, model, profile, device) -> None:
     print(f"engine, whole sweep ({count} FZs; the paper's {PAPER_FZ_COUNT} plus 256 because 3.0 O and 3.1 I "
           f"differ in jitter): ~{sweep / 3600:.2f} h")
     lucent_step = lucent_fzs(model, profile, "3.1", "B", [0], args.probe_steps, device) / args.probe_steps
+    lucent_sweep = lucent_step * steps * PAPER_FZ_COUNT
     print(f"Lucent one channel at a time (full model every time, so the same cost for any tap): "
-          f"{lucent_step * 1000:.0f} ms/step -> {PAPER_FZ_COUNT} FZs ~{lucent_step * steps * PAPER_FZ_COUNT / 3600:.1f} h")
+          f"{lucent_step * 1000:.0f} ms/step -> {PAPER_FZ_COUNT} FZs ~{lucent_sweep / 3600:.1f} h")
+    if args.json:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        args.json.write_text(json.dumps({
+            "device": name, "paper_sweep_minutes": sweep / 60, "speedup_vs_lucent": lucent_sweep / sweep,
+            "full_tap_seconds": seconds, "full_tap": {"block": "3.1", "tap": "B", "channels": width, "steps": tap_steps},
+            "lucent_seconds_per_step": lucent_step, "lucent_extrapolation": "one channel timed for --probe-steps "
+            "steps, times steps times the paper's FZ count (the full model runs for every tap alike)",
+            "settings": {key: str(value) for key, value in vars(args).items()}}, indent=2))
 
 
 def main() -> None:
@@ -192,6 +204,7 @@ def main() -> None:
     parser.add_argument("--probe-steps", type=int, default=20, help="steps per probe of the sweep estimate")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], help="engine under autocast at this precision")
     parser.add_argument("--channels-last", action="store_true", help="engine with channels_last model and input")
+    parser.add_argument("--json", type=Path, help="--full-tap: also write the figures as JSON here")
     parser.add_argument("--tolerance", type=float, default=0.10,
                         help="relative gap allowed between fast-option and float32 mean tap values")
     args = parser.parse_args()

@@ -33,7 +33,7 @@ import click
 import pandas as pd
 
 import repro
-from report import outcomes, render, spec, units, verify
+from report import outcomes, readings, render, spec, units, verify
 
 SITE = render.SITE
 CACHE_FILE = ".report-cache.json"
@@ -62,12 +62,13 @@ class StoreContext:
     comparable: bool
     why_not: str
     stamps: dict[str, Any]
+    reading: str = "paper"
 
     @classmethod
     def of(cls, store) -> "StoreContext":
         attrs = store.attrs
         comparable, why_not = verify.comparability(attrs)
-        return cls(Path(store.path).resolve(), attrs, comparable, why_not, {})
+        return cls(Path(store.path).resolve(), attrs, comparable, why_not, {}, readings.store_reading(store))
 
     def stamp(self, store, group: str) -> Any:
         """What says a group changed: its progress attrs (or its absence)."""
@@ -365,6 +366,34 @@ def _claim_detail(outcome: verify.Outcome) -> str:
     return outcome.detail
 
 
+def reading_note(context: StoreContext) -> str:
+    return (f"Reading: **{_inline(context.reading)}** (the papers' text is `paper`, the authors' code `code`; "
+            "both are compared on [the store page](index.qmd)).\n")
+
+
+def reading_section(store, context: StoreContext, compare=None) -> str:
+    """The two readings side by side, or how to make the other one."""
+    parts = ["## The papers' text and the authors' code\n",
+             f"This store was made under the **{_inline(context.reading)}** reading. The authors' code differs from "
+             "the papers in eight places (METHOD.md); `reading = \"code\"` (`profiles/paper-code.toml`, or "
+             "`--reading code` on any stage) computes items 1-7 as the code does. Item 8 cannot be reproduced: the "
+             "tuning-curve script requests resnet18 weights `IMAGENET1K_V2`, which torchvision does not have, so the "
+             "published top-9 numbers came from a configuration the repository does not show.\n"]
+    other = readings.other_metrics(store, compare)
+    if other is None or not store.has("metrics"):
+        parts.append("No second reading to compare with: make a second store under the other reading and pass it "
+                     "with `repro report --store S --compare S2` (or copy its `metrics` group into this store as "
+                     "`metrics_code` or `metrics_paper`).\n")
+        return "\n".join(parts)
+    metrics, theirs, where = other
+    names = readings.names_for(context.reading, theirs)
+    table = readings.comparison(store.dataset("metrics"), metrics, names, context.comparable)
+    parts += [f"Invariant channels under this store's reading (`{_inline(names[0])}`) and under `{_inline(names[1])}` "
+              f"from {where}: counts, shared channels and their Jaccard index per block and criterion, and the "
+              "Jaccard index of each with the published list.\n", markdown_table(table)]
+    return "\n".join(parts)
+
+
 def front_matter(title: str) -> str:
     return f'---\ntitle: "{title}"\n---\n\n'
 
@@ -393,7 +422,7 @@ def chapter_qmd(chapter: str, artifacts: Sequence[Artifact], results: Sequence[v
              f"Authors' code: <{published['paper']['code']}>.\n",
              f"This chapter rebuilds the paper's figures ({figure_refs or 'none built yet'}) from "
              f"{context.provenance()}. Claims: " + ", ".join(f"{count} {badge(name)}" for name, count in counts.items())
-             + ".\n", comparability_note(context)]
+             + ".\n", reading_note(context), comparability_note(context)]
     parts += [entry_markdown(artifact, results, context, out_dir, labels, entries) for artifact in mine]
     parts += ["## Claims checked against the paper\n", claims_table(claims)]
     return "\n".join(part for part in parts if part)
@@ -448,6 +477,7 @@ def store_summary(results: Sequence[verify.Result], context: StoreContext) -> st
 def _facts(context: StoreContext, profile: dict) -> list[tuple[str, str]]:
     attrs = context.attrs
     return [("store", f"`{context.path}`"), ("profile", f"`{context.profile_name}`: {profile.get('description', '')}"),
+            ("reading", context.reading),
             ("weights", f"`{attrs.get('weights', '')}`"),
             ("weights sha256 (state)", f"`{attrs.get('weights_sha256', '') or 'n/a'}`"),
             ("weights sha256 (file)", f"`{attrs.get('weights_file_sha256', '') or 'n/a'}`"),
@@ -469,7 +499,7 @@ def _aliased_how_to(context: StoreContext) -> str:
 
 
 def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Result], context: StoreContext,
-              out_dir: Path, chapters: Sequence[str], labels: dict[str, str]) -> str:
+              out_dir: Path, chapters: Sequence[str], labels: dict[str, str], compare=None) -> str:
     profile = verify.store_profile(context.attrs)
     comparable = ("Published-number claims are **comparable**: torchvision resnet18 IMAGENET1K_V1 weights and the "
                   "paper's settings." if context.comparable else
@@ -495,6 +525,7 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
              "are in `report/spec.py`, published values in `data/published/`.\n",
              "Chapters: " + ", ".join(f"[{_inline(spec.CHAPTERS[c][1])}]({spec.CHAPTERS[c][0]}.qmd)" for c in chapters
                                       if c != "store") + ". Every channel: [the channel browser](units/index.html).\n",
+             reading_section(store, context, compare),
              "## Default taps and reference-compatibility (aliased) taps\n"]
     if not store.has("metrics_aliased"):
         parts.append(_aliased_how_to(context))
@@ -508,7 +539,8 @@ def alignment_qmd(artifacts: Sequence[Artifact], results, context: StoreContext,
     entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
     parts = [front_matter(spec.CHAPTERS["alignment"][1]),
              "Superposition deflates representational alignment: simulations beside their closed forms "
-             "(see `analyses/alignment_figures.py`), and one table on this store's natural images.\n"]
+             "(see `analyses/alignment_figures.py`); sparse-feature recovery and the two trained networks "
+             "from the store's `alignment` group (`repro alignment`).\n"]
     parts += [entry_markdown(artifact, results, context, out_dir, labels, entries) for artifact in artifacts
               if artifact.entry.chapter == "alignment"]
     return "\n".join(parts)
@@ -531,9 +563,9 @@ def _load_cache(out_dir: Path) -> dict:
         return {}
 
 
-def _sources(store, artifacts, results, context, out_dir, chapters) -> dict[str, str]:
+def _sources(store, artifacts, results, context, out_dir, chapters, compare=None) -> dict[str, str]:
     labels = numbers(artifacts, out_dir)
-    sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels),
+    sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels, compare),
                "_quarto.yml": quarto_yml(chapters), "report.css": CSS_FILE.read_text()}
     for chapter in PAPER_CHAPTERS:
         sources[f"{spec.CHAPTERS[chapter][0]}.qmd"] = chapter_qmd(chapter, artifacts, results, context, out_dir, labels)
@@ -549,8 +581,10 @@ def _write_changed(out_dir: Path, sources: dict[str, str]) -> None:
             path.write_text(text)
 
 
-def build(store, out_dir, how: str | None = None, keep_going: bool = False) -> Path:
-    """Rebuild both papers' figures, tables and claims from ``store`` into ``out_dir``; returns the HTML entry page."""
+def build(store, out_dir, how: str | None = None, keep_going: bool = False, compare=None) -> Path:
+    """Rebuild both papers' figures, tables and claims from ``store`` into ``out_dir``; returns the HTML entry page.
+
+    ``compare``: a second store, made under the other reading, shown beside this one (``readings``)."""
     started = time.monotonic()
     out_dir = Path(out_dir)
     for folder in ("figures", "tables"):
@@ -563,7 +597,7 @@ def build(store, out_dir, how: str | None = None, keep_going: bool = False) -> P
     artifacts = [make(entry, store, loader, context, out_dir, cache.get("entries", {}), keep_going)
                  for entry in entries]
     chapters = ["store", *PAPER_CHAPTERS] + (["alignment"] if spec.has_alignment() else [])
-    sources = _sources(store, artifacts, results, context, out_dir, chapters)
+    sources = _sources(store, artifacts, results, context, out_dir, chapters, compare)
     _write_changed(out_dir, sources)
     how = how or render.renderer()
     render_key = hashlib.sha256(json.dumps([how, sources, [a.key for a in artifacts]]).encode()).hexdigest()

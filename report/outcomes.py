@@ -82,20 +82,6 @@ def aliased(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
             f"{int(table['aliased'].sum())}, {int(table['shared'].sum())} shared ({mean}).")
 
 
-def alignment(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
-    """Recovered against raw on every metric both representations report."""
-    values = table.pivot_table(index="metric", columns="representation", values="value", aggfunc="first")
-    if not {"raw channels", "recovered features"} <= set(values.columns):
-        return ""
-    paired = values[["raw channels", "recovered features"]].dropna()
-    higher = paired.index[paired["recovered features"] > paired["raw channels"]]
-    verdict = ("as superposition predicts" if len(higher) == len(paired) else
-               "the prediction does not hold here" if len(higher) == 0 else "the prediction holds only in part")
-    which = f" ({_blocks(higher)})" if 0 < len(higher) < len(paired) else ""
-    return (f"Recovered features score higher than the raw channels on {len(higher)} of {len(paired)} "
-            f"metrics{which}: {verdict}.")
-
-
 DESCRIBERS: dict[Callable, Callable[[pd.DataFrame, Mapping[str, Any]], str]] = {
     fg.channel_list_table: channel_lists,
     ablation.accuracy_table: ablation_accuracies,
@@ -104,7 +90,6 @@ DESCRIBERS: dict[Callable, Callable[[pd.DataFrame, Mapping[str, Any]], str]] = {
     stats.tuning_mix: skip_overwrite,
     fg.percent_invariant_table: percent_invariant,
     fg.aliased_comparison_table: aliased,
-    fg.residual_stream_alignment_table: alignment,
 }
 
 

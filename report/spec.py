@@ -454,20 +454,14 @@ CLAIMS = [*CLAIMS_NATURALLY, *CLAIMS_INTERPRETING]
 
 # ---------------------------------------------------------------- third chapter: superposition and alignment
 
-RESIDUAL_ALIGNMENT = Table(
-    "tbl-alignment-residual", "alignment", "—", "Alignment of two residual-stream blocks, raw and recovered",
-    "Linear CKA, RSA and regression between the post-ReLU O taps of blocks 3.0 and 3.1 over this store's natural "
-    "images (center neurons), on the raw channels and on sparse features recovered from each block and matched "
-    "one-to-one. Superposition predicts raw scores deflated relative to the recovered features'.",
-    fg.residual_stream_alignment_table, {"natural": Selection("natural")})
-
 def has_alignment() -> bool:
     return importlib.util.find_spec(ALIGNMENT_MODULE) is not None
 
 
 def alignment_figures() -> list[Figure]:
     """The alignment chapter's entries: the module's ``FIGURES`` (dicts or objects with id, title, caption,
-    function), else each public ``*_figure`` function that needs no arguments. They read no store group."""
+    function, and ``inputs``: argument name → store group, ``optional`` when the entry also works without
+    them), else each public ``*_figure`` function that needs no arguments."""
     if not has_alignment():
         return []
     module = importlib.import_module(ALIGNMENT_MODULE)
@@ -477,13 +471,15 @@ def alignment_figures() -> list[Figure]:
                     for name, function in inspect.getmembers(module, inspect.isfunction)
                     if name.endswith("_figure") and not name.startswith("_") and function.__module__ == module.__name__
                     and all(p.default is not p.empty for p in inspect.signature(function).parameters.values())]
-    entries = [RESIDUAL_ALIGNMENT]
+    entries = []
     for item in declared:
         item = item if isinstance(item, dict) else vars(item)
         function = item["function"]
         doc = inspect.getdoc(function) or item["id"]
         label = item["id"] if str(item["id"]).startswith(("fig-", "tbl-")) else f"fig-alignment-{item['id']}"
         kind = Table if label.startswith("tbl-") else Figure
+        inputs = {name: Selection(group, optional=item.get("optional", False))
+                  for name, group in item.get("inputs", {}).items()}
         entries.append(kind(label, "alignment", item.get("paper_figure", "—"), item.get("title", doc.split("\n")[0]),
-                            item.get("caption", doc), function, {}, item.get("args", {})))
+                            item.get("caption", doc), function, inputs, item.get("args", {})))
     return entries

@@ -135,7 +135,7 @@ def requirement_failures(requires: Sequence[str], attrs: Mapping, ablation_attrs
         definition = (ablation_attrs or {}).get("scale_definition", definition)
         if definition != "code":
             reasons.append(f"the authors' code comments use the code's scale definition; this store's ablation "
-                           f"used {definition!r} (rerun `repro ablate --scale-definition code`)")
+                           f"used {definition!r} (rerun `repro ablate --scale-definition code`, or the whole code reading: `--reading code`)")
     return reasons
 
 

@@ -18,7 +18,8 @@ CenterCrop of the Resize(resize) image, then a bilinear antialiased Resize to ``
 (``"code"``, the authors' code). Crops are cut from the image cache with each image's resized size, so they
 are exactly torchvision's CenterCrop of the resized image (``repro.images.center_crop_from_cache``). The
 authors resized PIL images; here the resize is a tensor op on uint8 batches (torchvision's antialiased
-bilinear kernel). The two kernels round differently: outputs differ by a few intensity levels at most,
+bilinear kernel, ``ablation.resize = "tensor"``) or PIL's, image by image (``"pil"``, the code's reading;
+slower). The two kernels round differently: outputs differ by a few intensity levels at most,
 well under one level on average (``tests/test_ablate.py`` measures it).
 
 Speed: the cached uint8 squares are read once per pass, cropped and resized once per batch, and every
@@ -50,10 +51,12 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from repro import device as devices
 from repro import images, profiles
 from repro.errors import UserError
 from repro.executor import Serial
@@ -158,6 +161,18 @@ def resize_crops(crops: torch.Tensor, out_px: int) -> torch.Tensor:
     return TF.resize(crops, [out_px, out_px], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
+def resize_crops_pil(crops: torch.Tensor, out_px: int) -> torch.Tensor:
+    """As :func:`resize_crops`, image by image with PIL's bilinear resize (the authors' code)."""
+    if crops.shape[2] == out_px:
+        return crops.permute(0, 3, 1, 2)
+    resized = [np.asarray(Image.fromarray(crop).resize((out_px, out_px), Image.BILINEAR))
+               for crop in crops.cpu().numpy()]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(crops.device)
+
+
+RESIZERS = {"tensor": resize_crops, "pil": resize_crops_pil}
+
+
 def scaled_inputs(batch: "CacheBatch", crop_px: int, out_px: int, profile: Mapping,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The network's input at one scale: CenterCrop(crop_px) of each resized image (cut exactly from its
@@ -166,7 +181,7 @@ def scaled_inputs(batch: "CacheBatch", crop_px: int, out_px: int, profile: Mappi
     At ``crop_px == out_px`` (scale 0) this is the standard eval transform, as ``images.eval_from_cache``.
     """
     crops = images.center_crop_from_cache(batch.squares, crop_px, batch.resized_height, batch.resized_width)
-    resized = resize_crops(crops.to(device), out_px)
+    resized = RESIZERS[profile["ablation"]["resize"]](crops.to(device), out_px)
     return images.normalize(resized.to(torch.float32).div(255), profile).contiguous()
 
 
@@ -584,15 +599,18 @@ class AblationRun:
     executor with workers."""
 
     def __init__(self, store: Store, model: torch.nn.Module, settings: Settings, plans: Sequence[BlockPlan],
-                 cache: CachedImages, profile: Mapping, executor=None, weights_sha256: str = ""):
+                 cache: CachedImages, profile: Mapping, executor=None, weights_sha256: str = "",
+                 device: torch.device | None = None):
         self.store, self.model, self.settings = store, model, settings
         self.plans, self.cache, self.profile = list(plans), cache, profile
         self.row = {plan.block: row for row, plan in enumerate(self.plans)}
         self.executor, self.weights_sha256 = executor or Serial(), weights_sha256
+        self.device = device if device is not None else next(model.parameters()).device
 
     def _run_passes(self, work: Sequence[ScreenRound | ScalePass], desc: str) -> None:
         context = PassContext(str(self.store.path), dict(self.profile), self.settings, tuple(self.plans))
-        self.executor.map(run_pass, work, context=context, model=self.model, model_settings=self.profile["model"],
+        self.executor.map(run_pass, work, context=context, model=self.model, device=self.device,
+                          prepare=devices.place, model_settings=self.profile["model"],
                           weights_sha256=self.weights_sha256, desc=desc)
 
     # -------------------------------------------------- helpers
@@ -758,7 +776,8 @@ class AblationRun:
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
-        channel_sets: Mapping[str, Sequence[int]] | None = None, executor=None) -> xr.Dataset | None:
+        channel_sets: Mapping[str, Sequence[int]] | None = None, executor=None,
+        device: torch.device | str | None = None) -> xr.Dataset | None:
     """Run (or resume) the ablation experiment into the store's ``ablation`` group and return it.
 
     Blocks without invariant channels are skipped with a warning; with none left, nothing is written.
@@ -778,8 +797,9 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     max_width = max(block_widths(model).values())
     store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
                   settings=settings_read, inputs=inputs)
-    experiment = AblationRun(store, model, settings, plans, cache, profile, executor or Serial(),
-                             weights_record.get("weights_sha256", ""))
+    device = devices.resolve(device)
+    experiment = AblationRun(store, devices.place(model, device), settings, plans, cache, profile,
+                             executor or Serial(), weights_record.get("weights_sha256", ""), device)
     experiment.executor.check_store(store.path, GROUP)
     experiment.screening()
     experiment.scales()

@@ -6,8 +6,10 @@ The pipeline, one store per run (a zarr directory you can open with xarray):
   repro natural  --profile P --store S   natural-image activations and top-9 exemplars
   repro metrics  --store S               stimulus responses, mix ratios, scale criteria
   repro ablate   --store S               scale-robust ablation of invariant vs random channels
+  repro alignment --store S              SAEs and alignment metrics: superposed toy systems, two networks
   repro report   --store S --out DIR     both papers' figures, checked against the published numbers
 `repro pipeline --profile toy --store S` runs them all; `repro profile show toy` prints a profile.
+`repro status --store S` shows each group (complete, partial, stale); `repro check --store S` verifies chunks.
 """
 from __future__ import annotations
 
@@ -49,23 +51,35 @@ def resolve_profile(profile_name: str | None, store_path: Path | None, settings:
     if profile_name:
         base = profiles.load(profile_name)
     elif store_path is not None and Store(store_path).exists():
-        base = Store(store_path).profile
+        base = profiles.with_reading_defaults(Store(store_path).profile)
     else:
         raise UserError("no --profile given and no existing store to take one from")
     return profiles.override(base, settings)
 
 
-def open_run(profile_name, store_path, weights, new_store, settings=None):
-    """Profile, model, weights record and store for one stage run."""
+DEVICE_OPTION = click.option("--device", "device_name", default="auto", show_default=True,
+                             help="auto (CUDA when available), cpu or cuda: decided once for the whole run.")
+
+
+def open_run(profile_name, store_path, weights, new_store, settings=None, device_name="auto"):
+    """Profile, model, weights record, store and device for one stage run, all checked before any work."""
     profile = resolve_profile(profile_name, store_path, {"model.weights": weights, **(settings or {})})
     if weights:
         profile["model"]["weights_sha256"] = ""  # a weights override drops the profile's pinned hash
     from repro.model import ModelSpec, load_model  # torch loads only for commands that compute
 
     Store(store_path).check_path()  # before loading weights: a wrong --store is the cheaper mistake
+    from repro import device as devices
+
+    device = devices.resolve(device_name)
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.for_run(store_path, profile, record, new=new_store)  # created at the first declaration
-    return profile, model, record, store
+    return profile, model, record, store, device
+
+
+reading_option = click.option(
+    "--reading", type=click.Choice(["paper", "code"]),
+    help="The papers' text or the authors' code, for every reading item the profile does not set itself.")
 
 
 def run_options(function):
@@ -75,6 +89,8 @@ def run_options(function):
         click.option("--weights", help="imagenet, random:SEED, or a path to a state_dict (overrides the profile)."),
         click.option("--store", "store_path", type=click.Path(path_type=Path), required=True, help="The run's zarr store."),
         click.option("--new-store", is_flag=True, help="Start a fresh store (every group is removed) once the run's input is valid."),
+        DEVICE_OPTION,
+        reading_option,
     ]):
         function = option(function)
     return function
@@ -99,14 +115,13 @@ def executor_options(function):
     return wrapper
 
 
-def stage_executor(profile):
-    """The executor of this command's units, from its options, the environment and the profile."""
+def stage_executor(profile, device):
+    """The executor of this command's units, from its options, the environment and the profile; its
+    workers compute on ``device``'s kind (the run's resolved device: one GPU per local worker for CUDA)."""
     from repro import executor
 
-    ctx = click.get_current_context()
-    local_workers, scheduler = ctx.meta.get("placement", (None, None))
-    where = executor.placement(profile, local_workers, scheduler, device=ctx.params.get("device"))
-    return executor.open_executor(where)
+    local_workers, scheduler = click.get_current_context().meta.get("placement", (None, None))
+    return executor.open_executor(executor.placement(profile, local_workers, scheduler, device=device))
 
 
 class Commands(click.Group):
@@ -184,14 +199,16 @@ def taps(arch, profile_name, image_size):
 @click.option("--steps", type=int, help="Optimization steps (default: the profile's).")
 @click.option("--objective", type=click.Choice(["neuron", "channel"]), help="Center neuron or whole-channel mean.")
 @click.option("--aliased", is_flag=True, default=None, help="Reference compatibility: Lucent's aliased taps.")
-def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels, steps, objective, aliased):
+def fz(profile_name, weights, store_path, new_store, device_name, reading, blocks, tap_names, channels, steps,
+       objective, aliased):
     """Feature visualizations (FZs) of center neurons, all channels of a tap in one batch."""
-    settings = {"fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
-    profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    settings = {"reading": reading, "fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
+    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
+                                                     device_name)
     from repro import fz as fz_stage
-    with stage_executor(profile) as executor:
+    with stage_executor(profile, device) as executor:
         fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
-                     channels=parse_channels(channels), executor=executor)
+                     channels=parse_channels(channels), device=device, executor=executor)
 
 
 @main.command()
@@ -200,25 +217,30 @@ def fz(profile_name, weights, store_path, new_store, blocks, tap_names, channels
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's / $RESIDUAL_STREAM_IMAGES).")
 @click.option("--blocks", help="Comma-separated blocks (default: the profile's).")
 @click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
-def natural(profile_name, weights, store_path, new_store, images, blocks, float16):
+def natural(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, float16):
     """Natural-image center activations of every tap, and each channel's top-9 images."""
-    settings = {"natural.dtype": "float16" if float16 else None, "natural.images": resolved(images)}
-    profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    settings = {"reading": reading, "natural.dtype": "float16" if float16 else None,
+                "natural.images": resolved(images)}
+    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
+                                                     device_name)
     from repro import natural as natural_stage
-    with stage_executor(profile) as executor:
-        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks), executor=executor)
+    with stage_executor(profile, device) as executor:
+        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks), device=device, executor=executor)
 
 
 @main.command()
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
+@DEVICE_OPTION
+@reading_option
 @executor_options
-def metrics(store_path, weights):
+def metrics(store_path, weights, device_name, reading):
     """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
-    profile, model, record, store = open_run(None, store_path, weights, False)
+    profile, model, record, store, device = open_run(None, store_path, weights, False, {"reading": reading},
+                                                     device_name=device_name)
     from repro import metrics as metrics_stage
-    with stage_executor(profile) as executor:
-        metrics_stage.run(store, model, record, profile, executor=executor)
+    with stage_executor(profile, device) as executor:
+        metrics_stage.run(store, model, record, profile, device=device, executor=executor)
 
 
 @main.command()
@@ -231,13 +253,14 @@ def metrics(store_path, weights):
 @click.option("--trials", type=int, help="Accepted random trials per block.")
 @click.option("--ablation", type=click.Choice(["mean", "zero"]))
 @click.option("--scale-definition", type=click.Choice(["paper", "code"]))
-def ablate(profile_name, weights, store_path, new_store, images, blocks, criterion, channel_sets, trials, ablation,
-           scale_definition):
+def ablate(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, criterion, channel_sets,
+           trials, ablation, scale_definition):
     """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    settings = {"natural.images": resolved(images), "ablation.blocks": parse_list(blocks),
+    settings = {"reading": reading, "natural.images": resolved(images), "ablation.blocks": parse_list(blocks),
                 "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
                 "ablation.scale_definition": scale_definition}
-    profile, model, record, store = open_run(profile_name, store_path, weights, new_store, settings)
+    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
+                                                     device_name)
     chosen = {}
     for item in channel_sets:
         block, _, listed = item.partition("=")
@@ -245,21 +268,41 @@ def ablate(profile_name, weights, store_path, new_store, images, blocks, criteri
             raise UserError(f"--channels {item!r}: expected BLOCK=LIST such as 2.1=13,15")
         chosen[block.strip()] = parse_channels(listed)
     from repro import ablate as ablate_stage
-    with stage_executor(profile) as executor:
-        ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, executor=executor)
+    with stage_executor(profile, device) as executor:
+        ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, device=device,
+                         executor=executor)
+
+
+@main.command()
+@run_options
+@executor_options
+def alignment(profile_name, weights, store_path, new_store, device_name, reading):
+    """Train TopK SAEs and compare representations: recovery vs neurons, and two trained networks."""
+    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store,
+                                                     {"reading": reading}, device_name)
+    from repro import alignment as alignment_stage
+    with stage_executor(profile, device) as executor:
+        alignment_stage.run(store, model, record, profile, device=device, executor=executor)
 
 
 @main.command()
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--keep-going", is_flag=True, help="Show a failing analysis as an error box and build the rest.")
-def report(store_path, out_dir, keep_going):
+@click.option("--compare", "compare_path", type=click.Path(path_type=Path),
+              help="A second store (made under the other reading) to compare invariant channels with.")
+def report(store_path, out_dir, keep_going, compare_path):
     """Rebuild both papers' figures and tables from a store and render HTML."""
     from report import builder
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    builder.build(store, out_dir, keep_going=keep_going)
+    compare = Store.existing(compare_path) if compare_path else None
+    if compare is not None:
+        refuse_stale(compare)
+        if not compare.has("metrics"):
+            raise UserError(f"store {compare.path} has no metrics group to compare with; run `repro metrics` on it")
+    builder.build(store, out_dir, keep_going=keep_going, compare=compare)
 
 
 @main.command()
@@ -323,12 +366,15 @@ def check(store_path, repair):
 @click.option("--profile", "profile_name", default="toy", show_default=True)
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--new-store", is_flag=True)
+@DEVICE_OPTION
+@reading_option
 @executor_options
-def pipeline(profile_name, store_path, new_store):
+def pipeline(profile_name, store_path, new_store, device_name, reading):
     """Run every stage of a profile into one store (done units are skipped)."""
     from repro import pipeline as pipeline_stages
 
-    pipeline_stages.run(profile_name, store_path, new_store=new_store, executor_for=stage_executor)
+    pipeline_stages.run(profile_name, store_path, new_store=new_store, device=device_name, reading=reading,
+                        executor_for=stage_executor)
 
 
 def _register_optional_groups():

@@ -1,7 +1,8 @@
 """Where a stage's work units run: in this process (the default), or on the workers of a Dask cluster.
 
 A stage hands the executor a list of independent units and one function that computes a unit and writes
-it into the store (``Store.write_unit``: its arrays, then its done-marker). The stage itself, in the
+it into the store (``Store.write_unit``: its arrays, then its done-marker), with the run's device (``repro.device``,
+resolved once where the run starts) and how to prepare the model there. The stage itself, in the
 client process, declares its groups (and holds their writer locks), and finishes them once every unit
 is back; workers never declare, lock or finish a group. Results do not depend on where a unit ran: every
 seed is derived from the unit's name.
@@ -10,11 +11,13 @@ seed is derived from the unit's name.
 * ``DaskExecutor``: ``--local-workers N`` starts a ``dask.distributed.LocalCluster`` of N worker
   processes (one thread each); ``--scheduler ADDRESS`` joins a running cluster (dask-jobqueue on SLURM,
   ``dask scheduler`` + ``dask worker``). Each worker builds the model once, from the profile's model
-  settings, and checks that its weights hash to the run's; units then reuse it. A worker that dies
-  mid-unit leaves that unit unmarked, and the scheduler runs it again on another worker.
+  settings, checks that its weights hash to the run's, and prepares it on the run's kind of device (its
+  own GPU, or the CPU); units then reuse it. Units that need no model (``model=None``) build none. A
+  worker that dies mid-unit leaves that unit unmarked, and the scheduler runs it again on another worker.
 
-With ``--device cuda`` each local worker owns one GPU: dask-cuda's ``LocalCUDACluster`` when it is
-installed, otherwise one Nanny per GPU with its own ``CUDA_VISIBLE_DEVICES``.
+With ``--device cuda`` (or ``auto`` on a machine with CUDA) each local worker owns one GPU: dask-cuda's
+``LocalCUDACluster`` when it is installed (optional), otherwise one Nanny per GPU with its own
+``CUDA_VISIBLE_DEVICES``; a worker's ``cuda`` is then that GPU.
 
 The same choices come from the environment (``RESIDUAL_STREAM_LOCAL_WORKERS``,
 ``RESIDUAL_STREAM_SCHEDULER``) and from the profile's ``[run]`` table; an option beats the environment,
@@ -38,7 +41,7 @@ SCHEDULER_ENV = "RESIDUAL_STREAM_SCHEDULER"
 CONNECT_TIMEOUT = "10s"
 
 Task = Callable[[Any, Any, Any], Any]  # task(model, context, unit) -> a small result
-Prepare = Callable[[Any], Any]  # model -> the model the units use (moved, frozen, copied)
+Prepare = Callable[[Any, Any], Any]  # (model, torch.device) -> the model the units use (placed, frozen, copied)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Placement:
 
     local_workers: int = 0
     scheduler: str = ""
-    device: str = "auto"
+    device: str = "cpu"  # the kind of device the run resolved to: "cpu" or "cuda" (one GPU per local worker)
 
     @property
     def distributed(self) -> bool:
@@ -55,9 +58,10 @@ class Placement:
 
 
 def placement(profile: Mapping, local_workers: int | None = None, scheduler: str | None = None,
-              device: str | None = None) -> Placement:
+              device=None) -> Placement:
     """The run's placement: the options when either is given, else the environment's, else the profile's
-    ``[run]`` table (each source is taken whole, so ``--scheduler`` is not mixed with a profile's workers)."""
+    ``[run]`` table (each source is taken whole, so ``--scheduler`` is not mixed with a profile's workers).
+    ``device`` is the run's resolved device (a ``torch.device`` or its name); its kind is what workers use."""
     if local_workers is None and scheduler is None:
         workers_text = os.environ.get(LOCAL_WORKERS_ENV, "").strip()
         scheduler = os.environ.get(SCHEDULER_ENV, "").strip() or None
@@ -67,14 +71,17 @@ def placement(profile: Mapping, local_workers: int | None = None, scheduler: str
                                 "(0: in-process)")
             local_workers = int(workers_text)
     if local_workers is None and scheduler is None:
-        table = profile.get("run") or {}
-        local_workers, scheduler = int(table.get("local_workers", 0)), str(table.get("scheduler", ""))
+        from repro import settings
+
+        table = settings.typed(profile).run  # validated like every table; None in a store's recorded profile
+        local_workers, scheduler = (table.local_workers, table.scheduler) if table else (0, "")
     workers, address = int(local_workers or 0), str(scheduler or "")
     if workers < 0:
         raise UserError(f"--local-workers {workers}: expected 0 (in-process) or more")
     if workers and address:
         raise UserError("choose either --local-workers (a cluster on this machine) or --scheduler (a running one)")
-    return Placement(workers, address, device or "auto")
+    kind = getattr(device, "type", None) or str(device or "cpu").partition(":")[0]
+    return Placement(workers, address, kind)
 
 
 def open_executor(where: Placement) -> "Serial | DaskExecutor":
@@ -102,11 +109,18 @@ class Serial:
     def check_store(self, store_path, group: str) -> None:
         pass  # this process declared the group: it sees the store
 
-    def map(self, task: Task, units: Sequence, *, context, model, prepare: Prepare | None = None,
+    def map(self, task: Task, units: Sequence, *, context, model, device=None, prepare: Prepare | None = None,
             model_settings: Mapping | None = None, weights_sha256: str = "", desc: str = "units") -> list:
+        """``task(model, context, unit)`` for each unit, ``model`` prepared once on ``device``."""
         if not units:
             return []
-        prepared = prepare(model) if prepare is not None else model
+        prepared = model
+        if model is not None and prepare is not None:
+            prepared = prepare(model, device)
+        elif model is not None and device is not None:
+            from repro import device as devices
+
+            prepared = devices.place(model, devices.resolve(device))
         results = []
         for unit in tqdm(units, desc=desc, unit="unit", dynamic_ncols=True):
             results.append(task(prepared, context, unit))
@@ -119,19 +133,22 @@ class Serial:
 _MODELS: dict[str, Any] = {}  # this worker's models, by model settings and preparation
 
 
-def worker_model(model_settings: Mapping, weights_sha256: str, prepare: Prepare | None):
-    """The model a worker's units use, built once per worker process (and per preparation)."""
+def worker_model(model_settings: Mapping, weights_sha256: str, prepare: Prepare | None, device_kind: str):
+    """The model a worker's units use, built once per worker process (and per preparation and device),
+    on this worker's device of the run's kind: its own GPU for ``cuda``, else the CPU."""
     key = json.dumps([dict(model_settings), getattr(prepare, "__qualname__", ""),
-                      getattr(prepare, "__module__", "")], sort_keys=True, default=str)
+                      getattr(prepare, "__module__", ""), device_kind], sort_keys=True, default=str)
     if key not in _MODELS:
+        from repro import device as devices
         from repro.model import ModelSpec, load_model
 
+        device = devices.resolve(device_kind)
         model, record = load_model(ModelSpec.from_profile(dict(model_settings)))
         if weights_sha256 and record["weights_sha256"] != weights_sha256:
             raise UserError(f"the worker's weights {model_settings.get('weights')!r} hash to "
                             f"{record['weights_sha256'][:12]}, the run's to {weights_sha256[:12]}: "
                             "workers need the same weights file")
-        _MODELS[key] = prepare(model) if prepare is not None else model
+        _MODELS[key] = prepare(model, device) if prepare is not None else devices.place(model, device)
     return _MODELS[key]
 
 
@@ -140,13 +157,15 @@ def models_built() -> int:
     return len(_MODELS)
 
 
-def _on_worker(task: Task, context, unit, model_settings, weights_sha256, prepare):
+def _on_worker(task: Task, context, unit, model_settings, weights_sha256, prepare, device_kind):
     import dask
 
     # A unit reads the store through dask arrays; on a worker, dask would send those reads back to the
     # cluster and wait for a thread the unit itself holds. Read them here, in this thread.
     with dask.config.set(scheduler="synchronous"):
-        return task(worker_model(model_settings, weights_sha256, prepare), context, unit)
+        model = (worker_model(model_settings, weights_sha256, prepare, device_kind)
+                 if model_settings is not None else None)
+        return task(model, context, unit)
 
 
 def _sees_store(path: str, group_file: str, version: str) -> str:
@@ -216,17 +235,22 @@ class DaskExecutor:
             raise UserError(f"store {store_path} is not visible from {len(blind)} Dask worker(s) ({worker}: {problem}); "
                             "workers need the store on a file system they share with this machine")
 
-    def map(self, task: Task, units: Sequence, *, context, model, prepare: Prepare | None = None,
+    def map(self, task: Task, units: Sequence, *, context, model, device=None, prepare: Prepare | None = None,
             model_settings: Mapping | None = None, weights_sha256: str = "", desc: str = "units") -> list:
+        """``task(model, context, unit)`` for each unit on the workers; each worker builds the model from
+        ``model_settings`` once and prepares it on its device of ``device``'s kind (none when ``model`` is
+        None: the units need no model)."""
         from distributed import as_completed
 
         if not units:
             return []
-        if model_settings is None:
+        if model is not None and model_settings is None:
             raise ValueError("a distributed run needs the model settings its workers build the model from")
+        settings = dict(model_settings) if model is not None else None
+        kind = getattr(device, "type", None) or str(device or "cpu").partition(":")[0]
         shared = self.client.scatter(context, broadcast=True)
-        futures = [self.client.submit(_on_worker, task, shared, unit, dict(model_settings), weights_sha256,
-                                      prepare, pure=False) for unit in units]
+        futures = [self.client.submit(_on_worker, task, shared, unit, settings, weights_sha256, prepare, kind,
+                                      pure=False) for unit in units]
         position = {future.key: index for index, future in enumerate(futures)}
         results = [None] * len(futures)
         try:
@@ -243,7 +267,7 @@ def _local_cluster(where: Placement):
     """N worker processes of one thread each; one GPU per worker when the run is on CUDA."""
     from distributed import LocalCluster
 
-    if where.device == "cuda":
+    if where.device == "cuda":  # one GPU per worker process
         return _gpu_cluster(where.local_workers)
     return LocalCluster(n_workers=where.local_workers, threads_per_worker=1, processes=True)
 
@@ -262,7 +286,14 @@ def _gpu_cluster(workers: int):
         return LocalCUDACluster(n_workers=min(workers, gpus), threads_per_worker=1)
     from distributed import Nanny, Scheduler, SpecCluster
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
-    specs = {f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": visible[i]}}}
-             for i in range(min(workers, gpus))}
+    specs = {name: {"cls": Nanny, "options": {"nthreads": 1, "env": env}}
+             for name, env in gpu_worker_env(workers, gpus, os.environ.get("CUDA_VISIBLE_DEVICES")).items()}
     return SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":8787"}})
+
+
+def gpu_worker_env(workers: int, gpus: int, visible: str | None) -> dict[str, dict[str, str]]:
+    """{worker name: its environment}: one GPU each (at most one worker per GPU), taken from this
+    process's ``CUDA_VISIBLE_DEVICES`` when it narrows the GPUs, so a worker's ``cuda`` is its own GPU."""
+    listed = [item.strip() for item in visible.split(",") if item.strip()] if visible else []
+    listed = listed or [str(i) for i in range(gpus)]
+    return {f"gpu-{i}": {"CUDA_VISIBLE_DEVICES": listed[i]} for i in range(min(workers, gpus, len(listed)))}

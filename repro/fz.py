@@ -13,7 +13,8 @@ c at the tap". What makes it fast is only how the same computation is arranged:
   weight gradient is computed;
 * taps that are the same tensor (``O`` of 2.0 is ``I`` of 2.1) are optimized once when their jitter
   agrees and stored under both labels. When it does not (paper profile: ``O`` of 3.0 has jitter 4,
-  ``I`` of 3.1 has 16), they are different FZs and are made separately.
+  ``I`` of 3.1 has 16), they are different FZs and are made separately, unless ``fz.input_jitter =
+  "previous_output"`` (the authors' code) gives the I tap its O tap's jitter.
 
 Lucent's transforms draw one random setting per call for the whole batch (numpy's global generator), so
 the images of one chunk share their transform draws. The method does not need independent draws per
@@ -52,6 +53,7 @@ from lucent.optvis import transform as lucent_transform
 
 import click
 
+from repro import device as devices
 from repro import model as taps_model
 from repro import profiles
 from repro.images import normalize as normalize_image
@@ -79,6 +81,17 @@ def jitter_of(profile: Mapping, block: str, tap: str) -> int:
         return int(profile["fz"]["jitter"][block][tap])
     except KeyError:
         raise UserError(f"profile {profile.get('name', '')!r} sets no fz.jitter for block {block} tap {tap}") from None
+
+
+def tap_jitter(model: torch.nn.Module, profile: Mapping, block: str, tap: str) -> int:
+    """The jitter a tap's FZ is made at. ``fz.input_jitter = "previous_output"`` (the code's reading): an I
+    tap that is the previous block's O takes that O's jitter, so the two labels share one FZ (the code's
+    3.1 I is 3.0's O FZ, made at jitter 4)."""
+    if profile["fz"]["input_jitter"] == "previous_output":
+        tensor = taps_model.same_tensor(model, block, tap)
+        if tensor != (block, tap) and tensor[0] in profile["fz"]["jitter"]:
+            return jitter_of(profile, *tensor)
+    return jitter_of(profile, block, tap)
 
 
 def transforms(profile: Mapping, jitter: int) -> list[Callable]:
@@ -131,32 +144,11 @@ def seeded(seed: int) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
-def lucent_device() -> torch.device:
-    """Lucent builds its tensors on CUDA whenever CUDA exists; the model has to live there too."""
-    return torch.device(lucent_param.spatial.device)
-
-
-@contextlib.contextmanager
-def lucent_on(device: torch.device) -> Iterator[None]:
-    """Point Lucent's module-level device at ``device`` (as the authors did for multi-GPU machines)."""
-    modules = (lucent_transform, lucent_param.spatial, lucent_param.color)
-    saved = [getattr(module, "device", None) for module in modules]
-    for module in modules:
-        module.device = device
-    try:
-        yield
-    finally:
-        for module, device_before in zip(modules, saved):
-            module.device = device_before
-
-
 def prepare(model: torch.nn.Module, device: torch.device | str | None = None, *, channels_last: bool = False
             ) -> torch.nn.Module:
     """A frozen eval-mode copy of the model on ``device`` (default: Lucent's), optionally channels_last."""
-    device = torch.device(device) if device is not None else lucent_device()
-    if device.type == "cpu" and torch.cuda.is_available():
-        # Lucent's colour decorrelation always puts its matrix on CUDA when CUDA exists.
-        raise UserError("Lucent's parameterization runs on CUDA whenever CUDA is present; use the cuda device")
+    device = devices.resolve(device) if device is not None else devices.lucent_device()
+    devices.check_lucent(device)
     prepared = copy.deepcopy(model).eval().requires_grad_(False).to(device)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
@@ -192,7 +184,7 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
     size = int(profile["model"]["image_size"])
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
-    with seeded(seed), lucent_on(device):
+    with seeded(seed), devices.lucent_on(device):
         params, image_f = lucent_param.image(size, batch=len(index), decorrelate=bool(settings["decorrelate"]),
                                              fft=bool(settings["fft"]))
         optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
@@ -286,7 +278,7 @@ def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list
     for block in selection.blocks:
         for tap in selection.taps:
             tensor = taps_model.same_tensor(model, block, tap)
-            grouped.setdefault((*tensor, jitter_of(profile, block, tap)), []).append((block, tap))
+            grouped.setdefault((*tensor, tap_jitter(model, profile, block, tap)), []).append((block, tap))
     jobs = []
     for (block, tap, jitter), stored_as in grouped.items():
         width = selection.widths[stored_as[0][0]]
@@ -365,7 +357,8 @@ def _unit_part(selection: Selection, label: Label, channels: Sequence[int], imag
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
-        channels: Iterable[int] | None = None, executor=None) -> xr.Dataset:
+        channels: Iterable[int] | None = None, executor=None,
+        device: torch.device | str | None = None) -> xr.Dataset:
     """Make the selected FZs into the store (group ``fz`` or ``fz_channel``), skipping done units.
 
     A unit is (block, tap, channel chunk). The group's layout is every tap and channel of the profile's
@@ -404,7 +397,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     if units:
         executor.check_store(store.path, group)
     executor.map(make_chunk, units, context=ChunkContext(str(store.path), group, dict(profile), layout),
-                 model=model, prepare=prepare, model_settings=profile["model"],
+                 model=model, device=devices.resolve(device), prepare=prepare, model_settings=profile["model"],
                  weights_sha256=weights_record.get("weights_sha256", ""), desc=f"{group} ({objective})")
     store.finish(group, complete=every_unit <= store.done(group))
     return store.dataset(group)

@@ -12,6 +12,9 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
   when the store has a complete ``natural`` group and ``image_cache``, for the blocks ``natural`` has
   (attr ``top9_blocks``); otherwise NaN, and the attrs ``top9_available`` / ``top9_note`` say why.
 
+``relu_response``: the same, for the mean of the per-image ReLUs (for ``fz``, one image, the ReLU of
+``response``); the code's reading of the top-9 deltas (``metrics.top9_relu = "per_image"``) reads it.
+
 ``metrics``: per (block, channel, stimulus_set), in the papers' notation (X̂_T = the stimulus of tap T):
 
 * ``mix`` M = O_c(X̂_I) / O_c(X̂_B); O_c(X̂_B) ≤ 0 → 5 (skip); else O_c(X̂_I) ≤ 0 → 0 (overwrite);
@@ -20,6 +23,13 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
 * ``down_delta`` = I_c(S⁻¹(X̂_B)) − ReLU(I_c(X̂_B)), ``down_ok`` = down_delta > 0.
 * ``scale_metric`` = up_delta / B_c(X̂_B) + down_delta / I_c(X̂_I).
 * ``invariant_naturally`` = mix ∧ up; ``invariant_interpreting`` = mix ∧ up ∧ down.
+
+That is the paper's reading. The authors' code differs in items 2-5 and 7 of METHOD.md's list, each a setting
+of the ``metrics`` table (``repro.reading``): ``delta_relu = "both"`` ReLUs the scaled term too;
+``direction = "normalised"`` tests ``up_delta / B_c(X̂_B) > 0`` and ``down_delta / I_c(X̂_I) > 0``;
+``mix_edges = "code"`` gives M = 10 when O_c(X̂_B) ≤ 0, leaves M unclamped, and flags a failed FZ only when both
+O responses are < 0; ``top9_relu = "per_image"`` and ``top9_png`` average per-image ReLUs of the 9 images after
+an 8-bit PNG round trip; ``interpreting_criterion = "mix_up"`` drops down from the second paper's set.
 * ``failed_fz``: both O responses ≤ 0 (see :func:`mix_ratio`); warned (:class:`FailedFZWarning`) and
   counted per block in the attrs ``failed_fz_count`` / ``failed_fz_total``.
 
@@ -49,6 +59,7 @@ from scipy import stats
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from repro import device as devices
 from repro import fz as fz_stage
 from repro import images as imgs
 from repro import profiles
@@ -73,11 +84,19 @@ class MixSettings:
     low: float = 2 / 3
     high: float = 1.5
     clamp: float = 5.0
+    # The reading items (METHOD.md, "Where the authors' code differs"); the paper's reading by default.
+    delta_relu: str = "unscaled"
+    direction: str = "delta"
+    mix_edges: str = "paper"
+    top9_relu: str = "of_mean"
+    interpreting_criterion: str = "mix_up_down"
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "MixSettings":
         metrics = profile["metrics"]
-        return cls(float(metrics["mix_low"]), float(metrics["mix_high"]), float(metrics["mix_clamp"]))
+        return cls(float(metrics["mix_low"]), float(metrics["mix_high"]), float(metrics["mix_clamp"]),
+                   metrics["delta_relu"], metrics["direction"], metrics["mix_edges"], metrics["top9_relu"],
+                   metrics["interpreting_criterion"])
 
 
 # ---------------------------------------------------------------- formulas
@@ -103,21 +122,77 @@ def mix_ratio(o_input: np.ndarray, o_block: np.ndarray, clamp: float = 5.0) -> n
     return np.where(np.isnan(o_input) | np.isnan(o_block), np.nan, mix)
 
 
-def channel_metrics(response: xr.DataArray, settings: MixSettings) -> xr.Dataset:
-    """Every per-channel metric from one block's responses (tap, channel, source, transform)."""
+def mix_ratio_code(o_input: np.ndarray, o_block: np.ndarray, skip: float = 10.0) -> np.ndarray:
+    """The code's M: O_c(X̂_B) ≤ 0 → 10; else O_c(X̂_I) ≤ 0 → 0; else the ratio, unclamped (histograms clamp)."""
+    o_input = np.asarray(o_input, dtype=np.float64)
+    o_block = np.asarray(o_block, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mix = np.where(o_block <= 0, skip, np.where(o_input <= 0, 0.0, o_input / o_block))
+    return np.where(np.isnan(o_input) | np.isnan(o_block), np.nan, mix)
+
+
+MIX_CONVENTIONS = {
+    "paper": "M = O(X_I)/O(X_B); O(X_B) <= 0 -> clamp; else O(X_I) <= 0 -> 0; clamp to mix_clamp",
+    "code": "M = O(X_I)/O(X_B); O(X_B) <= 0 -> 10; else O(X_I) <= 0 -> 0; unclamped (histograms clamp)",
+}
+# Each reading item's variants, chosen by its setting (repro.reading lists the items).
+# Mix ratio and failed FZ: the paper flags both O responses <= 0; the code aborts only when both are < 0.
+MIX_RULES = {
+    "paper": (lambda o_input, o_block, clamp: mix_ratio(o_input, o_block, clamp),
+              lambda o_input, o_block: (o_input <= 0) & (o_block <= 0)),
+    "code": (lambda o_input, o_block, clamp: mix_ratio_code(o_input, o_block),
+             lambda o_input, o_block: (o_input < 0) & (o_block < 0)),
+}
+# Up/down delta from the scaled response, its ReLU'd form and the ReLU'd unscaled response.
+DELTAS = {
+    "unscaled": lambda scaled, scaled_relu, base_relu: scaled - base_relu,  # Eq. 5
+    "both": lambda scaled, scaled_relu, base_relu: scaled_relu - base_relu,
+}
+# Up/down pass from the delta and its normaliser (B_c(X̂_B) for up, I_c(X̂_I) for down).
+DIRECTIONS = {
+    "delta": lambda delta, norm: delta > 0,
+    "normalised": lambda delta, norm: _ratio(delta, norm) > 0,
+}
+# The second paper's invariant set from the mix, up and down flags.
+INTERPRETING = {
+    "mix_up_down": lambda mix_ok, up_ok, down_ok: mix_ok & up_ok & down_ok,
+    "mix_up": lambda mix_ok, up_ok, down_ok: mix_ok & up_ok,
+}
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return numerator / denominator
+
+
+def channel_metrics(response: xr.DataArray, settings: MixSettings,
+                    relu_response: xr.DataArray | None = None) -> xr.Dataset:
+    """Every per-channel metric from one block's responses (tap, channel, source, transform).
+
+    ``relu_response`` is the mean of the per-image ReLUs (top-9 stimuli); the ReLU'd terms of the deltas
+    read it under ``top9_relu = "per_image"``, otherwise they are the ReLU of ``response``.
+    """
 
     def value(tap: str, source: str, transform: str = "none") -> np.ndarray:
         return response.sel(tap=tap, source=source, transform=transform).values.astype(np.float64)
 
+    def relu_value(tap: str, source: str, transform: str = "none") -> np.ndarray:
+        if settings.top9_relu == "per_image" and relu_response is not None:
+            return relu_response.sel(tap=tap, source=source, transform=transform).values.astype(np.float64)
+        return relu(value(tap, source, transform))
+
     o_input, o_block = value("O", "I"), value("O", "B")
-    mix = mix_ratio(o_input, o_block, settings.clamp)
-    failed_fz = (o_input <= 0) & (o_block <= 0)
-    up_delta = value("B", "I", "S") - relu(value("B", "I"))
-    down_delta = value("I", "B", "S_inv") - relu(value("I", "B"))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale_metric = up_delta / value("B", "B") + down_delta / value("I", "I")
+    mix_of, failed_of = MIX_RULES[settings.mix_edges]
+    mix = mix_of(o_input, o_block, settings.clamp)
+    failed_fz = failed_of(o_input, o_block)
+    delta = DELTAS[settings.delta_relu]
+    up_delta = delta(value("B", "I", "S"), relu_value("B", "I", "S"), relu_value("B", "I"))
+    down_delta = delta(value("I", "B", "S_inv"), relu_value("I", "B", "S_inv"), relu_value("I", "B"))
+    up_norm, down_norm = value("B", "B"), value("I", "I")
+    scale_metric = _ratio(up_delta, up_norm) + _ratio(down_delta, down_norm)
     mix_ok = (settings.low < mix) & (mix < settings.high) & ~failed_fz
-    up_ok, down_ok = up_delta > 0, down_delta > 0
+    direction = DIRECTIONS[settings.direction]
+    up_ok, down_ok = direction(up_delta, up_norm), direction(down_delta, down_norm)
     columns = {
         "mix": mix.astype(np.float32),
         "up_delta": up_delta.astype(np.float32),
@@ -127,7 +202,7 @@ def channel_metrics(response: xr.DataArray, settings: MixSettings) -> xr.Dataset
         "up_ok": up_ok,
         "down_ok": down_ok,
         "invariant_naturally": mix_ok & up_ok,
-        "invariant_interpreting": mix_ok & up_ok & down_ok,
+        "invariant_interpreting": INTERPRETING[settings.interpreting_criterion](mix_ok, up_ok, down_ok),
         "failed_fz": failed_fz,
     }
     return xr.Dataset({name: ("channel", data) for name, data in columns.items()},
@@ -168,12 +243,6 @@ def tuning_rho(input_activation: np.ndarray, block_activation: np.ndarray) -> np
 def fz_tensor(images: np.ndarray, profile: Mapping) -> torch.Tensor:
     """Saved FZs, uint8 ``[N, H, W, 3]``, as the normalized float ``[N, 3, H, W]`` the network sees."""
     return imgs.normalize(imgs.to_unit_float(images), profile)
-
-
-def to_accelerator(model: nn.Module) -> None:
-    """Move the model to the GPU when there is one; otherwise it stays where it is."""
-    if torch.cuda.is_available():
-        model.to("cuda")
 
 
 def own_channel_responses(model: nn.Module, x: torch.Tensor, block: str, channels: np.ndarray) -> np.ndarray:
@@ -278,8 +347,9 @@ def group_settings(profile: Mapping, inputs: Inputs) -> dict:
 # ---------------------------------------------------------------- responses of one block
 
 
-def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> np.ndarray:
-    """(tap, channel, source, transform) responses of a block's valid channels to their own FZs."""
+def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tap, channel, source, transform) responses of a block's valid channels to their own FZs, and their
+    ReLU (one image per channel: the mean of per-image ReLUs is the ReLU)."""
     scale = ScaleTransforms.from_profile(profile)
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
@@ -288,14 +358,33 @@ def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size
         for t, name in enumerate(TRANSFORMS):
             out[:, :, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
                                                 block, lambda x, name=name: scale.apply(name, x), batch_size)
-    return out
+    return out, relu(out)
 
 
-def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> np.ndarray:
-    """(tap, channel, source, transform) mean responses over each source tap's top natural images."""
+def png_round_trip(images01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images saved as 8-bit PNG and read back: ToPILImage's ``mul(255).byte()`` truncates, PNG is
+    lossless, ToTensor divides by 255 (the code's top-9 images, saved by its tuning-curve script)."""
+    return images01.mul(255).to(torch.uint8).to(images01.dtype).div(255)
+
+
+def top9_tensor(pixels, profile: Mapping, resized_height, resized_width, png: bool) -> torch.Tensor:
+    """Cached squares as the network sees them: the eval crop, through the PNG round trip when ``png``."""
+    if not png:
+        return imgs.eval_from_cache(pixels, profile, resized_height, resized_width)
+    _, crop = imgs.check_sizes(profile)
+    crops = imgs.center_crop_from_cache(imgs.as_tensor(pixels), crop, resized_height, resized_width)
+    return imgs.normalize(png_round_trip(imgs.to_unit_float(crops)), profile)
+
+
+def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(tap, channel, source, transform) mean responses over each source tap's top natural images, and the
+    mean of the per-image ReLUs."""
     scale = ScaleTransforms.from_profile(profile)
+    png = bool(profile["metrics"]["top9_png"])
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
+    out_relu = out.copy()
     for s, source in enumerate(TAPS):
         top = inputs.natural["top_images"].sel(block=block, tap=source, channel=channels).values[:, :TOP9_RANKS]
         top = top.astype(np.int64)
@@ -308,17 +397,24 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
 
         def load(rows, position=position, cached=cached):
             at = position[rows]
-            return imgs.eval_from_cache(cached["pixels"].values[at], profile, cached["resized_height"].values[at],
-                                        cached["resized_width"].values[at])
+            return top9_tensor(cached["pixels"].values[at], profile, cached["resized_height"].values[at],
+                               cached["resized_width"].values[at], png)
 
+        count = np.bincount(pair_channel, minlength=len(channels))
         for t, name in enumerate(TRANSFORMS):
             per_pair = batched_responses(model, load, channels[pair_channel], block,
                                          lambda x, name=name: scale.apply(name, x), batch_size)
-            summed = np.zeros((len(TAPS), len(channels)))
-            np.add.at(summed, (slice(None), pair_channel), per_pair)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[:, :, s, t] = summed / np.bincount(pair_channel, minlength=len(channels))
-    return out
+            out[:, :, s, t] = _channel_mean(per_pair, pair_channel, count)
+            out_relu[:, :, s, t] = _channel_mean(relu(per_pair), pair_channel, count)
+    return out, out_relu
+
+
+def _channel_mean(per_pair: np.ndarray, pair_channel: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``[taps, channels]`` mean of the pairs' values per channel (NaN for a channel without pairs)."""
+    summed = np.zeros((per_pair.shape[0], len(count)))
+    np.add.at(summed, (slice(None), pair_channel), per_pair)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return summed / count
 
 
 # ---------------------------------------------------------------- templates and parts
@@ -341,7 +437,8 @@ def responses_template(inputs: Inputs) -> xr.Dataset:
     shape = tuple(len(coords[dim]) for dim in dims)
     chunks = (1, len(TAPS), shape[2], len(TAPS), len(TRANSFORMS), 1)
     response = da.full(shape, np.nan, dtype=np.float32, chunks=chunks)
-    return xr.Dataset({"response": (dims, response)}, coords=coords)
+    relu_response = da.full(shape, np.nan, dtype=np.float32, chunks=chunks)
+    return xr.Dataset({"response": (dims, response), "relu_response": (dims, relu_response)}, coords=coords)
 
 
 PER_SET_FLOATS = ("mix", "up_delta", "down_delta", "scale_metric")
@@ -367,14 +464,20 @@ def metrics_template(inputs: Inputs) -> xr.Dataset:
     return xr.Dataset(variables, coords=coords)
 
 
-def response_part(inputs: Inputs, block: str, stimulus_set: str, values: np.ndarray) -> xr.Dataset:
-    """One unit of ``responses``: the valid channels' values placed on the full channel axis."""
+def response_part(inputs: Inputs, block: str, stimulus_set: str, values: np.ndarray,
+                  relu_values: np.ndarray) -> xr.Dataset:
+    """One unit of ``responses``: the valid channels' values (and their per-image ReLU means) placed on the
+    full channel axis."""
     coords = _coords(inputs)
-    full = np.full((len(TAPS), len(coords["channel"]), len(TAPS), len(TRANSFORMS)), np.nan, dtype=np.float32)
-    full[:, inputs.fz["valid"].sel(block=block).values.astype(bool)] = values
+    valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
     coords.update(block=labels([block]), stimulus_set=labels([stimulus_set]))
     dims = ("block", "tap", "channel", "source", "transform", "stimulus_set")
-    return xr.Dataset({"response": (dims, full[None, ..., None])}, coords=coords)
+    variables = {}
+    for name, data in (("response", values), ("relu_response", relu_values)):
+        full = np.full((len(TAPS), len(coords["channel"]), len(TAPS), len(TRANSFORMS)), np.nan, dtype=np.float32)
+        full[:, valid] = data
+        variables[name] = (dims, full[None, ..., None])
+    return xr.Dataset(variables, coords=coords)
 
 
 def metrics_part(block: str, stimulus_set: str, metrics: xr.Dataset) -> xr.Dataset:
@@ -422,7 +525,7 @@ def failed_counts(metrics: xr.Dataset) -> dict:
 
 
 def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None, executor=None) -> None:
+        blocks: Sequence[str] | None = None, executor=None, device: torch.device | str | None = None) -> None:
     """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``."""
     inputs = read_inputs(store, profile, blocks)
     settings = MixSettings.from_profile(profile)
@@ -439,8 +542,9 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
                   inputs=inputs.input_groups, units_expected=len(layout_units))
     store.declare("metrics", metrics_template(inputs), {
         **attrs,
-        "mix_conventions": "M = O(X_I)/O(X_B); O(X_B) <= 0 -> clamp; else O(X_I) <= 0 -> 0; clamp to mix_clamp",
+        "mix_conventions": MIX_CONVENTIONS[settings.mix_edges],
         "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
+        "interpreting_criterion": settings.interpreting_criterion,
         "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
     }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(inputs.layout_blocks))
 
@@ -453,9 +557,9 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         executor.check_store(store.path, "metrics")
     context = MetricsContext(str(store.path), dict(profile), tuple(inputs.blocks), tuple(inputs.layout_blocks),
                              inputs.top9_available, inputs.top9_note)
-    for caught in executor.map(make_unit, units, context=context, model=model, prepare=on_accelerator,
-                               model_settings=profile["model"], weights_sha256=weights.get("weights_sha256", ""),
-                               desc="metrics"):
+    for caught in executor.map(make_unit, units, context=context, model=model, device=devices.resolve(device),
+                               prepare=devices.place, model_settings=profile["model"],
+                               weights_sha256=weights.get("weights_sha256", ""), desc="metrics"):
         for message in caught:  # warnings raised where the unit ran, shown here
             warnings.warn(message, FailedFZWarning, stacklevel=2)
 
@@ -465,11 +569,6 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
     store.finish("responses", complete=complete, top9_blocks=top9_blocks)
     store.finish("metrics", complete=complete, top9_blocks=top9_blocks, failed_fz_count=counts,
                  failed_fz_total=sum(sum(c.values()) for c in counts.values()))
-
-
-def on_accelerator(model: nn.Module) -> nn.Module:
-    to_accelerator(model)
-    return model
 
 
 @dataclass(frozen=True)
@@ -509,11 +608,11 @@ def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batc
     unit = f"{block}:{stimulus_set}"
     if unit not in store.done("responses"):
         compute = fz_responses if stimulus_set == "fz" else top9_responses
-        values = compute(model, inputs, block, profile, batch_size)
-        store.write_unit("responses", unit, response_part(inputs, block, stimulus_set, values))
+        values, relu_values = compute(model, inputs, block, profile, batch_size)
+        store.write_unit("responses", unit, response_part(inputs, block, stimulus_set, values, relu_values))
     if unit not in store.done("metrics"):
-        response = store.dataset("responses")["response"].sel(block=block, stimulus_set=stimulus_set).load()
-        metrics = channel_metrics(response, settings)
+        stored = store.dataset("responses").sel(block=block, stimulus_set=stimulus_set)
+        metrics = channel_metrics(stored["response"].load(), settings, stored["relu_response"].load())
         valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
         warn_failed(block, stimulus_set, metrics, valid)
         store.write_unit("metrics", unit, metrics_part(block, stimulus_set, metrics))

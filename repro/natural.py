@@ -47,6 +47,7 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
+from repro import device as devices
 from repro import images as imgs
 from repro import profiles
 from repro.errors import UserError
@@ -297,9 +298,9 @@ def batch_center_values(model, profile, layout: TapLayout, squares, heights, wid
     Copied out of the full maps (run() returns views of them), so a batch's maps are freed before the
     next batch's forward.
     """
-    inputs = imgs.eval_from_cache(squares, profile, heights, widths)
+    inputs = imgs.eval_from_cache(squares, profile, heights, widths).to(next(model.parameters()).device)
     values, _ = run_model(model, inputs, layout.computed, center=True, stop=True)
-    return {key: value.clone() for key, value in values.items()}
+    return {key: value.float().cpu().clone() for key, value in values.items()}
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Map
 
 
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None, executor=None) -> None:
+        blocks: Sequence[str] | None = None, executor=None, device: torch.device | str | None = None) -> None:
     """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
     settings = Settings.from_profile(profile)
     images = imgs.find_images(settings.root)
@@ -375,7 +376,8 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     context = PassContext(str(store.path), dict(profile), images, layout, settings,
                           settings.workers if isinstance(executor, Serial) else 0)
     errors = {}
-    for shard_errors in executor.map(make_shard, todo, context=context, model=model, model_settings=profile["model"],
+    for shard_errors in executor.map(make_shard, todo, context=context, model=model, device=devices.resolve(device),
+                                     prepare=devices.place, model_settings=profile["model"],
                                      weights_sha256=weights.get("weights_sha256", ""), desc="natural image shards"):
         errors.update(shard_errors)
     finish(store, images, settings, errors)

@@ -1,5 +1,5 @@
 """Every stage of a profile into one store: FZs (center neuron and whole channel), natural images,
-metrics and ablation. Each stage skips the units already done, so a rerun with nothing changed is quick."""
+metrics, ablation and alignment. Each stage skips the units already done, so a rerun with nothing changed is quick."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from repro import ablate, fz, metrics, natural, profiles
+from repro import ablate, alignment, fz, metrics, natural, profiles
+from repro import device as devices
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import ModelSpec, load_model
@@ -48,23 +49,28 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-def run(profile_name: str, store_path: Path, *, new_store: bool = False, executor_for=None) -> Store:
-    """Every stage, its units on one executor (one cluster for the whole pipeline when distributed)."""
-    profile = profiles.load(profile_name)
+def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto",
+        reading: str | None = None, executor_for=None) -> Store:
+    """Every stage on one device, its units on one executor (one cluster for the whole pipeline when
+    distributed): ``executor_for(profile, device)`` opens it; in-process without one."""
+    profile = profiles.override(profiles.load(profile_name), {"reading": reading})
+    device = devices.resolve(device)  # once, for every stage
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.for_run(store_path, profile, record, new=new_store)
-    with (executor_for(profile) if executor_for else Serial()) as executor:
-        stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, executor=executor))]
+    with (executor_for(profile, device) if executor_for else Serial()) as executor:
+        run_on = {"device": device, "executor": executor}
+        stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, **run_on))]
         if profile["fz"]["channel_grids"]:
-            channel = profiles.override(profile, {"fz.objective": "channel"})
+            channel_profile = profiles.override(profile, {"fz.objective": "channel"})
             stages.append(("fz (whole channel, for the grids)",
-                           lambda: fz.run(store, model, record, channel, executor=executor)))
+                           lambda: fz.run(store, model, record, channel_profile, **run_on)))
         stages += [
-            ("natural images", lambda: natural.run(store, model, record, profile, executor=executor)),
-            ("metrics", lambda: metrics.run(store, model, record, profile, executor=executor)),
-            ("ablation", lambda: ablate.run(store, model, record, profile, executor=executor)),
+            ("natural images", lambda: natural.run(store, model, record, profile, **run_on)),
+            ("metrics", lambda: metrics.run(store, model, record, profile, **run_on)),
+            ("ablation", lambda: ablate.run(store, model, record, profile, **run_on)),
+            ("alignment", lambda: alignment.run(store, model, record, profile, **run_on)),
         ]
         for title, stage in stages:
             started = time.perf_counter()

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from repro import reading as readings
 from repro import settings
 from repro.errors import UserError
 
@@ -21,7 +22,8 @@ PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
 # Settings that do not change stored results (where images live, worker counts, where units run) or that
 # choose the group a result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
-NON_RESULT_KEYS = {"description", "natural.images", "natural.workers", "fz.objective", "run"}
+# The top-level ``reading`` only sets the defaults of the reading items, which carry the identity themselves.
+NON_RESULT_KEYS = {"description", "reading", "natural.images", "natural.workers", "fz.objective", "run"}
 # Read by a stage but not part of what its group's values depend on: the weights are the store's identity
 # (their SHA-256), the image folder enters as its listing, and whole-channel grids are a pipeline choice.
 NOT_GROUP_SETTINGS = NON_RESULT_KEYS - {"fz.objective"} | {"model.weights", "model.weights_sha256", "fz.channel_grids"}
@@ -54,15 +56,8 @@ def _merge(base: dict, top: Mapping) -> dict:
 def load(name_or_path: str) -> dict:
     """The resolved, validated profile: base merged, path-valued settings made absolute, env defaults applied."""
     path = _path(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"profile {path} is not valid TOML: {error}") from None
-    base = raw.pop("base", None)
-    if base is not None and not isinstance(base, str):
-        raise UserError(f"profile {path}: base must be a profile name, not {base!r}")
-    profile = _merge(_load_unchecked(base), raw) if base else raw
-    profile["name"] = raw.get("name", path.stem)
+    profile = _load_unchecked(name_or_path)
+    readings.resolve(profile, _load_unchecked(ROOT_PROFILE), _pinned(path))
     model = profile.get("model", {})
     weights = model.get("weights", "") if isinstance(model, Mapping) else ""
     if isinstance(weights, str) and weights.endswith((".pt", ".pth")) and not Path(weights).is_absolute():
@@ -75,21 +70,48 @@ def load(name_or_path: str) -> dict:
     return profile
 
 
-def _load_unchecked(name: str) -> dict:
-    """A base profile, merged but not yet validated (the profile built on it is)."""
-    path = _path(name)
+ROOT_PROFILE = "paper"  # the base of every profile: it holds every default, the paper reading's included
+
+
+def _pinned(path: Path) -> set[str]:
+    """The reading items a profile file or one of its bases sets itself (the root's values are the defaults)."""
+    if path.resolve() == _path(ROOT_PROFILE).resolve():
+        return set()
     raw = tomllib.loads(path.read_text())
+    here = {key for key in readings.ITEM_KEYS
+            if isinstance(raw.get(key.split(".")[0]), Mapping) and key.split(".")[1] in raw[key.split(".")[0]]}
+    return here | (_pinned(_path(raw["base"])) if isinstance(raw.get("base"), str) else set())
+
+
+def _load_unchecked(name: str) -> dict:
+    """A profile merged over its bases, not yet validated (``load`` validates the result)."""
+    path = _path(name)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"profile {path} is not valid TOML: {error}") from None
     base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise UserError(f"profile {path}: base must be a profile name, not {base!r}")
     merged = _merge(_load_unchecked(base), raw) if base else raw
     merged["name"] = raw.get("name", path.stem)
     return merged
 
 
 def override(profile: dict, values: Mapping[str, Any]) -> dict:
-    """A validated copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored."""
+    """A validated copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored.
+
+    ``reading`` switches every reading item that follows the profile's reading (see ``reading.switch``);
+    items given in the same call keep the given value.
+    """
     updated = copy.deepcopy(profile)
+    if values.get("reading") is not None:
+        if values["reading"] not in readings.READINGS:
+            raise UserError(f"settings: reading must be one of {', '.join(readings.READINGS)}, not {values['reading']!r}")
+        given = {key for key, value in values.items() if value is not None}
+        readings.switch(updated, values["reading"], _load_unchecked(ROOT_PROFILE), given)
     for dotted, value in values.items():
-        if value is None:
+        if value is None or dotted == "reading":
             continue
         *tables, key = dotted.split(".")
         target = updated
@@ -98,6 +120,19 @@ def override(profile: dict, values: Mapping[str, Any]) -> dict:
         target[key] = value
     settings.validate(updated, where="settings")
     return updated
+
+
+def with_reading_defaults(profile: Mapping) -> dict:
+    """A profile stored before the reading items existed, completed with the paper reading's values (what
+    it was computed with)."""
+    completed = copy.deepcopy(dict(profile))
+    completed.setdefault("reading", "paper")
+    root = _load_unchecked(ROOT_PROFILE)
+    for key in readings.ITEM_KEYS:
+        table, name = key.split(".")
+        if isinstance(completed.get(table), dict):
+            completed[table].setdefault(name, root[table][name])
+    return completed
 
 
 def _result_settings(profile: Mapping, prefix: str = "", left_out=NON_RESULT_KEYS) -> dict:
@@ -119,6 +154,12 @@ def identity_hash(profile: Mapping) -> str:
     """Hash of every setting that changes results (not where images live, not worker counts)."""
     text = json.dumps(_result_settings(profile), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded(profile: Mapping) -> dict:
+    """The profile as a store records it: without the ``[run]`` table, since where units ran is no part of a
+    result, and a later stage run on the store (``--profile`` omitted) chooses its own placement."""
+    return {key: value for key, value in profile.items() if key != "run"}
 
 
 def to_json(profile: Mapping) -> str:

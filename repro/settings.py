@@ -53,6 +53,7 @@ class FZSettings:
     channel_grids: bool
     pad_from_jitter: int = field(metadata=NON_NEGATIVE)
     jitter: dict[str, dict[str, int]]
+    input_jitter: str = field(metadata=choice("schedule", "previous_output"))
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class MetricsSettings:
     mix_high: float = field(metadata=POSITIVE)
     mix_clamp: float = field(metadata=POSITIVE)
     batch_size: int = field(metadata=POSITIVE)
+    delta_relu: str = field(metadata=choice("unscaled", "both"))
+    direction: str = field(metadata=choice("delta", "normalised"))
+    mix_edges: str = field(metadata=choice("paper", "code"))
+    top9_relu: str = field(metadata=choice("of_mean", "per_image"))
+    top9_png: bool
+    interpreting_criterion: str = field(metadata=choice("mix_up_down", "mix_up"))
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,41 @@ class AblationSettings:
     trials: int = field(metadata=POSITIVE)
     scales: tuple[float, ...]
     scale_definition: str = field(metadata=choice("paper", "code"))
+    resize: str = field(metadata=choice("tensor", "pil"))
     ablation: str = field(metadata=choice("mean", "zero"))
     seed: int
     batch_size: int = field(metadata=POSITIVE)
     max_draws: int = field(metadata=POSITIVE)
     screen_tolerance: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    features: int = field(metadata=POSITIVE)
+    active_probability: float = field(metadata=POSITIVE)
+    neurons: tuple[int, ...]
+    seeds: int = field(metadata=POSITIVE)
+    train_stimuli: int = field(metadata=POSITIVE)
+    eval_stimuli: int = field(metadata=POSITIVE)
+    sae_latents: int = field(metadata=POSITIVE)
+    sae_topk: int = field(metadata=POSITIVE)
+    sae_steps: int = field(metadata=POSITIVE)
+    sae_lr: float = field(metadata=POSITIVE)
+    sae_batch_size: int = field(metadata=POSITIVE)
+    partner_weights: str
+    partner_weights_sha256: str
+    blocks: tuple[str, ...]
+    tap: str = field(metadata=choice("I", "B", "O"))
+    cross_metrics: tuple[str, ...]
+    network_sae_expansion: int = field(metadata=POSITIVE)
+    network_sae_topk_fraction: float = field(metadata=POSITIVE)
+    network_sae_samples: int = field(metadata=POSITIVE)
+    network_sae_steps: int = field(metadata=POSITIVE)
+    max_stimuli: int = field(metadata=POSITIVE)
+    bootstrap: int = field(metadata=POSITIVE)
+    batch_size: int = field(metadata=POSITIVE)
+    seed: int
+    threads: int = field(metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -143,14 +180,16 @@ class RunSettings:
 class Profile:
     name: str
     description: str
+    reading: str = field(metadata=choice("paper", "code"))
     model: ModelSettings
     fz: FZSettings
     stimulus: StimulusSettings
     natural: NaturalSettings
     metrics: MetricsSettings
     ablation: AblationSettings
+    alignment: AlignmentSettings
     toy: ToySettings | None = None  # only the toy world's profiles have it
-    run: RunSettings | None = None  # stores made before the table existed record profiles without it
+    run: RunSettings | None = None  # a store's recorded profile leaves it out (profiles.recorded)
 
 
 def typed(profile: Mapping, *, where: str = "profile") -> Profile:

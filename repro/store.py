@@ -43,6 +43,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -107,6 +108,13 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def reading_label(profile: Mapping) -> str:
+    """The reading a profile computes under (``paper``, ``code``, or one with items set apart)."""
+    from repro import reading
+
+    return reading.label(profiles.with_reading_defaults(profile))
+
+
 def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
     """The attrs every stored group carries."""
     import torch
@@ -118,8 +126,9 @@ def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "profile_name": profile.get("name", ""),
+        "reading": reading_label(profile),
         "profile_hash": profiles.identity_hash(profile),
-        "profile": profiles.to_json(profile),
+        "profile": profiles.to_json(profiles.recorded(profile)),
         "weights": weights.get("weights", ""),
         "weights_sha256": weights.get("weights_sha256", ""),
         "weights_file_sha256": weights.get("weights_file_sha256", ""),
@@ -332,12 +341,16 @@ class Store:
             self._locks[group] = _HELD[key]
             return
         handle = self._open_lock(group)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(20):  # another process's probe (``_writers_active``) holds it for an instant
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
             handle.close()
             raise UserError(f"group {group!r} of {self.path} is being written by another process; "
-                            "let it finish (or stop it), then rerun") from None
+                            "let it finish (or stop it), then rerun")
         self._locks[group] = _HELD[key] = handle
 
     def release(self, group: str) -> None:
@@ -422,6 +435,7 @@ class Store:
         whose current versions are recorded. Otherwise the group is replaced (one line says why), as a
         whole and atomically: a staged copy of the template is renamed into place.
         """
+        self._check_space(template, units_expected)
         self.ensure_root()
         self._lock_group(group)
         settings = json.loads(json.dumps(settings or {}, default=str))
@@ -454,6 +468,14 @@ class Store:
                 os.rename(self.path / staging, target)
             fault_point("declared")
             self._consolidate()
+
+    def _check_space(self, template: xr.Dataset, units_expected: int | None) -> None:
+        """Refuse to start when the disk cannot hold even the first unit (its share of the group, uncompressed)."""
+        first_unit = template.nbytes / max(1, units_expected or 1)
+        free = shutil.disk_usage(self.path if self.path.exists() else self.path.parent).free
+        if free < first_unit:
+            raise UserError(f"not enough free space for store {self.path}: a unit needs about "
+                            f"{first_unit / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free")
 
     def _replace_reason(self, current: Mapping, settings: Mapping, inputs: Mapping) -> str:
         if current.get("settings_digest") != digest(settings):
@@ -504,36 +526,19 @@ class Store:
     def write_unit(self, group: str, unit: str, part: xr.Dataset, region: Mapping[str, slice] | str = "auto") -> None:
         """Write one unit's arrays into their region, then create its done-marker."""
         part = part.drop_attrs()
-        region = self._region(group, part) if region == "auto" else dict(region)
+        stored = xr.open_zarr(str(self.path), group=group, consolidated=False)  # metadata only
+        region = _region(stored, group, part) if region == "auto" else dict(region)
         part = part.drop_vars([name for name in part.coords if name in region])
         with _quiet_zarr():
             part.to_zarr(str(self.path), group=group, region=region, mode="r+", consolidated=False,
                          write_empty_chunks=True)
         fault_point("unit-written")
-        sizes = self._sizes(group)
         marker = {"unit": unit, "variables": sorted(part.data_vars), "written": now(),
-                  "region": {dim: list(piece.indices(sizes[dim])[:2]) for dim, piece in region.items()}}
+                  "region": {dim: list(piece.indices(stored.sizes[dim])[:2]) for dim, piece in region.items()}}
         node = self.path / group / UNITS / _unit_node(unit)
         node.mkdir(parents=True, exist_ok=True)
         _write_atomic(node / "zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": marker}))
         fault_point("unit-marked")
-
-    def _sizes(self, group: str) -> dict[str, int]:
-        return dict(xr.open_zarr(str(self.path), group=group, consolidated=False).sizes)
-
-    def _region(self, group: str, part: xr.Dataset) -> dict[str, slice]:
-        """The region a part with coords fills (each labelled dim must be contiguous in the group)."""
-        stored = xr.open_zarr(str(self.path), group=group, consolidated=False)
-        region = {}
-        for dim in part.dims:
-            if dim not in part.coords:
-                region[dim] = slice(None)
-                continue
-            index = stored.indexes[dim].get_indexer(part[dim].values)
-            if (index < 0).any() or (len(index) and not (np.diff(index) == 1).all()):
-                raise ValueError(f"{group}: the part's {dim} labels are not a contiguous run of the group's")
-            region[dim] = slice(int(index[0]), int(index[-1]) + 1)
-        return region
 
     def finish(self, group: str, *, complete: bool = True, **attrs) -> None:
         """Record whether every unit of the group's layout is done; refresh the metadata users open."""
@@ -621,6 +626,20 @@ class Store:
             named = ", ".join(f"{d.group}:{d.unit}" for d in damage[:4]) + (" ..." if len(damage) > 4 else "")
             raise UserError(f"store {self.path} has damaged units ({named}: {damage[0].problem}); "
                             f"run `repro check --store {self.path} --repair`, then rerun the stages")
+
+
+def _region(stored: xr.Dataset, group: str, part: xr.Dataset) -> dict[str, slice]:
+    """The region a part with coords fills (each labelled dim must be contiguous in the group)."""
+    region = {}
+    for dim in part.dims:
+        if dim not in part.coords:
+            region[dim] = slice(None)
+            continue
+        index = stored.indexes[dim].get_indexer(part[dim].values)
+        if (index < 0).any() or (len(index) and not (np.diff(index) == 1).all()):
+            raise ValueError(f"{group}: the part's {dim} labels are not a contiguous run of the group's")
+        region[dim] = slice(int(index[0]), int(index[-1]) + 1)
+    return region
 
 
 def _chunks_of(array: zarr.Array, region: Mapping[str, list[int]]) -> Iterator[tuple[int, ...]]:

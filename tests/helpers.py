@@ -1,5 +1,10 @@
 """Helpers several test files share."""
+import math
+
+import numpy as np
+import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 
 def randomize_batchnorm(model, seed=0):
@@ -53,3 +58,25 @@ def cli_process(args, fault_env, fault, output_path):
         context.set_forkserver_preload(["torch", "helpers", "repro.cli", "repro.pipeline"])
         cli_process.preloaded = True
     return context.Process(target=run_cli_child, args=(list(map(str, args)), fault_env, fault, str(output_path)))
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Small matrices: on shared cores, BLAS threads contending slowed these tests several-fold."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+def fresh_rng(label: str) -> np.random.Generator:
+    """A generator seeded from the OS's entropy, its seed printed for replay."""
+    seed = np.random.SeedSequence().entropy
+    print(f"{label}: seed = {seed}")
+    return np.random.default_rng(seed)
+
+
+def assert_matches_monte_carlo(values, closed_form: float, allowance: float, label: str = "") -> None:
+    values = np.asarray(values, dtype=float)
+    mean, sd = values.mean(), values.std(ddof=1)
+    bound = 4 * sd / math.sqrt(values.size) + allowance
+    print(f"{label}: closed form {closed_form:.4f}, MC {mean:.4f} ± {sd:.4f} (n = {values.size}), bound {bound:.4f}")
+    assert abs(mean - closed_form) < bound, (label, mean, closed_form, bound)

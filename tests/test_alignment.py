@@ -1,5 +1,4 @@
-"""Alignment metrics, superposition closed forms and feature recovery (analyses.alignment, .superposition,
-.alignment_figures).
+"""Alignment metrics and superposition closed forms (analyses.alignment, analyses.superposition).
 
 Each metric is checked against a straightforward computation written here (explicit centring matrices,
 loops over stimulus pairs and quadruples, numpy least squares). Closed forms are checked against Monte
@@ -13,40 +12,14 @@ import itertools
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 from scipy import stats
-from scipy.spatial.distance import pdist
 from sklearn.model_selection import KFold
-from threadpoolctl import threadpool_limits
 
-from analyses import alignment_figures as af
 from analyses import superposition as sp
+from helpers import assert_matches_monte_carlo, fresh_rng, one_blas_thread  # noqa: F401 (an autouse fixture)
 from analyses.alignment import (RSAResult, RegressionScore, expected_linear_cka, linear_cka, regression_score,
                                 rsa)
-
-
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    """Small matrices: on shared cores, BLAS threads contending slowed these tests several-fold."""
-    with threadpool_limits(limits=1):
-        yield
-
-
-def fresh_rng(label: str) -> np.random.Generator:
-    """A generator seeded from the OS's entropy, its seed printed for replay."""
-    seed = np.random.SeedSequence().entropy
-    print(f"{label}: seed = {seed}")
-    return np.random.default_rng(seed)
-
-
-def assert_matches_monte_carlo(values, closed_form: float, allowance: float, label: str = "") -> None:
-    values = np.asarray(values, dtype=float)
-    mean, sd = values.mean(), values.std(ddof=1)
-    bound = 4 * sd / math.sqrt(values.size) + allowance
-    print(f"{label}: closed form {closed_form:.4f}, MC {mean:.4f} ± {sd:.4f} (n = {values.size}), bound {bound:.4f}")
-    assert abs(mean - closed_form) < bound, (label, mean, closed_form, bound)
 
 
 # ---------------------------------------------------------------- independent reference computations
@@ -333,89 +306,3 @@ def test_partial_overlap_inverts_the_ordering():
     for pair_name in sp.INVERSION_PAIRS:
         group = draws[(draws["metric"] == "cka") & (draws["pair"] == pair_name)]
         assert_matches_monte_carlo(group["value"], group["closed_form"].iloc[0], 0.005, f"CKA, {pair_name}")
-
-
-@pytest.fixture(scope="module")
-def recovery():
-    seed = np.random.SeedSequence().entropy
-    print(f"recovery: seed = {seed}")
-    return sp.simulate_feature_recovery(seed=seed), sp.simulate_recovery_threshold(ds=(8, 16, 32), n=500, seed=seed)
-
-
-def test_recovered_features_restore_alignment(recovery):
-    result, _ = recovery
-    print(result["alignment"], result["recovery"], sep="\n")
-    values = result["alignment"].set_index(["representation", "metric"])["value"]
-    raw, recovered = values["raw activity"], values["recovered features"]
-    assert raw["cka"] < 0.4                                  # deflated: closed form 0.33 at d/k = 1/2
-    assert recovered["cka"] >= 0.9 and recovered["cka"] >= raw["cka"] + 0.3
-    assert recovered["cka_debiased"] >= 0.9
-    for metric in ("rsa", "regression_r2"):
-        assert recovered[metric] >= raw[metric] + 0.15, metric
-    assert (result["recovery"]["mean_matched_r"] >= 0.95).all()
-
-
-def test_recovery_threshold_needs_more_neurons_than_8_to_16(recovery):
-    _, threshold = recovery
-    by_d = threshold.set_index("d")["mean_matched_r"]
-    assert by_d[8] < 0.6 and by_d[16] < 0.95 and by_d[32] > 0.99
-
-
-def test_match_features_finds_a_permutation():
-    rng = np.random.default_rng(0)
-    T = rng.standard_normal((200, 6))
-    order = rng.permutation(6)
-    S = -2.0 * T[:, order] + 0.01 * rng.standard_normal((200, 6))
-    match = sp.match_features(S, T)
-    assert np.array_equal(match.cols, np.arange(6)) and np.array_equal(order[match.rows], np.arange(6))
-    assert np.allclose(match.r, -1.0, atol=1e-3)
-
-
-# ---------------------------------------------------------------- figures, table and real activations
-
-def test_figures_and_table_from_simulation_results(recovery):
-    rng = np.random.default_rng(0)
-    deflation = sp.simulate_deflation(ds=(8, 64), n=200, n_draws=3, seed=rng)
-    overlap = sp.simulate_partial_overlap(n=300, n_draws=3, seed=rng)
-    result, threshold = recovery
-    figures = {"deflation": af.plot_deflation(deflation), "inversion": af.plot_inversion(overlap),
-               "recovery": af.plot_recovery(result, threshold), "recovery without threshold": af.plot_recovery(result)}
-    panels = {"deflation": 4, "inversion": 1, "recovery": 3, "recovery without threshold": 2}
-    for name, figure in figures.items():
-        assert isinstance(figure, Figure) and len(figure.axes) == panels[name], name
-    table = af.closed_form_table(deflation, overlap, result)
-    assert list(table.columns) == ["experiment", "condition", "metric", "closed_form", "mc_mean", "mc_sd", "n_draws",
-                                   "difference", "standard_error", "agrees"]
-    assert set(table["experiment"]) == {"deflation", "partial overlap", "feature recovery (raw activity)"}
-    assert len(table) == 2 * 5 + 2 * 3 + 4
-    assert table["agrees"].isna().sum() == 4
-    assert af.closed_form_table().empty
-
-
-def test_report_entries_are_declared():
-    for entry in af.FIGURES:
-        assert {"id", "title", "caption", "function"} <= set(entry)
-        assert entry["id"].startswith(("fig-alignment-", "tbl-alignment-"))
-
-
-def test_residual_alignment_on_two_activation_matrices():
-    rng = np.random.default_rng(1)
-    latents = sp.sample_sparse_latents(300, 24, 0.15, rng)
-    acts_a = np.maximum(latents @ rng.standard_normal((24, 12)), 0)      # post-ReLU-like channels
-    acts_b = np.maximum(latents @ rng.standard_normal((24, 16)), 0)
-    acts_a[:4] = 0.0                                                     # images no channel responds to
-    table = af.residual_alignment(acts_a, acts_b, steps=150, refine_rounds=2, max_rsa_stimuli=300, seed=0)
-    assert isinstance(table, pd.DataFrame) and list(table.columns) == ["representation", "metric", "value", "note"]
-    assert set(table["representation"]) == {"raw channels", "recovered features"}
-    raw = table[table["representation"] == "raw channels"].set_index("metric")["value"]
-    assert raw["cka"] == pytest.approx(linear_cka(acts_a, acts_b))
-    constant = int((np.ptp(acts_a, axis=1) == 0).sum() + (np.ptp(acts_b, axis=1) == 0).sum()
-                   - ((np.ptp(acts_a, axis=1) == 0) & (np.ptp(acts_b, axis=1) == 0)).sum())
-    assert constant >= 4
-    assert f"{constant} constant ones dropped" in table.set_index(["representation", "metric"]).loc[
-        ("raw channels", "rsa_correlation"), "note"]
-    assert np.isfinite(table["value"]).all()
-    matched = table.set_index("metric").loc["matched_feature_r (mean)", "value"]
-    assert 0 < matched <= 1
-    with pytest.raises(ValueError, match="same number of stimuli"):
-        af.residual_alignment(acts_a, acts_b[:-1])

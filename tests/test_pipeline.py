@@ -9,6 +9,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 from repro.cli import main
+from test_alignment_stage import check_alignment_group
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,9 @@ def test_every_stage_lands_in_the_store(built):
     metrics = xr.open_zarr(store, group="metrics")
     assert set(metrics.block.values) == {"1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"}
     assert metrics.mix.sel(stimulus_set="fz").notnull().any()
+    alignment = xr.open_zarr(store, group="alignment").load()
+    assert alignment.attrs["profile_name"] == "tiny"
+    check_alignment_group(alignment)
 
 
 def test_every_stage_on_two_dask_workers_equals_the_serial_store(built, scheduler):
@@ -48,11 +52,12 @@ def test_every_stage_on_two_dask_workers_equals_the_serial_store(built, schedule
     workers = store.parent / "workers.zarr"
     result = runner.invoke(main, ["pipeline", "--profile", str(profile), "--store", str(workers), "--scheduler", address])
     assert result.exit_code == 0, result.output
-    groups = ["fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation"]
+    groups = ["fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation", "alignment"]
     assert_equal_stores(store, workers, groups)
-    # Each worker built its models once (one per preparation: fz's copy, metrics', the plain one), not per unit.
+    # Each worker built its models once (one per preparation: fz's copy, the placed one), not per unit; the
+    # alignment stage's recovery units need none.
     built_models = client.run(executor.models_built)
-    assert len(built_models) == 2 and all(1 <= count <= 3 for count in built_models.values()), built_models
+    assert len(built_models) == 2 and all(1 <= count <= 2 for count in built_models.values()), built_models
     assert sum(len(Store(workers).done(group)) for group in groups) > 3 * 2
 
 
@@ -61,6 +66,9 @@ def test_the_report_has_every_chapter(built):
     site = out / "_site"
     for page in ("index.html", "naturally-computed.html", "interpreting.html", "alignment.html"):
         assert (site / page).is_file(), page
+    chapter = (site / "alignment.html").read_text()
+    assert "not built" not in chapter  # every alignment entry, the store-reading ones included, was made
+    assert re.search(r"toy\s+networks", chapter) and re.search(r"Liu\s+et\s+al\.\s+2026", chapter)
     assert "not comparable" in (site / "interpreting.html").read_text()
 
 

@@ -367,21 +367,6 @@ def test_every_table_of_the_papers_states_its_outcome_in_words(built):
             assert sentence in shown, entry.id
 
 
-def test_alignment_outcome_follows_the_numbers():
-    import pandas as pd
-
-    from report import outcomes
-
-    def table(raw, recovered):
-        return pd.DataFrame({"representation": ["raw channels"] * 3 + ["recovered features"] * 3,
-                             "metric": ["cka", "rsa", "r2"] * 2, "value": [*raw, *recovered]})
-
-    lower = outcomes.alignment(table([0.6, 0.5, 0.4], [0.3, 0.2, 0.1]), {})
-    assert "0 of 3" in lower and "does not hold" in lower
-    higher = outcomes.alignment(table([0.3, 0.2, 0.1], [0.6, 0.5, 0.4]), {})
-    assert "3 of 3" in higher and "as superposition predicts" in higher
-
-
 def test_skip_overwrite_outcome_names_the_blocks_from_the_numbers():
     import pandas as pd
 

@@ -382,3 +382,14 @@ def test_a_relative_image_folder_is_stored_resolved(tmp_path, tiny_images, monke
     attrs = Store(tmp_path / "s.zarr").group_attrs("natural")
     assert attrs["images_root"] == str((tmp_path / "imgs").resolve())
     assert '"images": "' + str((tmp_path / "imgs").resolve()) in attrs["profile"]
+
+
+def test_too_little_disk_for_the_first_unit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    store = tmp_path / "s.zarr"
+    result = CliRunner().invoke(main, ["fz", "--profile", "tiny", "--store", str(store), "--blocks", "1.1"])
+    assert result.exit_code == 2 and "not enough free space" in result.output, result.output
+    assert not store.exists()

@@ -1,0 +1,429 @@
+"""The alignment stage: sparse autoencoders on superposed toy systems and on two trained networks.
+
+Notation (Liu et al. 2026 → here): n features z ∈ ℝⁿ → k latents (columns of Z); m neurons → d; y = Az with
+A ∈ ℝ^{m×n} → X = Z A with A (k × d), rows of Z being stimuli.
+
+Two parts, each written as units of group ``alignment``:
+
+* **Recovery vs neurons** (units ``recovery-d{d}``): for each d in ``alignment.neurons`` and each of
+  ``alignment.seeds`` draws, two systems X = Z A and Y = Z B carry the same k sparse latents (active with
+  probability p, U[0, 1]) through independent N(0, 1) matrices into d neurons. Each system gets an
+  unsupervised TopK SAE trained on its own activity (``repro.sae.train_sae``; it never sees Z) and the
+  supervised reference (``train_supervised_sae``, trained to predict Z). On fresh evaluation stimuli the
+  two systems are compared per representation (raw neurons, ``sae``, ``sae_supervised``: the latents'
+  activations as the encoder gives them, in the units of the activity, since the atoms have unit norm)
+  with every metric of ``analyses.alignment_bootstrap.METRICS``: no matching to the ground truth is used.
+  Ground truth enters only the evaluation ``ground_truth_r``: the Hungarian mean r between a system's units
+  and the true latents (mean over the two systems). Intervals: mean ± t-quantile · sd / √seeds (95 %).
+* **Two networks** (unit ``networks``): the store's network and ``alignment.partner_weights`` (the toy
+  network trained with another seed) read the store's cached images; at each block's tap (post-ReLU) the
+  center neurons are the stimuli's raw representation; an unsupervised TopK SAE per network and block,
+  trained on the tap's vectors at random positions of the same images, gives the SAE representation.
+  Matching blocks are compared with every metric, other block pairs with ``alignment.cross_metrics``; each
+  value carries a 95 % percentile bootstrap interval over images (``alignment.bootstrap`` resamples, the
+  SAEs fixed), and the SAE − raw gain a paired-bootstrap interval.
+
+Group ``alignment`` (dims ``representation``, ``metric``, ``d``, ``seed``, ``pair``):
+``recovery`` (representation, metric, d, seed); ``recovery_mean`` / ``recovery_low`` / ``recovery_high``
+(representation, metric, d); ``recovery_closed_form`` (metric, d): the raw closed forms;
+``network`` / ``network_low`` / ``network_high`` (representation, metric, pair); ``network_gain`` /
+``network_gain_low`` / ``network_gain_high`` (metric, pair): SAE minus raw. Coordinates ``block_a``,
+``block_b`` (pair). NaN marks what a part does not compute (no supervised SAE for networks, no ground
+truth for them, the metrics left out for cross-block pairs).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import click
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from scipy import stats
+from threadpoolctl import threadpool_limits
+
+from analyses import alignment as al
+from analyses import alignment_bootstrap as ab
+from analyses import superposition as sp
+from repro import images as imgs
+from repro import profiles
+from repro.errors import UserError
+from repro.executor import Serial
+from repro.model import ModelSpec, block_widths, load_model, run as run_model
+from repro.sae import SAESettings, train_sae, train_supervised_sae
+from repro import device as devices
+from repro.store import Store, labels, provenance
+
+GROUP = "alignment"
+REPRESENTATIONS = ("raw", "sae", "sae_supervised")
+METRICS = (*ab.METRICS, "ground_truth_r")
+NETWORKS_UNIT = "networks"
+LEVEL = 0.95
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The profile's [alignment] table (its defaults are in profiles/paper.toml), with the stage's own checks."""
+
+    features: int
+    active_probability: float
+    neurons: tuple[int, ...]
+    seeds: int
+    train_stimuli: int
+    eval_stimuli: int
+    sae_latents: int
+    sae_topk: int
+    sae_steps: int
+    sae_lr: float
+    sae_batch_size: int
+    partner_weights: str
+    partner_weights_sha256: str
+    blocks: tuple[str, ...]
+    tap: str
+    cross_metrics: tuple[str, ...]
+    network_sae_expansion: int
+    network_sae_topk_fraction: float
+    network_sae_samples: int
+    network_sae_steps: int
+    max_stimuli: int
+    bootstrap: int
+    batch_size: int
+    seed: int
+    threads: int
+
+    @classmethod
+    def from_profile(cls, profile: Mapping) -> "Settings":
+        table = profile["alignment"]  # a loaded profile's is validated by repro.settings; a bare dict may not be
+        unknown = sorted(set(table) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"unknown alignment settings: {', '.join(unknown)}")
+        settings = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not 0 < self.active_probability <= 1:
+            raise UserError(f"alignment.active_probability must be in (0, 1]; got {self.active_probability}")
+        if not self.neurons or min(self.neurons) < 1 or self.seeds < 2:
+            raise UserError("alignment.neurons must list positive sizes and alignment.seeds be at least 2 "
+                            "(an interval needs two draws)")
+        if min(self.train_stimuli, self.eval_stimuli) < 10 or self.max_stimuli < 10:
+            raise UserError("alignment stimulus counts must be at least 10")
+        unknown = sorted(set(self.cross_metrics) - set(ab.METRICS))
+        if unknown:
+            raise UserError(f"alignment.cross_metrics: unknown metric(s) {', '.join(unknown)}; "
+                            f"choose from {', '.join(ab.METRICS)}")
+        if self.bootstrap < 2:
+            raise UserError(f"alignment.bootstrap must be at least 2; got {self.bootstrap}")
+
+    def sae(self, seed: int, latents: int | None = None, topk: int | None = None,
+            steps: int | None = None) -> SAESettings:
+        return SAESettings(latents=latents or self.sae_latents, topk=topk or self.sae_topk,
+                           steps=steps or self.sae_steps,
+                           lr=self.sae_lr, batch_size=self.sae_batch_size, seed=seed, threads=self.threads)
+
+
+def partner_path(settings: Settings) -> str:
+    """The partner's weights: ``random:SEED``, or a path (relative ones are relative to the repository)."""
+    weights = settings.partner_weights
+    if not weights or weights.startswith("random:") or weights == "imagenet":
+        return weights
+    path = Path(weights).expanduser()
+    return str(path if path.is_absolute() else (profiles.PROFILE_DIR.parent / path).resolve())
+
+
+# ---------------------------------------------------------------- group layout
+
+
+def pair_list(blocks: Sequence[str]) -> list[tuple[str, str]]:
+    """Matching blocks first, then every other ordered pair (the store's network's block, the partner's)."""
+    return [(b, b) for b in blocks] + [(a, b) for a in blocks for b in blocks if a != b]
+
+
+def pair_label(block_a: str, block_b: str) -> str:
+    return f"{block_a}~{block_b}"
+
+
+def _nan(shape) -> da.Array:
+    return da.full(shape, np.nan, dtype=np.float64, chunks=-1)
+
+
+def template(settings: Settings, blocks: Sequence[str]) -> xr.Dataset:
+    pairs = pair_list(blocks)
+    r, m, d, s, p = len(REPRESENTATIONS), len(METRICS), len(settings.neurons), settings.seeds, len(pairs)
+    per_d = ("representation", "metric", "d")
+    per_pair = ("representation", "metric", "pair")
+    return xr.Dataset(
+        {
+            "recovery": (per_d + ("seed",), da.full((r, m, d, s), np.nan, chunks=(r, m, 1, s))),
+            **{name: (per_d, da.full((r, m, d), np.nan, chunks=(r, m, 1)))
+               for name in ("recovery_mean", "recovery_low", "recovery_high")},
+            "recovery_closed_form": (("metric", "d"), da.full((m, d), np.nan, chunks=(m, 1))),
+            **{name: (per_pair, _nan((r, m, p))) for name in ("network", "network_low", "network_high")},
+            **{name: (("metric", "pair"), _nan((m, p)))
+               for name in ("network_gain", "network_gain_low", "network_gain_high")},
+        },
+        coords={"representation": labels(REPRESENTATIONS), "metric": labels(METRICS),
+                "d": np.asarray(settings.neurons, dtype=np.int64), "seed": np.arange(s),
+                "pair": labels(pair_label(a, b) for a, b in pairs),
+                "block_a": ("pair", labels(a for a, _ in pairs)), "block_b": ("pair", labels(b for _, b in pairs))},
+    )
+
+
+# ---------------------------------------------------------------- recovery vs neurons
+
+
+def _draw_systems(settings: Settings, d: int, rng: np.random.Generator) -> dict:
+    k, p = settings.features, settings.active_probability
+    Z_train = sp.sample_sparse_latents(settings.train_stimuli, k, p, rng)
+    Z_eval = sp.sample_sparse_latents(settings.eval_stimuli, k, p, rng)
+    mixing = {"X": sp.superposition_matrix(k, d, rng), "Y": sp.superposition_matrix(k, d, rng)}
+    return {"Z_train": Z_train, "Z_eval": Z_eval, "mixing": mixing}
+
+
+def recovery_draw(settings: Settings, d: int, seed: int) -> dict[tuple[str, str], float]:
+    """One draw at d neurons: {(representation, metric): value} comparing systems X and Y."""
+    rng = np.random.default_rng([settings.seed, d, seed])
+    drawn = _draw_systems(settings, d, rng)
+    Z_train, Z_eval = drawn["Z_train"], drawn["Z_eval"]
+    representations = {}
+    for system, A in drawn["mixing"].items():
+        train, evaluation = Z_train @ A, Z_eval @ A
+        sae_seed = int(rng.integers(2**31))
+        representations[("raw", system)] = evaluation
+        unsupervised = train_sae(train, settings.sae(sae_seed))
+        representations[("sae", system)] = unsupervised.encode(evaluation)
+        supervised = train_supervised_sae(train, Z_train, settings.sae(sae_seed, latents=settings.features))
+        representations[("sae_supervised", system)] = supervised.encode(evaluation)
+    named = {f"{kind}:{system}": values for (kind, system), values in representations.items()}
+    scores = ab.score_pairs(named, [(f"{kind}:X", f"{kind}:Y", ab.METRICS) for kind in REPRESENTATIONS], n_boot=0)
+    values = {(kind, metric): scores.value[(f"{kind}:X", f"{kind}:Y", metric)]
+              for kind in REPRESENTATIONS for metric in ab.METRICS}
+    for kind in REPRESENTATIONS:
+        values[(kind, "ground_truth_r")] = float(np.mean(
+            [al.hungarian_matching(representations[(kind, system)], Z_eval) for system in ("X", "Y")]))
+    return values
+
+
+def raw_closed_forms(settings: Settings, d: int) -> dict[str, float]:
+    """The raw systems' closed forms at d (n → ∞): debiased CKA d/(d+k+1), RSA with γ of the latents, and
+    the ridge R² bound min(d, k)/k of the population OLS fit."""
+    k = settings.features
+    gamma = sp.latent_gamma("sparse", settings.active_probability)
+    return {"cka_debiased": sp.expected_linear_cka(k, d, d), "rsa": sp.expected_rsa(k, d, d, gamma),
+            "ridge_r2": sp.expected_regression_r2(k, d)}
+
+
+def t_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and the t-interval of the mean over draws (NaN draws left out)."""
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2:
+        return (float(finite.mean()) if finite.size else float("nan")), float("nan"), float("nan")
+    mean, half = finite.mean(), stats.t.ppf(0.5 + level / 2, finite.size - 1) * finite.std(ddof=1) / np.sqrt(finite.size)
+    return float(mean), float(mean - half), float(mean + half)
+
+
+def recovery_part(settings: Settings, d: int) -> xr.Dataset:
+    shape = (len(REPRESENTATIONS), len(METRICS), 1, settings.seeds)
+    values = np.full(shape, np.nan)
+    for seed in range(settings.seeds):
+        for (kind, metric), value in recovery_draw(settings, d, seed).items():
+            values[REPRESENTATIONS.index(kind), METRICS.index(metric), 0, seed] = value
+    summary = np.apply_along_axis(t_interval, -1, values)  # (r, m, 1, 3)
+    closed = np.full((len(METRICS), 1), np.nan)
+    for metric, value in raw_closed_forms(settings, d).items():
+        closed[METRICS.index(metric), 0] = value
+    per_d = ("representation", "metric", "d")
+    return xr.Dataset({
+        "recovery": (per_d + ("seed",), values),
+        "recovery_mean": (per_d, summary[..., 0]), "recovery_low": (per_d, summary[..., 1]),
+        "recovery_high": (per_d, summary[..., 2]), "recovery_closed_form": (("metric", "d"), closed),
+    })
+
+
+# ---------------------------------------------------------------- two networks
+
+
+def _usable_images(cache: xr.Dataset, limit: int, rng: np.random.Generator) -> np.ndarray:
+    usable = np.flatnonzero(~cache.corrupt.values)
+    if usable.size < 10:
+        raise UserError(f"the alignment stage needs at least 10 decodable images; the store has {usable.size}")
+    return usable if usable.size <= limit else np.sort(rng.choice(usable, limit, replace=False))
+
+
+def tap_vectors(models: Mapping[str, torch.nn.Module], cache: xr.Dataset, chosen: np.ndarray, profile: Mapping,
+                blocks: Sequence[str], settings: Settings, rng: np.random.Generator) -> tuple[dict, dict]:
+    """Per (network, block): the post-ReLU tap's center vectors (images × channels) and its vectors at
+    random positions of the same images (the SAE's training data; the same positions for both networks)."""
+    taps = [(block, settings.tap) for block in blocks]
+    per_image = max(1, -(-settings.network_sae_samples // chosen.size))
+    centres = {(name, block): [] for name in models for block in blocks}
+    samples = {(name, block): [] for name in models for block in blocks}
+    with torch.inference_mode():
+        for start in range(0, chosen.size, settings.batch_size):
+            rows = chosen[start:start + settings.batch_size]
+            inputs = imgs.eval_from_cache(cache.pixels.values[rows], profile, cache.resized_height.values[rows],
+                                          cache.resized_width.values[rows])
+            maps = {name: run_model(model, inputs.to(next(model.parameters()).device), taps, stop=True)[0]
+                    for name, model in models.items()}
+            for block in blocks:
+                _, channels, height, width = maps[next(iter(models))][(block, settings.tap)].shape
+                positions = rng.integers(0, height * width, size=(rows.size, per_image))
+                for name in models:
+                    tensor = torch.relu(maps[name][(block, settings.tap)]).flatten(2).float().cpu()  # N, C, H·W
+                    centres[(name, block)].append(tensor[:, :, (height // 2) * width + width // 2].numpy())
+                    picked = torch.gather(tensor, 2, torch.from_numpy(positions)[:, None, :].expand(-1, channels, -1))
+                    samples[(name, block)].append(picked.permute(0, 2, 1).reshape(-1, channels).numpy())
+    join = lambda parts: {key: np.concatenate(value).astype(np.float64) for key, value in parts.items()}
+    return join(centres), join(samples)
+
+
+def unexplained_variance(activity: np.ndarray, reconstruction: np.ndarray) -> float:
+    """Fraction of the activity's variance (about its mean) the reconstruction leaves unexplained."""
+    total = np.sum((activity - activity.mean(axis=0)) ** 2)
+    return float(np.sum((activity - reconstruction) ** 2) / total) if total > 0 else float("nan")
+
+
+def network_representations(centres: dict, samples: dict, settings: Settings) -> tuple[dict[str, np.ndarray], dict]:
+    """{"{network}:{block}:{raw|sae}": images × units}: the raw center vectors and the SAE codes of them; and
+    each SAE's fraction of unexplained variance on those center vectors."""
+    representations, unexplained = {}, {}
+    for (network, block), centre in centres.items():
+        channels = centre.shape[1]
+        sae_settings = settings.sae(settings.seed, latents=settings.network_sae_expansion * channels,
+                                    topk=max(1, round(settings.network_sae_topk_fraction * channels)),
+                                    steps=settings.network_sae_steps)
+        sae = train_sae(samples[(network, block)], sae_settings)
+        representations[f"{network}:{block}:raw"] = centre
+        representations[f"{network}:{block}:sae"] = sae.encode(centre)
+        unexplained[f"{network}:{block}"] = round(unexplained_variance(centre, sae.reconstruct(centre)), 4)
+    return representations, unexplained
+
+
+def network_part(scores: ab.PairScores, blocks: Sequence[str], settings: Settings) -> xr.Dataset:
+    pairs = pair_list(blocks)
+    shape = (len(REPRESENTATIONS), len(METRICS), len(pairs))
+    value, low, high = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    gain, gain_low, gain_high = (np.full(shape[1:], np.nan) for _ in range(3))
+    for p, (block_a, block_b) in enumerate(pairs):
+        for metric in ab.METRICS:
+            keys = {kind: (f"a:{block_a}:{kind}", f"b:{block_b}:{kind}", metric) for kind in ("raw", "sae")}
+            if keys["raw"] not in scores.value:
+                continue
+            m = METRICS.index(metric)
+            for kind, key in keys.items():
+                r = REPRESENTATIONS.index(kind)
+                value[r, m, p] = scores.value[key]
+                low[r, m, p], high[r, m, p] = ab.percentile_interval(scores.replicates[key], LEVEL)
+            gain[m, p] = scores.value[keys["sae"]] - scores.value[keys["raw"]]
+            gain_low[m, p], gain_high[m, p] = ab.percentile_interval(
+                scores.replicates[keys["sae"]] - scores.replicates[keys["raw"]], LEVEL)
+    per_pair = ("representation", "metric", "pair")
+    return xr.Dataset({"network": (per_pair, value), "network_low": (per_pair, low), "network_high": (per_pair, high),
+                       "network_gain": (("metric", "pair"), gain), "network_gain_low": (("metric", "pair"), gain_low),
+                       "network_gain_high": (("metric", "pair"), gain_high)})
+
+
+def compare_networks(store: Store, model: torch.nn.Module, partner: torch.nn.Module, profile: Mapping,
+                     blocks: Sequence[str], settings: Settings) -> tuple[xr.Dataset, dict]:
+    rng = np.random.default_rng([settings.seed, 1])
+    cache = imgs.open_cache(store)
+    chosen = _usable_images(cache, settings.max_stimuli, rng)
+    widths = (block_widths(model), block_widths(partner))
+    if any(widths[0][b] != widths[1][b] for b in blocks):
+        raise UserError("the partner network's blocks must have the store network's widths")
+    centres, samples = tap_vectors({"a": model, "b": partner}, cache, chosen, profile, blocks, settings, rng)
+    representations, unexplained = network_representations(centres, samples, settings)
+    pairs = []
+    for block_a, block_b in pair_list(blocks):
+        metrics = ab.METRICS if block_a == block_b else settings.cross_metrics
+        pairs += [(f"a:{block_a}:{kind}", f"b:{block_b}:{kind}", metrics) for kind in ("raw", "sae")]
+    scores = ab.score_pairs(representations, pairs, settings.bootstrap, seed=[settings.seed, 2])
+    return network_part(scores, blocks, settings), {"network_images": int(chosen.size),
+                                                     "network_sae_samples": int(samples[("a", blocks[0])].shape[0]),
+                                                     "network_sae_unexplained_variance": unexplained}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def load_partner(profile: Mapping, settings: Settings) -> tuple[torch.nn.Module, dict]:
+    spec = ModelSpec.from_profile({**profile["model"], "weights": partner_path(settings),
+                                   "weights_sha256": settings.partner_weights_sha256})
+    return load_model(spec)
+
+
+@dataclass(frozen=True)
+class RecoveryContext:
+    """What every recovery unit shares (sent to each worker once)."""
+
+    store_path: str
+    settings: Settings
+
+
+def make_recovery(model: None, context: RecoveryContext, unit: tuple[int, int]) -> float:
+    """Unit ``recovery-d{d}``: every draw at d neurons into the store (no network is used); its seconds."""
+    index, d = unit
+    started = time.perf_counter()
+    with threadpool_limits(limits=context.settings.threads):
+        part = recovery_part(context.settings, d)
+    Store(Path(context.store_path)).write_unit(GROUP, f"recovery-d{d}", part, region={
+        "representation": slice(None), "metric": slice(None), "d": slice(index, index + 1), "seed": slice(None)})
+    return round(time.perf_counter() - started, 1)
+
+
+def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
+        device: torch.device | str | None = None, executor=None) -> None:
+    """Compute and store group ``alignment`` (see the module docstring); done units are skipped.
+
+    The recovery units (one per d) run on the executor; the two networks' unit runs here, their forward
+    passes on ``device``; the SAEs train on the CPU."""
+    settings = Settings.from_profile(profile)
+    blocks = list(settings.blocks or profile["model"]["blocks"])
+    partner, partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
+    if partner is not None:
+        imgs.open_cache(store)  # the networks need the store's images: fail now, not after the simulations
+        device = devices.resolve(device)
+        model, partner = devices.place(model, device), devices.place(partner, device)
+    attrs = provenance(profile, weights, stage=GROUP, partner_weights=settings.partner_weights,
+                       partner_weights_file_sha256=partner_record.get("weights_file_sha256", ""),
+                       partner_state_sha256=partner_record.get("weights_sha256", ""),
+                       interval_level=LEVEL, bootstrap=settings.bootstrap, draws=settings.seeds)
+    settings_read = {"alignment": asdict(settings), "blocks": blocks,
+                     "partner_state_sha256": partner_record.get("weights_sha256", "")}
+    inputs = [imgs.CACHE_GROUP] if partner is not None else []
+    store.declare(GROUP, template(settings, blocks), attrs, settings=settings_read, inputs=inputs,
+                  units_expected=len(settings.neurons) + (partner is not None))
+    timings = dict(store.group_attrs(GROUP).get("unit_seconds", {}))
+    done = store.done(GROUP)
+    todo = [(index, d) for index, d in enumerate(settings.neurons) if f"recovery-d{d}" not in done]
+    executor = executor or Serial()
+    if todo:
+        executor.check_store(store.path, GROUP)
+    seconds = executor.map(make_recovery, todo, context=RecoveryContext(str(store.path), settings), model=None,
+                           desc="alignment recovery")
+    for (_, d), unit_seconds in zip(todo, seconds):
+        timings[f"recovery-d{d}"] = unit_seconds
+        click.echo(f"alignment: recovery-d{d} ({settings.seeds} draws) in {unit_seconds} s")
+    with threadpool_limits(limits=settings.threads):
+        extra = {}
+        if partner is not None and NETWORKS_UNIT not in store.done(GROUP):
+            started = time.perf_counter()
+            part, extra = compare_networks(store, model, partner, profile, blocks, settings)
+            store.write_unit(GROUP, NETWORKS_UNIT, part, region={"representation": slice(None),
+                                                                 "metric": slice(None), "pair": slice(None)})
+            timings[NETWORKS_UNIT] = round(time.perf_counter() - started, 1)
+            click.echo(f"alignment: two networks, {len(pair_list(blocks))} block pairs, {settings.bootstrap} "
+                       f"bootstrap resamples, in {timings[NETWORKS_UNIT]} s")
+    done = store.done(GROUP)
+    wanted = {f"recovery-d{d}" for d in settings.neurons} | ({NETWORKS_UNIT} if partner is not None else set())
+    store.finish(GROUP, complete=wanted <= done, unit_seconds=timings,
+                 networks="compared" if partner is not None else "no partner network in this profile", **extra)

@@ -73,7 +73,6 @@ def main() -> None:
                 path = Path(scratch) / f"workers{workers}.zarr"
                 seconds = run_stage(path, profile, model, record, executor)
                 round_trip, _ = timed(lambda: executor.map(nothing, list(range(units)), context=None, model=None,
-                                                           model_settings=profile["model"], prepare=fz.prepare,
                                                            desc="no-op units"))
             equal = same_store(serial_path, path)
             run = {"workers": workers, "startup_s": startup, "stage_s": seconds, "units_per_s": units / seconds,

@@ -109,3 +109,50 @@ def test_placement_comes_from_options_then_environment_then_profile(monkeypatch)
         executor.placement(profile)
     # Where units run is never part of a result: the identity hash and group settings ignore it.
     assert profiles.identity_hash(profile) == profiles.identity_hash(profiles.load("tiny"))
+
+
+def test_workers_compute_on_the_runs_kind_of_device(monkeypatch):
+    import torch
+
+    profile = profiles.load("tiny")
+    assert executor.placement(profile, local_workers=2, device=torch.device("cpu")).device == "cpu"
+    assert executor.placement(profile, local_workers=2, device="cuda:1").device == "cuda"
+    # A worker builds the model once per preparation and device, and prepares it on its own device.
+    seen = []
+
+    def prepare(model, device):
+        seen.append(device)
+        return model
+
+    monkeypatch.setattr(executor, "_MODELS", {})
+    first = executor.worker_model(profile["model"], "", prepare, "cpu")
+    assert executor.worker_model(profile["model"], "", prepare, "cpu") is first and seen == [torch.device("cpu")]
+    assert next(first.parameters()).device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            executor.worker_model(profile["model"], "", prepare, "cuda")
+    # In process, the stage's model is prepared on the stage's device before the first unit.
+    results = executor.Serial().map(lambda model, context, unit: (model, context, unit), [1, 2], context="c",
+                                    model=first, device=torch.device("cpu"), prepare=prepare)
+    assert [unit for _, _, unit in results] == [1, 2] and seen[-1] == torch.device("cpu")
+
+
+def test_each_local_gpu_worker_sees_one_gpu():
+    assert executor.gpu_worker_env(2, 2, None) == {"gpu-0": {"CUDA_VISIBLE_DEVICES": "0"},
+                                                    "gpu-1": {"CUDA_VISIBLE_DEVICES": "1"}}
+    assert executor.gpu_worker_env(4, 2, "3,5") == {"gpu-0": {"CUDA_VISIBLE_DEVICES": "3"},
+                                                     "gpu-1": {"CUDA_VISIBLE_DEVICES": "5"}}
+    assert list(executor.gpu_worker_env(1, 8, "")) == ["gpu-0"]
+
+
+def test_the_run_table_is_typed_and_never_recorded(tmp_path):
+    with pytest.raises(UserError, match="run.local_workers must be 0 or more"):
+        profiles.override(profiles.load("tiny"), {"run.local_workers": -1})
+    with pytest.raises(UserError, match="unknown setting run.workers"):
+        profiles.override(profiles.load("tiny"), {"run.workers": 2})
+    placed = profiles.override(profiles.load("tiny"), {"run.scheduler": "tcp://head:8786"})
+    store = Store.create_or_open(tmp_path / "s.zarr", placed, {"weights_sha256": "x"})
+    store.declare("fz", xr.Dataset({"v": ("i", [1])}), {})
+    store.finish("fz")
+    assert "run" not in Store(tmp_path / "s.zarr").profile  # a later stage on the store chooses its own
+    assert executor.placement(Store(tmp_path / "s.zarr").profile, device="cpu").distributed is False

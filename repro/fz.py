@@ -47,8 +47,6 @@ import torch
 import torchvision.transforms as T
 import xarray as xr
 import dask.array as da
-from lucent.optvis import param as lucent_param
-from lucent.optvis import transform as lucent_transform
 from tqdm import tqdm
 
 import click
@@ -56,6 +54,8 @@ import click
 from repro import device as devices
 from repro import model as taps_model
 from repro import profiles
+from repro.optvis import param as lucent_param
+from repro.optvis import transform as lucent_transform
 from repro.images import normalize as normalize_image
 from repro.errors import UserError
 from repro.store import Store, labels, provenance

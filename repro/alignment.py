@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -50,7 +49,7 @@ from analyses import alignment as al
 from analyses import alignment_bootstrap as ab
 from analyses import superposition as sp
 from repro import images as imgs
-from repro import profiles, resources
+from repro import resources
 from repro.errors import UserError
 from repro.model import ModelSpec, block_widths, load_model, run as run_model
 from repro.sae import SAESettings, train_sae, train_supervised_sae

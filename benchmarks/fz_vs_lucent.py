@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -105,45 +106,63 @@ def amp_options(args) -> dict:
     return {"autocast_dtype": dtype, "channels_last": args.channels_last}
 
 
-def check_fast_options(args, model, profile, block, tap, channels, steps, device, reference_images, reference_seconds):
-    """Time the engine with bf16 autocast / channels_last and compare its FZs with the float32 ones."""
-    options = amp_options(args)
-    fast_model = fz.prepare(model, device, channels_last=args.channels_last)
-    seconds, images = engine_fzs(fast_model, profile, block, tap, channels, steps, device, **options)
-    float32_model = fz.prepare(model, device)
-    reached = fz.measure(float32_model, profile, block, tap, images, channels)
-    reference = fz.measure(float32_model, profile, block, tap, reference_images, channels)
-    gap = abs(reached.mean() - reference.mean()) / max(abs(reference.mean()), 1e-6)
-    verdict = "within" if gap <= args.tolerance else "OUTSIDE"
-    print(f"  {block} {tap} {args.autocast or 'float32'}{' channels_last' if args.channels_last else ''}: "
-          f"{seconds:.1f} s ({reference_seconds / seconds:.2f}x float32); mean tap value on saved FZs "
-          f"{reached.mean():.3f} vs float32 {reference.mean():.3f}: gap {gap:.1%}, {verdict} the "
-          f"{args.tolerance:.0%} tolerance")
-    return gap <= args.tolerance
-
-
 def compare(args, model, profile, device) -> None:
+    """Lucent vs the engine (float32, and the fast options if asked) per tap, ``--repeats`` times each,
+    interleaved so load changes hit both sides alike; the figures are the medians."""
     prepared = fz.prepare(model, device)
+    fast_model = fz.prepare(model, device, channels_last=args.channels_last)
+    fast = args.autocast or args.channels_last
     print(f"{args.channels} channels x {args.steps} steps per tap, {profile['model']['image_size']} px, "
-          f"device {device}, {torch.get_num_threads()} CPU threads")
-    print(f"{'tap':8} {'lucent s':>10} {'engine s':>10} {'ratio':>7}")
-    all_faster, all_within = True, True
+          f"device {device}, {torch.get_num_threads()} CPU threads, median of {args.repeats} runs")
+    print(f"{'tap':8} {'lucent s':>10} {'engine s':>10} {'ratio':>7}" + (f" {'fast s':>8} {'ratio':>7}" if fast else ""))
+    rows, all_faster, all_within = [], True, True
     for block, tap in parse_taps(args.taps):
         channels = list(range(args.channels))
         # One untimed step each first, so kernel set-up is not charged to either side.
         lucent_fzs(model, profile, block, tap, channels[:1], 1, device)
         engine_fzs(prepared, profile, block, tap, channels, 1, device)
-        lucent_seconds = lucent_fzs(model, profile, block, tap, channels, args.steps, device)
-        engine_seconds, images = engine_fzs(prepared, profile, block, tap, channels, args.steps, device)
-        ratio = lucent_seconds / engine_seconds
+        times = {"lucent": [], "engine": [], "fast": []}
+        for _ in range(args.repeats):
+            times["lucent"].append(lucent_fzs(model, profile, block, tap, channels, args.steps, device))
+            seconds, images = engine_fzs(prepared, profile, block, tap, channels, args.steps, device)
+            times["engine"].append(seconds)
+            if fast:
+                seconds, fast_images = engine_fzs(fast_model, profile, block, tap, channels, args.steps, device,
+                                                  **amp_options(args))
+                times["fast"].append(seconds)
+        median = {side: float(np.median(values)) if values else None for side, values in times.items()}
+        ratio = median["lucent"] / median["engine"]
         all_faster &= ratio >= 1.0
-        print(f"{block} {tap:4} {lucent_seconds:10.1f} {engine_seconds:10.1f} {ratio:6.2f}x", flush=True)
-        if args.autocast or args.channels_last:
-            all_within &= check_fast_options(args, model, profile, block, tap, channels, args.steps, device,
-                                             images, engine_seconds)
+        line = f"{block} {tap:4} {median['lucent']:10.1f} {median['engine']:10.1f} {ratio:6.2f}x"
+        row = {"block": block, "tap": tap, "seconds": times, "median": median, "ratio_vs_lucent": ratio}
+        if fast:
+            row["fast_ratio_vs_lucent"] = median["lucent"] / median["fast"]
+            line += f" {median['fast']:8.1f} {row['fast_ratio_vs_lucent']:6.2f}x"
+        print(line, flush=True)
+        if fast:
+            row["gap"] = activation_gap(prepared, profile, block, tap, channels, images, fast_images)
+            within = row["gap"] <= args.tolerance
+            all_within &= within
+            print(f"  {fast_label(args)}: mean tap value on saved FZs within {row['gap']:.1%} of float32's "
+                  f"({'within' if within else 'OUTSIDE'} the {args.tolerance:.0%} tolerance)")
+        rows.append(row)
     print("engine never slower: " + ("yes" if all_faster else "NO"))
-    if args.autocast or args.channels_last:
+    if fast:
         print("fast options within tolerance: " + ("yes" if all_within else "NO"))
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "compare", "taps": rows, "load_average": os.getloadavg(),
+                                         "settings": {k: str(v) for k, v in vars(args).items()}}, indent=1) + "\n")
+
+
+def fast_label(args) -> str:
+    return (args.autocast or "float32") + (" channels_last" if args.channels_last else "")
+
+
+def activation_gap(float32_model, profile, block, tap, channels, reference_images, images) -> float:
+    """Relative gap between the mean float32-measured tap values of two FZ sets of the same seeds."""
+    reached = fz.measure(float32_model, profile, block, tap, images, channels)
+    reference = fz.measure(float32_model, profile, block, tap, reference_images, channels)
+    return float(abs(reached.mean() - reference.mean()) / max(abs(reference.mean()), 1e-6))
 
 
 def per_step_seconds(prepared, profile, job, device, probe_steps, **options) -> float:
@@ -204,7 +223,8 @@ def main() -> None:
     parser.add_argument("--probe-steps", type=int, default=20, help="steps per probe of the sweep estimate")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], help="engine under autocast at this precision")
     parser.add_argument("--channels-last", action="store_true", help="engine with channels_last model and input")
-    parser.add_argument("--json", type=Path, help="--full-tap: also write the figures as JSON here")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side and tap (the median is quoted)")
     parser.add_argument("--tolerance", type=float, default=0.10,
                         help="relative gap allowed between fast-option and float32 mean tap values")
     args = parser.parse_args()

@@ -16,6 +16,15 @@ Each variant runs in its own process, so its peak resident memory (``ru_maxrss``
 increase over the process's peak before the pass (imports and model loaded) is printed too.
 Images/s = images / wall time of the whole variant (for the per-tap variant, all 21 passes); imports and
 model loading are not timed.
+
+    python benchmarks/natural_pass.py --memory 2000,20000 [--size 40]
+
+Memory flat in the number of images: the one-pass variant alone at each count, its peak RSS, and the
+growth per image between the smallest and largest count, recorded in
+``benchmarks/results/natural_memory.json``. The network is the paper's resnet18 at the paper's shard
+size (1,000 images) and every tap's full width, on small images (``natural.resize`` 37, ``crop`` 32) so
+that tens of thousands of images pass in minutes; what grows with the image count does not depend on
+the image size, what a shard holds does.
 """
 from __future__ import annotations
 
@@ -54,13 +63,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def bench_profile(images: Path, workers: int) -> dict:
+def bench_profile(images: Path, workers: int, small: bool = False) -> dict:
     from repro import profiles
 
+    if small:  # the paper's shards and widths, small images
+        overrides = {"natural.batch_size": 100, "natural.shard_size": 1000, "natural.resize": 37, "natural.crop": 32}
+    else:
+        overrides = {"natural.batch_size": 50, "natural.shard_size": 100}
     return profiles.override(profiles.load("paper"), {
-        "model.weights": "random:0", "natural.images": str(images), "natural.workers": workers,
-        "natural.batch_size": 50, "natural.shard_size": 100,
-    })
+        "model.weights": "random:0", "natural.images": str(images), "natural.workers": workers, **overrides})
 
 
 def one_pass(model, record, profile: dict, scratch: Path) -> None:
@@ -116,7 +127,7 @@ def per_tap(model, record, profile: dict, scratch: Path) -> None:
         np.lexsort((index, -values), axis=-1)[:, :profile["natural"]["top_k"]]
 
 
-def run_variant(variant: str, images: Path, workers: int, threads: int | None) -> None:
+def run_variant(variant: str, images: Path, workers: int, threads: int | None, small: bool = False) -> None:
     import torch
     import torchvision.datasets  # noqa: F401  (imports are not timed)
 
@@ -125,7 +136,7 @@ def run_variant(variant: str, images: Path, workers: int, threads: int | None) -
 
     if threads:
         torch.set_num_threads(threads)
-    profile = bench_profile(images, workers)
+    profile = bench_profile(images, workers, small)
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     with tempfile.TemporaryDirectory() as scratch:
         before = peak_rss_mib()
@@ -142,11 +153,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of both variants")
+    parser.add_argument("--memory", help="image counts, e.g. 2000,20000: peak RSS of the one pass at each")
     parser.add_argument("--variant", choices=["one-pass", "per-tap"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--small", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        run_variant(args.variant, args.folder, args.workers, args.threads)
+        run_variant(args.variant, args.folder, args.workers, args.threads, args.small)
+        return
+    if args.memory:
+        memory(sorted(int(n) for n in args.memory.split(",")), args.size, args.workers, args.threads)
         return
     with tempfile.TemporaryDirectory() as scratch:
         folder = make_folder(Path(scratch) / "val", args.images, args.size)
@@ -163,6 +179,31 @@ def main() -> None:
               f"peak RSS {result['peak_rss_mib']:.0f} MiB (+{result['rss_increase_mib']:.0f} MiB during the pass)")
     speedup = results["per-tap"]["seconds"] / results["one-pass"]["seconds"]
     print(f"  one pass is {speedup:.1f}x faster than one pass per tap")
+
+
+def memory(counts: list[int], size: int, workers: int, threads: int | None) -> None:
+    """Peak RSS of the one pass at each image count (folders of the largest count's first N images)."""
+    import os
+
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for count in counts:
+            folder = make_folder(Path(scratch) / f"val{count}", count, size)
+            command = [sys.executable, __file__, "--variant", "one-pass", "--folder", str(folder), "--small",
+                       "--workers", str(workers)] + (["--threads", str(threads)] if threads else [])
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            results.append({"images": count, **result})
+            print(f"  {count:6d} images: peak RSS {result['peak_rss_mib']:.0f} MiB "
+                  f"(+{result['rss_increase_mib']:.0f} MiB during the pass), {result['seconds']:.0f} s")
+    first, last = results[0], results[-1]
+    per_image_kib = (last["peak_rss_mib"] - first["peak_rss_mib"]) * 1024 / (last["images"] - first["images"])
+    print(f"  growth between {first['images']} and {last['images']} images: {per_image_kib:.2f} KiB per image")
+    record = {"what": "peak RSS of `repro natural` (paper resnet18, random weights, shard 1000, 37/32 px)",
+              "load_average_1min": os.getloadavg()[0], "results": results, "growth_kib_per_image": per_image_kib}
+    out = Path(__file__).parent / "results" / "natural_memory.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import xarray as xr
 
 from analyses import figures, noise, stats
 from repro import profiles, reading
-from report import spec, verify
+from report import rules, spec, verify
 
 READING_GROUPS = ("fz", "metrics", "ablation")  # the groups whose settings hold reading items
 # (criterion, the published list it is checked against, the stimulus sets a channel must pass with)
@@ -91,8 +91,8 @@ def comparison(first: xr.Dataset, second: xr.Dataset, names: tuple[str, str], co
             a = [invariant_sets(noise.one_seed(first, mine), block, criterion) for mine, _ in pairs]
             b = [invariant_sets(noise.one_seed(second, theirs), block, criterion) for _, theirs in pairs]
             listed = list(published.get(block, []))
-            jaccard_a = _median([verify.overlap(listed, one)["jaccard"] for one in a])
-            jaccard_b = _median([verify.overlap(listed, one)["jaccard"] for one in b])
+            jaccard_a = _median([rules.overlap(listed, one)["jaccard"] for one in a])
+            jaccard_b = _median([rules.overlap(listed, one)["jaccard"] for one in b])
             closer = (names[0] if jaccard_a > jaccard_b else names[1] if jaccard_b > jaccard_a else "equal")
             between = [noise.jaccard(one, other) for one, other in zip(a, b)]
             floor = noise.floor([invariant_sets(noise.one_seed(first, seed), block, criterion)

@@ -43,6 +43,7 @@ import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import click
@@ -58,6 +59,7 @@ from tqdm import tqdm
 from repro import device as devices
 from repro import images, profiles
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import OEdit, block_widths
 from repro.model import run as run_model
 from repro.store import Store, labels, provenance
@@ -553,14 +555,65 @@ def _group_attrs(profile, weights_record, settings: Settings, cache: CachedImage
 # ---------------------------------------------------------------- stages of the run
 
 
+@dataclass(frozen=True)
+class PassContext:
+    """What every pass of one run shares (sent to each worker once)."""
+
+    store_path: str
+    profile: dict
+    settings: Settings
+    plans: tuple[BlockPlan, ...]
+
+
+@dataclass(frozen=True)
+class ScreenRound:
+    """One screening round of each of these blocks, from these draws on: one pass at scale 0."""
+
+    blocks: tuple[str, ...]
+    starts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScalePass:
+    """Every condition of these blocks at the scale of this index: one pass."""
+
+    index: int
+    blocks: tuple[str, ...]
+
+
+def run_pass(model: torch.nn.Module, context: PassContext, work: ScreenRound | ScalePass) -> None:
+    """One pass over the image cache, wherever it runs: its units are written to the store."""
+    store = Store(Path(context.store_path))
+    cache = open_image_cache(store, context.settings)
+    experiment = AblationRun(store, model, context.settings, context.plans, cache, context.profile)
+    chosen = [plan for plan in context.plans if plan.block in work.blocks]
+    if isinstance(work, ScreenRound):
+        experiment._evaluate_rounds(chosen, dict(zip(work.blocks, work.starts)))
+    else:
+        experiment._scale_pass(work.index, chosen)
+
+
 class AblationRun:
-    """One ablation run over a store: screening first, then every scale."""
+    """One ablation run over a store: screening first, then every scale.
+
+    Screening rounds depend on the rounds before them (a block stops once enough draws pass), so they
+    run one after another; the passes of different scales are independent and run side by side on an
+    executor with workers."""
 
     def __init__(self, store: Store, model: torch.nn.Module, settings: Settings, plans: Sequence[BlockPlan],
-                 cache: CachedImages, profile: Mapping):
+                 cache: CachedImages, profile: Mapping, executor=None, weights_sha256: str = "",
+                 device: torch.device | None = None):
         self.store, self.model, self.settings = store, model, settings
         self.plans, self.cache, self.profile = list(plans), cache, profile
         self.row = {plan.block: row for row, plan in enumerate(self.plans)}
+        self.executor, self.weights_sha256 = executor or Serial(), weights_sha256
+        self.device = device if device is not None else next(model.parameters()).device
+
+    def _run_passes(self, work: Sequence[ScreenRound | ScalePass], desc: str) -> None:
+        context = PassContext(str(self.store.path), dict(self.profile), self.settings, tuple(self.plans))
+        self.executor.map(run_pass, work, context=context, model=self.model, device=self.device,
+                          prepare=devices.place, model_settings=self.profile["model"],
+                          weights_sha256=self.weights_sha256, desc=desc)
 
     # -------------------------------------------------- helpers
 
@@ -605,7 +658,8 @@ class AblationRun:
             open_plans = [p for p in open_plans if next_draw[p.block] < self.settings.max_draws]
             pending = [p for p in open_plans if self._round_unit(p, self._round(next_draw[p.block])) not in done]
             if pending:
-                self._evaluate_rounds(pending, next_draw)
+                starts = tuple(next_draw[p.block] for p in pending)
+                self._run_passes([ScreenRound(tuple(p.block for p in pending), starts)], "ablation screening")
                 done = self.store.done(GROUP)
             for plan in open_plans:
                 next_draw[plan.block] = self._round(next_draw[plan.block]).stop
@@ -692,18 +746,20 @@ class AblationRun:
 
     def scales(self) -> None:
         """Every condition and trial of every block at each nonzero scale; one pass per scale."""
-        stored = self._stored()
         done = self.store.done(GROUP)
+        work = []
         for index, scale in enumerate(self.settings.scales):
-            if scale == 0:
-                continue
-            pending = [p for p in self.plans if self._scale_unit(p, scale) not in done]
-            if not pending:
-                continue
-            jobs = [p.job(self._condition_sets(stored, p)) for p in pending]
-            desc = f"scale {scale:.0%} ({self.settings.crop_px(scale)} px): {', '.join(p.block for p in pending)}"
-            for plan, accuracy in zip(pending, self._pass(jobs, scale, desc)):
-                self._write_scale(plan, index, accuracy)
+            pending = tuple(p.block for p in self.plans if self._scale_unit(p, scale) not in done)
+            if scale != 0 and pending:
+                work.append(ScalePass(index, pending))
+        self._run_passes(work, "ablation scales")
+
+    def _scale_pass(self, index: int, pending: Sequence[BlockPlan]) -> None:
+        stored, scale = self._stored(), self.settings.scales[index]
+        jobs = [p.job(self._condition_sets(stored, p)) for p in pending]
+        desc = f"scale {scale:.0%} ({self.settings.crop_px(scale)} px): {', '.join(p.block for p in pending)}"
+        for plan, accuracy in zip(pending, self._pass(jobs, scale, desc)):
+            self._write_scale(plan, index, accuracy)
 
     def _condition_sets(self, stored: xr.Dataset, plan: BlockPlan) -> list[list[int]]:
         """none, invariant, then the accepted random sets in trial order (from the screening outcome)."""
@@ -722,7 +778,7 @@ class AblationRun:
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
-        channel_sets: Mapping[str, Sequence[int]] | None = None,
+        channel_sets: Mapping[str, Sequence[int]] | None = None, executor=None,
         device: torch.device | str | None = None) -> xr.Dataset | None:
     """Run (or resume) the ablation experiment into the store's ``ablation`` group and return it.
 
@@ -743,7 +799,10 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     max_width = max(block_widths(model).values())
     store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
                   settings=settings_read, inputs=inputs)
-    experiment = AblationRun(store, devices.place(model, devices.resolve(device)), settings, plans, cache, profile)
+    device = devices.resolve(device)
+    experiment = AblationRun(store, devices.place(model, device), settings, plans, cache, profile,
+                             executor or Serial(), weights_record.get("weights_sha256", ""), device)
+    experiment.executor.check_store(store.path, GROUP)
     experiment.screening()
     experiment.scales()
     store.finish(GROUP)

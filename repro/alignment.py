@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -50,8 +49,9 @@ from analyses import alignment as al
 from analyses import alignment_bootstrap as ab
 from analyses import superposition as sp
 from repro import images as imgs
-from repro import profiles
+from repro import resources
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import ModelSpec, block_widths, load_model, run as run_model
 from repro.sae import SAESettings, train_sae, train_supervised_sae
 from repro import device as devices
@@ -130,12 +130,12 @@ class Settings:
 
 
 def partner_path(settings: Settings) -> str:
-    """The partner's weights: ``random:SEED``, or a path (relative ones are relative to the repository)."""
+    """The partner's weights: ``random:SEED``, or a path (``resources.locate``: the current directory, else
+    the shipped checkpoints)."""
     weights = settings.partner_weights
     if not weights or weights.startswith("random:") or weights == "imagenet":
         return weights
-    path = Path(weights).expanduser()
-    return str(path if path.is_absolute() else (profiles.PROFILE_DIR.parent / path).resolve())
+    return str(resources.locate(weights))
 
 
 # ---------------------------------------------------------------- group layout
@@ -360,11 +360,31 @@ def load_partner(profile: Mapping, settings: Settings) -> tuple[torch.nn.Module,
     return load_model(spec)
 
 
+@dataclass(frozen=True)
+class RecoveryContext:
+    """What every recovery unit shares (sent to each worker once)."""
+
+    store_path: str
+    settings: Settings
+
+
+def make_recovery(model: None, context: RecoveryContext, unit: tuple[int, int]) -> float:
+    """Unit ``recovery-d{d}``: every draw at d neurons into the store (no network is used); its seconds."""
+    index, d = unit
+    started = time.perf_counter()
+    with threadpool_limits(limits=context.settings.threads):
+        part = recovery_part(context.settings, d)
+    Store(Path(context.store_path)).write_unit(GROUP, f"recovery-d{d}", part, region={
+        "representation": slice(None), "metric": slice(None), "d": slice(index, index + 1), "seed": slice(None)})
+    return round(time.perf_counter() - started, 1)
+
+
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
-        device: torch.device | str | None = None) -> None:
+        device: torch.device | str | None = None, executor=None) -> None:
     """Compute and store group ``alignment`` (see the module docstring); done units are skipped.
 
-    The two networks' forward passes run on ``device``; the SAEs train on the CPU."""
+    The recovery units (one per d) run on the executor; the two networks' unit runs here, their forward
+    passes on ``device``; the SAEs train on the CPU."""
     settings = Settings.from_profile(profile)
     blocks = list(settings.blocks or profile["model"]["blocks"])
     partner, partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
@@ -382,17 +402,17 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     store.declare(GROUP, template(settings, blocks), attrs, settings=settings_read, inputs=inputs,
                   units_expected=len(settings.neurons) + (partner is not None))
     timings = dict(store.group_attrs(GROUP).get("unit_seconds", {}))
+    done = store.done(GROUP)
+    todo = [(index, d) for index, d in enumerate(settings.neurons) if f"recovery-d{d}" not in done]
+    executor = executor or Serial()
+    if todo:
+        executor.check_store(store.path, GROUP)
+    seconds = executor.map(make_recovery, todo, context=RecoveryContext(str(store.path), settings), model=None,
+                           desc="alignment recovery")
+    for (_, d), unit_seconds in zip(todo, seconds):
+        timings[f"recovery-d{d}"] = unit_seconds
+        click.echo(f"alignment: recovery-d{d} ({settings.seeds} draws) in {unit_seconds} s")
     with threadpool_limits(limits=settings.threads):
-        for index, d in enumerate(settings.neurons):
-            unit = f"recovery-d{d}"
-            if unit in store.done(GROUP):
-                continue
-            started = time.perf_counter()
-            part = recovery_part(settings, d)
-            store.write_unit(GROUP, unit, part, region={"representation": slice(None), "metric": slice(None),
-                                                        "d": slice(index, index + 1), "seed": slice(None)})
-            timings[unit] = round(time.perf_counter() - started, 1)
-            click.echo(f"alignment: {unit} ({settings.seeds} draws) in {timings[unit]} s")
         extra = {}
         if partner is not None and NETWORKS_UNIT not in store.done(GROUP):
             started = time.perf_counter()

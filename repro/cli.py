@@ -13,6 +13,8 @@ The pipeline, one store per run (a zarr directory you can open with xarray):
 """
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import click
@@ -95,6 +97,34 @@ def run_options(function):
     return function
 
 
+def executor_options(function):
+    """``--local-workers`` / ``--scheduler``: where the stage's units run (see ``repro.executor``)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, local_workers, scheduler, **kwargs):
+        click.get_current_context().meta["placement"] = (local_workers, scheduler)
+        return function(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--local-workers", type=click.IntRange(min=0), default=None,
+                     help="Run the units on N Dask worker processes here (default: in this process; "
+                          "$RESIDUAL_STREAM_LOCAL_WORKERS, the profile's run.local_workers)."),
+        click.option("--scheduler", default=None,
+                     help="Run the units on the Dask cluster at ADDRESS (tcp://host:8786; $RESIDUAL_STREAM_SCHEDULER)."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def stage_executor(profile, device):
+    """The executor of this command's units, from its options, the environment and the profile; its
+    workers compute on ``device``'s kind (the run's resolved device: one GPU per local worker for CUDA)."""
+    from repro import executor
+
+    local_workers, scheduler = click.get_current_context().meta.get("placement", (None, None))
+    return executor.open_executor(executor.placement(profile, local_workers, scheduler, device=device))
+
+
 class Commands(click.Group):
     """The command group; input errors the OS reports become one line, Ctrl-C exit 130."""
 
@@ -117,7 +147,9 @@ class Interrupted(click.ClickException):
 @click.group(cls=Commands, help=__doc__)
 @click.version_option(package_name="residual-stream")
 def main():
-    pass
+    # OpenMP threads that spin while waiting stall badly when the cores are shared; speed only, never results.
+    # Set before any command imports torch (the library itself leaves the environment alone).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @main.group()
@@ -163,6 +195,7 @@ def taps(arch, profile_name, image_size):
 
 @main.command()
 @run_options
+@executor_options
 @click.option("--blocks", help="Comma-separated blocks, e.g. 1.1,2.1 (default: the profile's).")
 @click.option("--taps", "tap_names", help="Comma-separated taps among I,B,O (default: all).")
 @click.option("--channels", help="Channel list such as 0-15 (default: all).")
@@ -176,12 +209,14 @@ def fz(profile_name, weights, store_path, new_store, device_name, reading, block
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
                                                      device_name)
     from repro import fz as fz_stage
-    fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
-                 channels=parse_channels(channels), device=device)
+    with stage_executor(profile, device) as executor:
+        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
+                     channels=parse_channels(channels), device=device, executor=executor)
 
 
 @main.command()
 @run_options
+@executor_options
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's / $RESIDUAL_STREAM_IMAGES).")
 @click.option("--blocks", help="Comma-separated blocks (default: the profile's).")
 @click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
@@ -192,7 +227,8 @@ def natural(profile_name, weights, store_path, new_store, device_name, reading, 
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
                                                      device_name)
     from repro import natural as natural_stage
-    natural_stage.run(store, model, record, profile, blocks=parse_list(blocks), device=device)
+    with stage_executor(profile, device) as executor:
+        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks), device=device, executor=executor)
 
 
 @main.command()
@@ -200,16 +236,19 @@ def natural(profile_name, weights, store_path, new_store, device_name, reading, 
 @click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
 @DEVICE_OPTION
 @reading_option
+@executor_options
 def metrics(store_path, weights, device_name, reading):
     """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
     profile, model, record, store, device = open_run(None, store_path, weights, False, {"reading": reading},
                                                      device_name=device_name)
     from repro import metrics as metrics_stage
-    metrics_stage.run(store, model, record, profile, device=device)
+    with stage_executor(profile, device) as executor:
+        metrics_stage.run(store, model, record, profile, device=device, executor=executor)
 
 
 @main.command()
 @run_options
+@executor_options
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's).")
 @click.option("--blocks", help="Blocks to ablate, e.g. 2.1,3.1 (default: the profile's).")
 @click.option("--criterion", type=click.Choice(["naturally", "interpreting"]), help="Which paper's invariance criterion.")
@@ -232,17 +271,21 @@ def ablate(profile_name, weights, store_path, new_store, device_name, reading, i
             raise UserError(f"--channels {item!r}: expected BLOCK=LIST such as 2.1=13,15")
         chosen[block.strip()] = parse_channels(listed)
     from repro import ablate as ablate_stage
-    ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, device=device)
+    with stage_executor(profile, device) as executor:
+        ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, device=device,
+                         executor=executor)
 
 
 @main.command()
 @run_options
+@executor_options
 def alignment(profile_name, weights, store_path, new_store, device_name, reading):
     """Train TopK SAEs and compare representations: recovery vs neurons, and two trained networks."""
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store,
                                                      {"reading": reading}, device_name)
     from repro import alignment as alignment_stage
-    alignment_stage.run(store, model, record, profile, device=device)
+    with stage_executor(profile, device) as executor:
+        alignment_stage.run(store, model, record, profile, device=device, executor=executor)
 
 
 @main.command()
@@ -270,11 +313,12 @@ def report(store_path, out_dir, keep_going, compare_path):
 @click.option("--strict", is_flag=True, help="Exit non-zero on any deviation from the published numbers.")
 def verify(store_path, strict):
     """Print the claims table: each published number against the store's."""
+    from report import spec
     from report import verify as verify_claims
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    deviations = verify_claims.print_claims(store)
+    deviations = verify_claims.print_claims(store, spec.claims_for(str(store.attrs.get("profile_name", ""))))
     if strict and deviations:
         raise click.exceptions.Exit(1)
 
@@ -341,11 +385,13 @@ def check(store_path, repair):
 @click.option("--new-store", is_flag=True)
 @DEVICE_OPTION
 @reading_option
+@executor_options
 def pipeline(profile_name, store_path, new_store, device_name, reading):
     """Run every stage of a profile into one store (done units are skipped)."""
     from repro import pipeline as pipeline_stages
 
-    pipeline_stages.run(profile_name, store_path, new_store=new_store, device=device_name, reading=reading)
+    pipeline_stages.run(profile_name, store_path, new_store=new_store, device=device_name, reading=reading,
+                        executor_for=stage_executor)
 
 
 def _register_optional_groups():

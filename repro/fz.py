@@ -44,6 +44,7 @@ import functools
 import copy
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -51,17 +52,17 @@ import torch
 import torchvision.transforms as T
 import xarray as xr
 import dask.array as da
-from lucent.optvis import param as lucent_param
-from lucent.optvis import transform as lucent_transform
-from tqdm import tqdm
 
 import click
 
 from repro import device as devices
 from repro import model as taps_model
 from repro import profiles
+from repro.optvis import param as lucent_param
+from repro.optvis import transform as lucent_transform
 from repro.images import normalize as normalize_image
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.store import Store, labels, provenance
 
 OBJECTIVES = ("neuron", "channel")
@@ -392,7 +393,7 @@ def _unit_part(selection: Selection, seed: int, label: Label, channels: Sequence
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
-        channels: Iterable[int] | None = None, group: str | None = None,
+        channels: Iterable[int] | None = None, group: str | None = None, executor=None,
         device: torch.device | str | None = None) -> xr.Dataset:
     """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping done units.
 
@@ -422,28 +423,49 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
         click.echo(f"{group}: already complete in {store.path}", err=True)
         return store.dataset(group)
     store.declare(group, template(layout, batch), attrs, settings=settings_read, units_expected=len(every_unit))
-    engine_model = prepare(model, devices.resolve(device))
-    for job in jobs:
-        _run_job(store, group, engine_model, profile, layout, job, batch, set(wanted.channels))
+    done = store.done(group)
+    units = [ChunkUnit(job, seed, k, chunk, tuple(label for label in job.labels
+                                                    if unit_name(seed, label, job.jitter, chunk) not in done))
+             for seed in layout.seeds for job in jobs for k, chunk in enumerate(chunks(job, batch))
+             if set(wanted.channels) & set(chunk)
+             and any(unit_name(seed, label, job.jitter, chunk) not in done for label in job.labels)]
+    executor = executor or Serial()
+    if units:
+        executor.check_store(store.path, group)
+    executor.map(make_chunk, units, context=ChunkContext(str(store.path), group, dict(profile), layout),
+                 model=model, device=devices.resolve(device), prepare=prepare, model_settings=profile["model"],
+                 weights_sha256=weights_record.get("weights_sha256", ""), desc=f"{group} ({objective})")
     store.finish(group, complete=every_unit <= store.done(group))
     return store.dataset(group)
 
 
-def _run_job(store: Store, group: str, model: torch.nn.Module, profile: Mapping, selection: Selection,
-             job: Job, batch: int, wanted_channels: set[int]) -> None:
-    done = store.done(group)
-    todo = [(seed, k, chunk) for seed in selection.seeds for k, chunk in enumerate(chunks(job, batch))
-            if wanted_channels & set(chunk)
-            and any(unit_name(seed, label, job.jitter, chunk) not in done for label in job.labels)]
-    steps = int(profile["fz"]["steps"])
-    with tqdm(total=len(todo) * steps, desc=f"fz {job.title}", unit="step") as bar:
-        for seed, k, chunk in todo:
-            result = visualize(model, profile, job.block, job.tap, chunk, jitter=job.jitter,
-                               seed=chunk_seed(seed, job.block, job.tap, job.jitter, k), progress=bar.update)
-            images = to_uint8(result.images)
-            activation = measure(model, profile, job.block, job.tap, images, chunk)
-            for label in job.labels:
-                name = unit_name(seed, label, job.jitter, chunk)
-                if name not in done:
-                    part, region = _unit_part(selection, seed, label, chunk, images, result, activation)
-                    store.write_unit(group, name, part, region=region)
+@dataclass(frozen=True)
+class ChunkContext:
+    """What every unit of one run shares (sent to each worker once)."""
+    store_path: str
+    group: str
+    profile: dict
+    selection: Selection
+
+
+@dataclass(frozen=True)
+class ChunkUnit:
+    """One channel chunk of a job for one seed: optimized once, stored under each label still to do."""
+    job: Job
+    seed: int
+    index: int
+    channels: tuple[int, ...]
+    labels: tuple[Label, ...]
+
+
+def make_chunk(model: torch.nn.Module, context: ChunkContext, unit: ChunkUnit) -> None:
+    """Optimize one chunk's FZs and write them (with their activations) as one unit per label."""
+    job, profile = unit.job, context.profile
+    seed = chunk_seed(unit.seed, job.block, job.tap, job.jitter, unit.index)
+    result = visualize(model, profile, job.block, job.tap, unit.channels, jitter=job.jitter, seed=seed)
+    images = to_uint8(result.images)
+    activation = measure(model, profile, job.block, job.tap, images, unit.channels)
+    store = Store(Path(context.store_path))
+    for label in unit.labels:
+        part, region = _unit_part(context.selection, unit.seed, label, unit.channels, images, result, activation)
+        store.write_unit(context.group, unit_name(unit.seed, label, job.jitter, unit.channels), part, region=region)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -64,7 +65,6 @@ import xarray as xr
 from scipy import stats
 from torch import nn
 from torchvision.models.resnet import Bottleneck
-from tqdm import tqdm
 
 from repro import device as devices
 from repro import fz as fz_stage
@@ -72,6 +72,7 @@ from repro import images as imgs
 from repro import profiles
 from repro import model as taps_model
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import TAPS
 from repro.stimulus import TRANSFORMS, ScaleTransforms
 from repro.store import Store, labels, provenance
@@ -566,7 +567,7 @@ def failed_counts(metrics: xr.Dataset) -> dict:
 def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         blocks: Sequence[str] | None = None, fz_group: str = "fz",
         groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True,
-        device: torch.device | str | None = None) -> None:
+        executor=None, device: torch.device | str | None = None) -> None:
     """Compute and store ``responses`` and ``metrics`` for the FZs (and natural images) in ``store``.
 
     ``fz_group`` and ``groups`` name the FZs read and the two groups written (the aliased comparison
@@ -575,7 +576,6 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
     inputs.groups = tuple(groups)
     responses_group, metrics_group = inputs.groups
     settings = MixSettings.from_profile(profile)
-    batch_size = int(profile["metrics"]["batch_size"])
     settings_read = group_settings(profile, inputs)
     block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
     layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
@@ -585,7 +585,6 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         click.echo(f"metrics: already complete in {store.path}", err=True)
         return
     store.require_intact(inputs.input_groups)
-    model = devices.place(model, devices.resolve(device))
     attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
                        top9_note=inputs.top9_note)
     store.declare(responses_group, responses_template(inputs), attrs, settings=settings_read,
@@ -599,13 +598,21 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         "robust_fraction": float(profile["metrics"]["robust_fraction"]),
     }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(summary_units))
 
+    responses_done, metrics_done = store.done(responses_group), store.done(metrics_group)
     units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
-    for block, stimulus_set in tqdm(units, desc="metrics", disable=None):
-        _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size)
-        _run_frequencies(store, inputs, block, stimulus_set, float(profile["metrics"]["robust_fraction"]))
-    for block in inputs.blocks:
-        if f"{block}:channel" not in store.done(metrics_group):
-            store.write_unit(metrics_group, f"{block}:channel", block_part(model, inputs, block))
+    units = [(b, s) for b, s in units
+             if not {unit_name(seed, b, s) for seed in inputs.seeds} | {f"{b}:{s}:seeds"} <= responses_done & metrics_done]
+    units += [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
+    executor = executor or Serial()
+    if units:
+        executor.check_store(store.path, metrics_group)
+    context = MetricsContext(str(store.path), dict(profile), tuple(inputs.blocks), tuple(inputs.layout_blocks),
+                             inputs.top9_available, inputs.top9_note, inputs.fz_group, tuple(inputs.groups))
+    for caught in executor.map(make_unit, units, context=context, model=model, device=devices.resolve(device),
+                               prepare=devices.place, model_settings=profile["model"],
+                               weights_sha256=weights.get("weights_sha256", ""), desc=metrics_group):
+        for message in caught:  # warnings raised where the unit ran, shown here
+            warnings.warn(message, FailedFZWarning, stacklevel=2)
 
     counts = failed_counts(store.dataset(metrics_group))
     top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
@@ -617,6 +624,44 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
 def unit_name(seed: int, block: str, stimulus_set: str) -> str:
     return f"s{seed}:{block}:{stimulus_set}"
+
+
+@dataclass(frozen=True)
+class MetricsContext:
+    """What every unit of one run shares; each unit reopens the input groups from the store."""
+
+    store_path: str
+    profile: dict
+    blocks: tuple[str, ...]
+    layout_blocks: tuple[str, ...]
+    top9_available: bool
+    top9_note: str
+    fz_group: str = "fz"
+    groups: tuple[str, str] = ("responses", "metrics")
+
+    def inputs(self) -> Inputs:
+        store = Store(Path(self.store_path))
+        natural = store.dataset("natural") if self.top9_available else None
+        cache = imgs.open_cache(store) if self.top9_available else None
+        return Inputs(store.dataset(self.fz_group), natural, cache, list(self.blocks), self.top9_note,
+                      list(self.layout_blocks), self.fz_group, self.groups)
+
+
+def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) -> list[str]:
+    """One unit: a block's responses and metrics for one stimulus set, every seed, then their pass
+    frequencies; or its per-channel columns (``stimulus_set == "channel"``). Returns the messages of the
+    warnings it raised."""
+    block, stimulus_set = unit
+    store, inputs = Store(Path(context.store_path)), context.inputs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FailedFZWarning)
+        if stimulus_set == "channel":
+            store.write_unit(inputs.groups[1], f"{block}:channel", block_part(model, inputs, block))
+        else:
+            _run_unit(store, model, inputs, context.profile, MixSettings.from_profile(context.profile), block,
+                      stimulus_set, int(context.profile["metrics"]["batch_size"]))
+            _run_frequencies(store, inputs, block, stimulus_set, float(context.profile["metrics"]["robust_fraction"]))
+    return [str(w.message) for w in caught if issubclass(w.category, FailedFZWarning)]
 
 
 def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:

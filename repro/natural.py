@@ -3,7 +3,10 @@
 One pass over an ImageFolder (the ImageNet validation set in the paper profile): each batch is decoded
 once (in DataLoader workers), one forward reads every tap of every block (``repro.model.run``, center
 neurons only; a tensor two taps share is computed once and stored under both labels), and the
-activations are written shard by shard. Memory is bounded by one shard, whatever the number of images.
+activations are written shard by shard. Memory is bounded by one shard, whatever the number of images: a
+shard is one unit (``make_shard``), whose buffers are freed when it returns, before the next shard's are
+made (a loop that rebinds one buffer name holds two shards' buffers at the moment the next is allocated).
+Shards are independent, so on Dask workers (``repro.executor``) they run side by side.
 
 Group ``natural``:
 
@@ -34,6 +37,7 @@ extraction cloned its hooked tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -42,12 +46,12 @@ import numpy as np
 import torch
 import xarray as xr
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from repro import device as devices
 from repro import images as imgs
 from repro import profiles
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import TAPS, check_taps, describe_taps, run as run_model, same_tensor
 from repro.store import Store, labels, provenance
 
@@ -299,26 +303,34 @@ def batch_center_values(model, profile, layout: TapLayout, squares, heights, wid
     return {key: value.float().cpu().clone() for key, value in values.items()}
 
 
-def compute_shards(store, model, profile, images, layout, settings, todo: Sequence[int]) -> dict[str, str]:
-    """Run the pass over the shards in ``todo``; return {path: decode error} of corrupt images met."""
-    bounds = shard_ranges(len(images), settings.shard_size)
+@dataclass(frozen=True)
+class PassContext:
+    """What every shard of one pass shares (sent to each worker once)."""
+
+    store_path: str
+    profile: dict
+    images: imgs.ImageList
+    layout: TapLayout
+    settings: Settings
+    loader_workers: int  # DataLoader processes per shard; 0 on Dask workers, which are the parallelism
+
+
+def make_shard(model, context: PassContext, shard: int) -> dict[str, str]:
+    """One shard's activations, top-k candidates and cache squares into the store, as one unit; return
+    {path: decode error} of the corrupt images met."""
+    settings, images, layout = context.settings, context.images, context.layout
+    bounds = shard_ranges(len(images), settings.shard_size)[shard]
     loader = DataLoader(imgs.DecodedSquares(images, settings.resize),
-                        batch_sampler=_batches([bounds[s] for s in todo], settings.batch_size),
-                        num_workers=settings.workers)
+                        batch_sampler=_batches([bounds], settings.batch_size), num_workers=context.loader_workers)
+    buffer = ShardBuffer(shard, bounds, layout, settings.resize)
     errors: dict[str, str] = {}
-    batches = iter(loader)
-    total = sum(bounds[s][1] - bounds[s][0] for s in todo)
-    with tqdm(total=total, unit="img", desc="natural images", dynamic_ncols=True) as progress, torch.inference_mode():
-        for shard in todo:
-            buffer = ShardBuffer(shard, bounds[shard], layout, settings.resize)
-            while not buffer.full:
-                index, squares, heights, widths, batch_errors, read_errors = next(batches)
-                imgs.raise_read_errors(images, index, read_errors)
-                values = batch_center_values(model, profile, layout, squares, heights, widths)
-                buffer.add(index, squares, heights, widths, batch_errors, values, layout)
-                errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
-                progress.update(len(index))
-            _write_shard(store, buffer, settings)
+    with torch.inference_mode():
+        for index, squares, heights, widths, batch_errors, read_errors in loader:
+            imgs.raise_read_errors(images, index, read_errors)
+            values = batch_center_values(model, context.profile, layout, squares, heights, widths)
+            buffer.add(index, squares, heights, widths, batch_errors, values, layout)
+            errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
+    _write_shard(Store(Path(context.store_path)), buffer, settings)
     return errors
 
 
@@ -345,7 +357,7 @@ def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Map
 
 
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
-        blocks: Sequence[str] | None = None, device: torch.device | str | None = None) -> None:
+        blocks: Sequence[str] | None = None, executor=None, device: torch.device | str | None = None) -> None:
     """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
     settings = Settings.from_profile(profile)
     images = imgs.find_images(settings.root)
@@ -356,8 +368,16 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
         click.echo(f"natural: {store.path} is already complete ({len(images)} images)", err=True)
         return
     declare_groups(store, images, layout, settings, profile, weights, settings_read)
-    model = devices.place(model, devices.resolve(device))
     done = store.done(GROUP) & store.done(CACHE_GROUP)
     todo = [s for s in range(len(shard_ranges(len(images), settings.shard_size))) if shard_unit(s) not in done]
-    errors = compute_shards(store, model, profile, images, layout, settings, todo) if todo else {}
+    executor = executor or Serial()
+    if todo:
+        executor.check_store(store.path, GROUP)
+    context = PassContext(str(store.path), dict(profile), images, layout, settings,
+                          settings.workers if isinstance(executor, Serial) else 0)
+    errors = {}
+    for shard_errors in executor.map(make_shard, todo, context=context, model=model, device=devices.resolve(device),
+                                     prepare=devices.place, model_settings=profile["model"],
+                                     weights_sha256=weights.get("weights_sha256", ""), desc="natural image shards"):
+        errors.update(shard_errors)
     finish(store, images, settings, errors)

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import click
 
-from repro import ablate, alignment, fz, metrics, natural, profiles
+from repro import ablate, alignment, fz, metrics, natural, profiles, resources
 from repro import device as devices
 from repro.errors import UserError
+from repro.executor import Serial
 from repro.model import ModelSpec, load_model
 from repro.store import Store
-
-REPO_ROOT = profiles.PROFILE_DIR.parent
-
 
 def toy_images(profile: dict) -> Path:
     """The toy world's held-out split, generated from the profile's seed unless already there."""
@@ -23,8 +21,7 @@ def toy_images(profile: dict) -> Path:
     from repro.toy import train as toy_train
 
     settings = profile["toy"]
-    data_dir = Path(settings["data_dir"])
-    data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
+    data_dir = resources.output(settings["data_dir"])
     split_dir = data_dir / toy_train.HELDOUT
     wanted = {"seed": int(settings["seed"]), "per_class": int(settings["heldout_per_class"])}
     manifest = split_dir / toy_data.MANIFEST_NAME
@@ -51,42 +48,46 @@ def images_for(profile: dict) -> Path:
 ALIASED_FZ, ALIASED_GROUPS = "fz_aliased", ("responses_aliased", "metrics_aliased")
 
 
-def aliased_stages(store: Store, model, record, profile: dict, device=None) -> list:
+def aliased_stages(store: Store, model, record, profile: dict, run_on: dict) -> list:
     """The aliased comparison: FZs made with Lucent's by-reference taps (the authors' FZs), one seed,
     measured with the true taps like every other FZ (FZ stimuli only)."""
     aliased = profiles.override(profile, {"model.aliased": True, "fz.seeds": list(profile["fz"]["seeds"][:1])})
     return [("fz (aliased taps, first seed)",
-             lambda: fz.run(store, model, record, aliased, group=ALIASED_FZ, device=device)),
+             lambda: fz.run(store, model, record, aliased, group=ALIASED_FZ, **run_on)),
             ("metrics (aliased FZs)", lambda: metrics.run(store, model, record, profile, fz_group=ALIASED_FZ,
-                                                          groups=ALIASED_GROUPS, top9=False, device=device))]
+                                                          groups=ALIASED_GROUPS, top9=False, **run_on))]
 
 
 def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto",
-        reading: str | None = None) -> Store:
+        reading: str | None = None, executor_for=None) -> Store:
+    """Every stage on one device, its units on one executor (one cluster for the whole pipeline when
+    distributed): ``executor_for(profile, device)`` opens it; in-process without one."""
     profile = profiles.override(profiles.load(profile_name), {"reading": reading})
     device = devices.resolve(device)  # once, for every stage
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     store = Store.for_run(store_path, profile, record, new=new_store)
-    stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, device=device))]
-    if profile["fz"]["channel_grids"]:
-        channel_profile = profiles.override(profile, {"fz.objective": "channel"})
-        stages.append(("fz (whole channel, for the grids)",
-                       lambda: fz.run(store, model, record, channel_profile, device=device)))
-    stages += [
-        ("natural images", lambda: natural.run(store, model, record, profile, device=device)),
-        ("metrics", lambda: metrics.run(store, model, record, profile, device=device)),
-    ]
-    if profile["fz"]["compare_aliased"]:
-        stages += aliased_stages(store, model, record, profile, device)
-    stages += [
-        ("ablation", lambda: ablate.run(store, model, record, profile, device=device)),
-        ("alignment", lambda: alignment.run(store, model, record, profile, device=device)),
-    ]
-    for title, stage in stages:
-        started = time.perf_counter()
-        click.echo(f"== {title}")
-        stage()
-        click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
+    with (executor_for(profile, device) if executor_for else Serial()) as executor:
+        run_on = {"device": device, "executor": executor}
+        stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, **run_on))]
+        if profile["fz"]["channel_grids"]:
+            channel_profile = profiles.override(profile, {"fz.objective": "channel"})
+            stages.append(("fz (whole channel, for the grids)",
+                           lambda: fz.run(store, model, record, channel_profile, **run_on)))
+        stages += [
+            ("natural images", lambda: natural.run(store, model, record, profile, **run_on)),
+            ("metrics", lambda: metrics.run(store, model, record, profile, **run_on)),
+        ]
+        if profile["fz"]["compare_aliased"]:
+            stages += aliased_stages(store, model, record, profile, run_on)
+        stages += [
+            ("ablation", lambda: ablate.run(store, model, record, profile, **run_on)),
+            ("alignment", lambda: alignment.run(store, model, record, profile, **run_on)),
+        ]
+        for title, stage in stages:
+            started = time.perf_counter()
+            click.echo(f"== {title}")
+            stage()
+            click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
     return store

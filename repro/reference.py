@@ -25,15 +25,16 @@ import numpy as np
 import xarray as xr
 
 from analyses import noise, stats
+from repro import resources
 from repro.errors import UserError
 
-PUBLISHED = Path(__file__).resolve().parent.parent / "data" / "published"
+PUBLISHED: Path | None = None  # the shipped data/published folder unless set
 KIND = "reference"
 CRITERIA = ("naturally", "interpreting")
 
 
 def path_for(profile_name: str) -> Path:
-    return PUBLISHED / f"{profile_name}.toml"
+    return (PUBLISHED or resources.shipped("published")) / f"{profile_name}.toml"
 
 
 def numbers(metrics: xr.Dataset) -> dict:

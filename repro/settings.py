@@ -173,6 +173,13 @@ class ToySettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """Where the units run; never part of a result (a store made on N workers equals the serial one)."""
+    local_workers: int = field(metadata=NON_NEGATIVE)  # 0: in this process
+    scheduler: str  # address of a running Dask scheduler, "" for none
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -185,6 +192,7 @@ class Profile:
     ablation: AblationSettings
     alignment: AlignmentSettings
     toy: ToySettings | None = None  # only the toy world's profiles have it
+    run: RunSettings | None = None  # a store's recorded profile leaves it out (profiles.recorded)
 
 
 def typed(profile: Mapping, *, where: str = "profile") -> Profile:

@@ -55,12 +55,3 @@ class ScaleTransforms:
             return self.scale_down(x)
         raise ValueError(f"unknown transform {name!r}; transforms are {', '.join(TRANSFORMS)}")
 
-
-def S(x: torch.Tensor, profile: Mapping) -> torch.Tensor:
-    """S(X) with the profile's settings."""
-    return ScaleTransforms.from_profile(profile).scale_up(x)
-
-
-def S_inv(x: torch.Tensor, profile: Mapping) -> torch.Tensor:
-    """S⁻¹(X) with the profile's settings."""
-    return ScaleTransforms.from_profile(profile).scale_down(x)

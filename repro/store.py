@@ -59,6 +59,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 import repro
 from repro import profiles
 from repro.errors import UserError
+from repro.hashing import digest
 
 STORE_KIND = "residual-stream"
 LOCKS = "_locks"
@@ -70,13 +71,24 @@ GROUP_NODE = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
 
 
 FAULT_ENV = "REPRO_FAULT_AT"
+FAULT_ONCE_ENV = "REPRO_FAULT_ONCE"
 
 
 def fault_point(name: str) -> None:
     """Kill this process here when ``$REPRO_FAULT_AT`` names this point: how the tests stop a run at an
-    exact instant (a group just declared, a unit written but not marked) instead of by timing."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    exact instant (a group just declared, a unit written but not marked) instead of by timing.
+
+    With ``$REPRO_FAULT_ONCE`` naming a file, only the first process to reach the point dies (it creates
+    the file): how a test kills exactly one of several workers mid-unit."""
+    if os.environ.get(FAULT_ENV) != name:
+        return
+    once = os.environ.get(FAULT_ONCE_ENV)
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def git_commit() -> str:
@@ -117,7 +129,7 @@ def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
         "profile_name": profile.get("name", ""),
         "reading": reading_label(profile),
         "profile_hash": profiles.identity_hash(profile),
-        "profile": profiles.to_json(profile),
+        "profile": profiles.to_json(profiles.recorded(profile)),
         "weights": weights.get("weights", ""),
         "weights_sha256": weights.get("weights_sha256", ""),
         "weights_file_sha256": weights.get("weights_file_sha256", ""),
@@ -130,11 +142,6 @@ def identity(profile: Mapping, weights: Mapping) -> dict:
     """What every group of a store shares."""
     return {"arch": str(profile["model"]["arch"]), "weights_sha256": str(weights.get("weights_sha256", "")),
             "image_size": int(profile["model"]["image_size"])}
-
-
-def digest(value) -> str:
-    """A short stable hash of JSON-able settings."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def labels(values: Iterable[str]) -> np.ndarray:

@@ -65,3 +65,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def scheduler():
+    """(address, client) of one LocalCluster of two single-thread worker processes, shared by the tests."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    yield cluster.scheduler_address, client
+    client.close()
+    cluster.close()

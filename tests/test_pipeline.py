@@ -42,6 +42,25 @@ def test_every_stage_lands_in_the_store(built):
     check_alignment_group(alignment)
 
 
+def test_every_stage_on_two_dask_workers_equals_the_serial_store(built, scheduler):
+    from repro import executor
+    from repro.store import Store
+    from test_scaleout import assert_equal_stores
+
+    runner, profile, store, _ = built
+    address, client = scheduler
+    workers = store.parent / "workers.zarr"
+    result = runner.invoke(main, ["pipeline", "--profile", str(profile), "--store", str(workers), "--scheduler", address])
+    assert result.exit_code == 0, result.output
+    groups = ["fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation", "alignment"]
+    assert_equal_stores(store, workers, groups)
+    # Each worker built its models once (one per preparation: fz's copy, the placed one), not per unit; the
+    # alignment stage's recovery units need none.
+    built_models = client.run(executor.models_built)
+    assert len(built_models) == 2 and all(1 <= count <= 2 for count in built_models.values()), built_models
+    assert sum(len(Store(workers).done(group)) for group in groups) > 3 * 2
+
+
 def test_the_report_has_every_chapter(built):
     _, _, _, out = built
     site = out / "_site"

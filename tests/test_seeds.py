@@ -10,7 +10,9 @@ import pytest
 import xarray as xr
 
 from analyses import noise
-from report import verify
+from analyses import measures
+from report import rules, verify
+from report.loader import Loader
 from repro import fz, metrics, profiles
 from repro.errors import UserError
 from repro.model import ModelSpec, load_model
@@ -164,25 +166,25 @@ def test_seed_lists_and_floors_table_on_a_constructed_store():
 def test_set_claim_is_within_noise_exactly_when_inside_the_seed_floor():
     sets = {0: [1, 2, 3], 1: [2, 3, 4], 2: [1, 2, 3, 4]}  # seed-to-seed Jaccard 0.5, 0.75, 0.75
     dataset = constructed_metrics(sets, {s: [3.0] * 8 for s in sets}).sel(stimulus_set="fz")
-    measured = verify.invariant_set(dataset, "2.1", "naturally")
-    assert isinstance(measured, verify.SeededSet) and list(measured) == [1, 2, 3] and measured.per_seed == sets
+    measured = measures.invariant_set(dataset, "2.1", "naturally")
+    assert isinstance(measured, measures.SeededSet) and list(measured) == [1, 2, 3] and measured.per_seed == sets
     floor_low = 0.5
     # Reference [1, 2, 3, 4, 5]: Jaccard 3/5, 3/5, 4/5 per seed, median 0.6 ≥ 0.5 → within noise (below 0.75).
-    inside = verify.set_overlap([1, 2, 3, 4, 5], measured, verified=0.75, noise=0.99)
-    assert inside.badge == verify.WITHIN_NOISE and "0.50" in inside.detail and "3 seeds" in inside.detail
+    inside = rules.set_overlap([1, 2, 3, 4, 5], measured, verified=0.75, noise=0.99)
+    assert inside.badge == rules.WITHIN_NOISE and "0.50" in inside.detail and "3 seeds" in inside.detail
     # Reference [3, 4, 5, 6, 7]: median Jaccard 2/6 < 0.5 → deviates, though the fixed tolerance (0.2) would pass it.
-    outside = verify.set_overlap([3, 4, 5, 6, 7], measured, verified=0.75, noise=0.2)
-    assert outside.badge == verify.DEVIATES
+    outside = rules.set_overlap([3, 4, 5, 6, 7], measured, verified=0.75, noise=0.2)
+    assert outside.badge == rules.DEVIATES
     assert np.median([noise.jaccard([3, 4, 5, 6, 7], s) for s in sets.values()]) < floor_low
-    assert verify.set_overlap([1, 2, 3, 4], measured, verified=0.75).badge == verify.VERIFIED
+    assert rules.set_overlap([1, 2, 3, 4], measured, verified=0.75).badge == rules.VERIFIED
 
 
 def test_one_seed_store_says_the_floor_is_unknown():
     dataset = constructed_metrics({0: [1, 2, 3]}, {0: [3.0] * 8}).sel(stimulus_set="fz")
-    measured = verify.invariant_set(dataset, "2.1", "naturally")
-    outcome = verify.set_overlap([1, 2, 3, 4, 5], measured, verified=0.75, noise=0.4)
-    assert outcome.badge == verify.WITHIN_NOISE and "floor unknown" in outcome.detail
-    assert verify.set_overlap([5, 6, 7], measured, verified=0.75, noise=0.4).badge == verify.DEVIATES
+    measured = measures.invariant_set(dataset, "2.1", "naturally")
+    outcome = rules.set_overlap([1, 2, 3, 4, 5], measured, verified=0.75, noise=0.4)
+    assert outcome.badge == rules.WITHIN_NOISE and "floor unknown" in outcome.detail
+    assert rules.set_overlap([5, 6, 7], measured, verified=0.75, noise=0.4).badge == rules.DEVIATES
 
 
 # ---------------------------------------------------------------- the aliased comparison
@@ -199,7 +201,7 @@ def aliased_store(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.FailedFZWarning)
         metrics.run(store, model, record, profile)
-        for _, stage in pipeline.aliased_stages(store, model, record, profile):
+        for _, stage in pipeline.aliased_stages(store, model, record, profile, {}):
             stage()
     return store, model, profile
 
@@ -294,8 +296,8 @@ def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores,
     # The store that made the reference: every set and count is verified or within its own seed noise.
     results = verify.evaluate(three, spec.reference_claims(written))
     badges = {r.claim.id: r.outcome.badge for r in results}
-    assert set(badges.values()) <= {verify.VERIFIED, verify.WITHIN_NOISE}, badges
-    assert all("seed" in r.outcome.detail for r in results if r.claim.rule is verify.set_overlap)
+    assert set(badges.values()) <= {rules.VERIFIED, rules.WITHIN_NOISE}, badges
+    assert all("seed" in r.outcome.detail for r in results if r.claim.rule is rules.set_overlap)
     # A reference with other channels and counts: the sets and counts deviate.
     perturbed = {**written, "blocks": {}}
     for block, entry in written["blocks"].items():
@@ -307,12 +309,12 @@ def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores,
         perturbed["blocks"][block]["top_mixes"] = [c for c in range(width) if c not in entry["top_mixes"]][:3]
     results = verify.evaluate(three, spec.reference_claims(perturbed))
     counts = [r for r in results if "-count-" in r.claim.id]
-    assert all(r.outcome.badge == verify.DEVIATES for r in counts)
+    assert all(r.outcome.badge == rules.DEVIATES for r in counts)
     # Sets: within noise exactly when the median Jaccard over seeds reaches the lowest seed-to-seed Jaccard.
     from analyses import stats
 
     for r in results:
-        if r.claim.rule is not verify.set_overlap or not r.claim.published:
+        if r.claim.rule is not rules.set_overlap or not r.claim.published:
             continue
         one = {s: stored.sel(seed=s) for s in (0, 1, 2)}
         block = r.claim.args["block"]
@@ -323,9 +325,9 @@ def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores,
         median = np.median([noise.jaccard(r.claim.published, channels) for channels in lists])
         low = min(noise.jaccard(a, b) for a, b in itertools.combinations(lists, 2))
         verified = r.claim.tolerance["verified"]
-        expected = (verify.VERIFIED if median >= verified else verify.WITHIN_NOISE if median >= low else verify.DEVIATES)
+        expected = (rules.VERIFIED if median >= verified else rules.WITHIN_NOISE if median >= low else rules.DEVIATES)
         assert r.outcome.badge == expected, (r.claim.id, median, low)
-    assert verify.DEVIATES in {r.outcome.badge for r in results if r.claim.rule is verify.set_overlap}
+    assert rules.DEVIATES in {r.outcome.badge for r in results if r.claim.rule is rules.set_overlap}
 
 
 def test_reference_claims_do_not_apply_to_another_profile(stores):
@@ -336,7 +338,7 @@ def test_reference_claims_do_not_apply_to_another_profile(stores):
         "1.1": {"naturally": {"channels": [1], "count": 1}, "interpreting": {"channels": [1], "count": 1},
                 "top_mixes": [1, 2, 3]}}})
     results = verify.evaluate(three, claims)
-    assert {r.outcome.badge for r in results} == {verify.NOT_COMPARABLE}
+    assert {r.outcome.badge for r in results} == {rules.NOT_COMPARABLE}
     assert all("profile 'toy'" in r.outcome.reason for r in results)
 
 
@@ -424,7 +426,7 @@ def test_the_report_drops_the_fz_seed_but_keeps_the_alignment_draws(tmp_path):
         write_group(store, group, per_seed)
     write_group(store, "alignment", xr.Dataset({"recovery": (("d", "seed"), np.arange(6.0).reshape(2, 3))},
                                                coords={"d": [8, 16], "seed": np.arange(3)}))
-    loader = spec.Loader(store)
+    loader = Loader(store)
     for group in ("metrics", "metrics_aliased", "fz_channel"):
         first = loader.load(spec.Selection(group))
         assert "seed" not in first.dims and first["mix"].values.tolist() == [[0, 1, 2], [3, 4, 5]], group
@@ -482,20 +484,20 @@ def test_the_toy_reference_file_verifies_a_store_built_from_it_and_a_perturbed_o
 
     # Built from the reference numbers: every reference claim is verified, through the default claim list.
     built = reference_store(tmp_path / "built.zarr", sets)
-    results = [r for r in verify.evaluate(built) if r.claim.paper == "reference"]
+    results = [r for r in verify.evaluate(built, spec.claims_for("toy")) if r.claim.paper == "reference"]
     assert len(results) == 5 * len(blocks)  # per block: two sets, two counts, the top mixes
-    assert {r.outcome.badge for r in results} == {verify.VERIFIED}, [(r.claim.id, r.outcome.detail) for r in results]
+    assert {r.outcome.badge for r in results} == {rules.VERIFIED}, [(r.claim.id, r.outcome.detail) for r in results]
     # Perturbed: other channels pass (as many of them), so the sets and top mixes deviate; counts still agree.
     perturbed = reference_store(tmp_path / "perturbed.zarr", {block: [0, 2, 5, 7] for block in blocks})
-    outcomes = {r.claim.id: r.outcome.badge for r in verify.evaluate(perturbed) if r.claim.paper == "reference"}
+    outcomes = {r.claim.id: r.outcome.badge for r in verify.evaluate(perturbed, spec.claims_for("toy")) if r.claim.paper == "reference"}
     for block in blocks:
         bid = block.replace(".", "-")
         for criterion in ("naturally", "interpreting"):
-            assert outcomes[f"claim-reference-{criterion}-{bid}"] == verify.DEVIATES
-            assert outcomes[f"claim-reference-{criterion}-count-{bid}"] == verify.VERIFIED
-        assert outcomes[f"claim-reference-top-mixes-{bid}"] == verify.DEVIATES
+            assert outcomes[f"claim-reference-{criterion}-{bid}"] == rules.DEVIATES
+            assert outcomes[f"claim-reference-{criterion}-count-{bid}"] == rules.VERIFIED
+        assert outcomes[f"claim-reference-top-mixes-{bid}"] == rules.DEVIATES
     # repro verify prints them.
     printed = CliRunner().invoke(main, ["verify", "--store", str(tmp_path / "perturbed.zarr")])
     assert printed.exit_code == 0, printed.output
     lines = [line for line in printed.output.splitlines() if "claim-reference-naturally-2-1" in line]
-    assert len(lines) == 1 and verify.DEVIATES in lines[0], printed.output
+    assert len(lines) == 1 and rules.DEVIATES in lines[0], printed.output

@@ -1,0 +1,47 @@
+"""The store's datasets as the spec selects them (``report.spec.Selection``), each opened once."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import xarray as xr
+
+from analyses import stats
+
+# Groups made from FZs carry the FZ seed dim; a selection that does not ask for seeds reads the first seed
+# (the papers' single-FZ method). Other groups' ``seed`` dims (the alignment draws) are kept.
+FZ_SEED_GROUPS = ("fz", "responses", "metrics")
+
+
+def carries_fz_seeds(group: str) -> bool:
+    return group.split("_")[0] in FZ_SEED_GROUPS
+
+
+class Loader:
+    """Selected datasets of one store, each opened once; small ones (metrics, responses, ablation) are read
+    into memory, large ones (images, natural activations) stay lazy."""
+
+    IN_MEMORY_BYTES = 256 * 2**20
+
+    def __init__(self, store):
+        self.store = store
+        self._opened: dict[tuple, xr.Dataset | None] = {}
+
+    def load(self, selection) -> xr.Dataset | None:
+        key = (selection.group, tuple(sorted(selection.sel.items())), selection.seeds)
+        if key not in self._opened:
+            dataset = self._open(selection.group) if self.store.has(selection.group) else None
+            if dataset is not None and selection.sel:
+                dataset = dataset.sel(**selection.sel)
+            if dataset is not None and not selection.seeds and carries_fz_seeds(selection.group):
+                dataset = stats.first_seed(dataset)
+            if dataset is not None and dataset.nbytes <= self.IN_MEMORY_BYTES:
+                dataset = dataset.load()
+            self._opened[key] = dataset
+        return self._opened[key]
+
+    def _open(self, group: str) -> xr.Dataset:
+        # chunks=None: lazily indexed arrays without dask, so a selection reads only the chunks it needs.
+        return xr.open_zarr(str(self.store.path), group=group, consolidated=False, chunks=None)
+
+    def inputs(self, inputs: Mapping) -> dict[str, xr.Dataset | None]:
+        return {name: self.load(selection) for name, selection in inputs.items()}

@@ -327,13 +327,14 @@ def verify(store_path, strict):
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="e.g. data/published/toy.toml")
 @click.option("--command", "made_by", required=True, help="The command that made the store (recorded in the file).")
-def reference(store_path, out, made_by):
+@click.option("--for", "judged_profile", help="The profile the numbers judge (default: the store's own).")
+def reference(store_path, out, made_by, judged_profile):
     """Write a store's numbers as its profile's reference (judged by the report with the papers' rules)."""
     from repro import reference as reference_numbers
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    click.echo(f"reference written to {reference_numbers.write(store, out, made_by)}")
+    click.echo(f"reference written to {reference_numbers.write(store, out, made_by, judged_profile)}")
 
 
 def refuse_stale(store: Store) -> None:

@@ -66,6 +66,8 @@ from repro.executor import Serial
 from repro.store import Store, labels, provenance
 
 OBJECTIVES = ("neuron", "channel")
+# fz.precision: the network's forward and backward under autocast at this dtype (None: float32 throughout).
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 GROUPS = {"neuron": "fz", "channel": "fz_channel"}
 Label = tuple[str, str]
 
@@ -181,8 +183,8 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
     """One FZ per channel of tap (block, tap), all optimized as one batch.
 
     ``model`` should come from ``prepare`` (frozen, eval, on Lucent's device). ``steps``, ``objective``
-    and ``aliased`` default to the profile's. ``autocast_dtype`` (e.g. bfloat16) and ``channels_last``
-    are speed options; the float32 default is the papers' arithmetic. ``trace_every`` (default the
+    and ``aliased`` default to the profile's. ``autocast_dtype`` (default: ``fz.precision``, float32
+    being the papers' arithmetic) and ``channels_last`` are speed options. ``trace_every`` (default the
     profile's) sets the objective trace; ``snapshot_at`` keeps the images after those (1-based) steps:
     Adam's trajectory does not depend on the number of steps still to come, so the image after step n of
     a longer run is the image an n-step run returns.
@@ -191,6 +193,7 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
     steps = int(settings["steps"] if steps is None else steps)
     objective = objective or settings["objective"]
     aliased = bool(profile["model"]["aliased"] if aliased is None else aliased)
+    autocast_dtype = autocast_dtype or PRECISIONS[settings["precision"]]
     if steps < 1:
         raise UserError(f"fz.steps must be at least 1, not {steps}")
     group_name(objective)

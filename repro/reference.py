@@ -71,10 +71,11 @@ def _toml_value(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(int(value))
 
 
-def to_toml(blocks: Mapping, *, profile: str, command: str, store_attrs: Mapping, seeds: list[int]) -> str:
+def to_toml(blocks: Mapping, *, profile: str, command: str, store_attrs: Mapping, seeds: list[int],
+            made_with: str = "") -> str:
     lines = [f"# Reference numbers of profile {profile!r}, judged by the report with the papers' claim rules.",
              f"kind = {_toml_value(KIND)}", f"profile = {_toml_value(profile)}", f"command = {_toml_value(command)}",
-             f"seeds = {_toml_value(list(seeds))}",
+             f"made_with_profile = {_toml_value(made_with or profile)}", f"seeds = {_toml_value(list(seeds))}",
              f"weights_sha256 = {_toml_value(str(store_attrs.get('weights_sha256', '')))}",
              f"git_commit = {_toml_value(str(store_attrs.get('git_commit', '')))}",
              f"created = {_toml_value(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))}", ""]
@@ -100,13 +101,16 @@ def load(path: Path) -> dict | None:
     return data if data.get("kind") == KIND else None
 
 
-def write(store, out: Path, command: str) -> Path:
-    """Write the reference numbers of ``store`` (its metrics with FZ stimuli, every seed) to ``out``."""
+def write(store, out: Path, command: str, judged_profile: str | None = None) -> Path:
+    """Write the reference numbers of ``store`` (its metrics with FZ stimuli, every seed) to ``out``, as the
+    reference of ``judged_profile`` (default: the store's own profile; a longer run of a profile is made with
+    a profile based on it, e.g. ``profiles/toy_reference.toml``, and judges the profile it is based on)."""
     if not store.has("metrics"):
         raise UserError(f"store {store.path} has no metrics group; run `repro pipeline` first")
     metrics = store.dataset("metrics").sel(stimulus_set="fz").load()
     attrs = store.group_attrs("metrics")
-    profile = str(attrs.get("profile_name", ""))
+    profile = judged_profile or str(attrs.get("profile_name", ""))
     seeds = noise.seeds_of(metrics)
-    out.write_text(to_toml(numbers(metrics), profile=profile, command=command, store_attrs=attrs, seeds=seeds))
+    out.write_text(to_toml(numbers(metrics), profile=profile, command=command, store_attrs=attrs, seeds=seeds,
+                           made_with=str(attrs.get("profile_name", ""))))
     return out

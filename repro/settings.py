@@ -53,6 +53,7 @@ class FZSettings:
     rotate_degrees: int = field(metadata=NON_NEGATIVE)
     channel_grids: bool
     compare_aliased: bool
+    precision: str = field(metadata=choice("float32", "bfloat16"))
     pad_from_jitter: int = field(metadata=NON_NEGATIVE)
     jitter: dict[str, dict[str, int]]
     input_jitter: str = field(metadata=choice("schedule", "previous_output"))

@@ -119,19 +119,25 @@ def grid_images(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Data
     return rows
 
 
-def channel_mosaic(rows: list, tile: int = 96, gap: int = 4) -> np.ndarray:
+def channel_mosaic(rows: list, tile: int = 96, gap: int = 4, with_channel: bool = True) -> np.ndarray:
     """The paper's 3x3 grid for one channel (from ``grid_images``) as one image.
 
-    Columns: taps I, B, O. Rows: center-neuron FZ, whole-channel FZ (gray when not computed), and a
-    montage of the tap's top-9 natural images (gray when the store has none).
+    Columns: taps I, B, O. Rows: center-neuron FZ, whole-channel FZ (left out with ``with_channel=False``,
+    for a store made without them), and a montage of the tap's top-9 natural images (gray when the store has
+    none).
     """
     neuron, channel, natural = rows
-    cells = [[_tile(image, tile) for image in neuron], [_tile(image, tile) for image in channel],
-             [montage(images, tile) for images in natural]]
+    cells = [[_tile(image, tile) for image in neuron]]
+    if with_channel:
+        cells.append([_tile(image, tile) for image in channel])
+    cells.append([montage(images, tile) for images in natural])
     white = np.full((tile, gap, 3), 255, np.uint8)
     lines = [np.concatenate([row[0], white, row[1], white, row[2]], axis=1) for row in cells]
     hgap = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
-    return np.concatenate([lines[0], hgap, lines[1], hgap, lines[2]], axis=0)
+    stacked = [lines[0]]
+    for line in lines[1:]:
+        stacked += [hgap, line]
+    return np.concatenate(stacked, axis=0)
 
 
 def _label(metrics: xr.Dataset | None, block: str, channel: int) -> str:
@@ -171,25 +177,27 @@ def channel_grids(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Da
     tile = tile or int(np.clip(fz.sizes["x"], 48, 96))  # small FZs are not blown up
     layout = list(layout or [divmod(index, columns) for index in range(len(channels))])
     rows, width = max(r for r, _ in layout) + 1, max(c for _, c in layout) + 1
+    # A store made without whole-channel FZs (fz.channel_grids = false) shows two rows, not a gray one.
+    row_names = GRID_ROWS if fz_channel is not None else (GRID_ROWS[0], GRID_ROWS[2])
     side = 3 * tile + 2 * GRID_GAP_PX
-    cell_w, cell_h = side + GRID_SPACING_PX, side + GRID_TITLE_PX + GRID_SPACING_PX
+    side_h = len(row_names) * tile + (len(row_names) - 1) * GRID_GAP_PX
+    cell_w, cell_h = side + GRID_SPACING_PX, side_h + GRID_TITLE_PX + GRID_SPACING_PX
     top = 30 if title else 0
     canvas = np.full((top + rows * cell_h, GRID_MARGIN_PX + width * cell_w, 3), 255, np.uint8)
     images = grid_images(fz, natural, image_cache, channels, fz_channel)
     texts, cells = [], []
     for index, ((block, channel), (row, column)) in enumerate(zip(channels, layout)):
         x, y = GRID_MARGIN_PX + column * cell_w, top + row * cell_h + GRID_TITLE_PX
-        cells.append({"unit": unit_id(block, channel), "box": [x, y - GRID_TITLE_PX, side, side + GRID_TITLE_PX]})
-        canvas[y:y + side, x:x + side] = channel_mosaic(images[(block, channel)], tile, GRID_GAP_PX)
+        cells.append({"unit": unit_id(block, channel), "box": [x, y - GRID_TITLE_PX, side, side_h + GRID_TITLE_PX]})
+        canvas[y:y + side_h, x:x + side] = channel_mosaic(images[(block, channel)], tile, GRID_GAP_PX,
+                                                          with_channel=fz_channel is not None)
         heading = labels[index] if labels else f"{block}: channel {channel}"
         texts.append((x + side / 2, y - 14, f"{heading}\n{_label(metrics, block, channel)}".rstrip(), 8, "center"))
         centers = [x + tile / 2 + k * (tile + GRID_GAP_PX) for k in range(3)]
         texts += [(center, y - 4, tap, 7, "center") for center, tap in zip(centers, TAPS)]
-        if fz_channel is None:
-            texts.append((centers[1], y + tile * 1.5 + GRID_GAP_PX, "channel FZ not computed", 6, "center"))
         if column == 0:
             texts += [(GRID_MARGIN_PX - 4, y + tile / 2 + k * (tile + GRID_GAP_PX), name, 7, "right")
-                      for k, name in enumerate(GRID_ROWS)]
+                      for k, name in enumerate(row_names)]
     dpi = 100
     figure = Figure(figsize=(canvas.shape[1] / dpi, canvas.shape[0] / dpi), dpi=dpi)
     figure.figimage(canvas, origin="upper", zorder=-1)  # pixel for pixel, under the labels
@@ -201,6 +209,9 @@ def channel_grids(fz: xr.Dataset, natural: xr.Dataset | None, image_cache: xr.Da
         axis.text(x, y, text, fontsize=size, ha=align, va="bottom" if align == "center" else "center")
     if title:
         axis.text(canvas.shape[1] / 2, 20, title, fontsize=10, ha="center")
+    if fz_channel is None:
+        axis.text(canvas.shape[1] - 4, canvas.shape[0] - 2, "no whole-channel FZ row: the store was made with "
+                  "fz.channel_grids = false", fontsize=6, ha="right", va="bottom", color="0.35")
     # Where each channel's grid lies (pixels of the figure saved at ``dpi``): the report links each to its unit page.
     figure.grid_cells = {"width": canvas.shape[1], "height": canvas.shape[0], "dpi": dpi, "cells": cells}
     return figure

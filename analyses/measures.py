@@ -265,6 +265,13 @@ def ratio_below_no_scale(ablation: xr.Dataset, block: str) -> Evidence:
     return Evidence(level, f"no-scale ratio {base:.4f}; scaled " + ", ".join(f"{r:.4f}" for r in scaled))
 
 
+def ablation_ratios(ablation: xr.Dataset, block: str) -> dict[float, float]:
+    """The mean accuracy ratio (invariant set / random sets) at every scale, the no-scale one included."""
+    _scale_column(ablation, block, "invariant")
+    mean = ablation_analysis.accuracy_ratios(ablation, block)["mean"]
+    return {float(scale): float(value) for scale, value in zip(mean["scale"].values, mean.values)}
+
+
 def unablated_accuracy(ablation: xr.Dataset) -> float:
     """Top-1 % of the unablated model without a scale transform."""
     if "none" not in ablation["condition"].values:

@@ -113,12 +113,21 @@ def qualitative(published: str, measured: Evidence) -> Outcome:
     return Outcome(badge, measured, measured.summary)
 
 
+def same_level(published: str, measured: Evidence) -> Outcome:
+    """A qualitative rule's outcome against a reference run's outcome of the same rule: the same level is
+    verified, a step apart (holds / weakly / fails) within noise, two steps apart deviates."""
+    order = ("holds", "weakly", "fails")
+    steps = abs(order.index(measured.level) - order.index(published))
+    badge = (VERIFIED, WITHIN_NOISE, DEVIATES)[steps]
+    return Outcome(badge, measured, f"the store: {measured.level}, the reference run: {published}; {measured.summary}")
+
+
 def accuracies_close(published: Mapping[float, float], measured: Mapping[float, float], verified_abs: float = 0.5,
-                     noise_abs: float = 2.0) -> Outcome:
-    """Accuracies (top-1 %) at matching scales, by the largest absolute difference."""
+                     noise_abs: float = 2.0, unit: str = "points") -> Outcome:
+    """Accuracies (top-1 %, or ratios: ``unit``) at matching scales, by the largest absolute difference."""
     shared = [scale for scale in published if scale in measured and np.isfinite(measured[scale])]
     if not shared:
         return Outcome(NOT_COMPARABLE, measured, "the store has none of these scales")
     worst = max(abs(measured[scale] - published[scale]) for scale in shared)
     badge = VERIFIED if worst <= verified_abs else WITHIN_NOISE if worst <= noise_abs else DEVIATES
-    return Outcome(badge, measured, f"largest difference {worst:.3g} points over {len(shared)} scales")
+    return Outcome(badge, measured, f"largest difference {worst:.3g} {unit} over {len(shared)} scales")

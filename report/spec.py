@@ -118,6 +118,7 @@ ALIASED_SEED_INPUTS = {"metrics": Selection("metrics", {"stimulus_set": "fz"}, s
 
 SET_TOLERANCE = {"verified": 0.75, "noise": 0.4, "empty_noise": 2}          # Jaccard of channel sets
 TOP3_TOLERANCE = {"verified": 0.5, "noise": 0.2, "empty_noise": 0}          # 2 of 3 shared / 1 of 3 shared
+RATIO_TOLERANCE = {"verified_abs": 0.02, "noise_abs": 0.05, "unit": "in ratio"}                # accuracy ratios (about 1)
 COUNT_TOLERANCE = {"verified_abs": 1, "verified_rel": 0.15, "noise_abs": 3, "noise_rel": 0.5}
 PERCENT_TOLERANCE = {"verified_abs": 1.0, "verified_rel": 0.15, "noise_abs": 3.0, "noise_rel": 0.5}
 TOP1_TOLERANCE = {"verified_abs": 0.05, "noise_abs": 0.5}                   # unablated top-1 %, decoding noise
@@ -475,6 +476,20 @@ def reference_claims(reference: Mapping) -> list[Claim]:
                             f"Block {block}: the 3 channels with M closest to 1", list(entry["top_mixes"]),
                             m.top_mix_set, {"metrics": METRICS_FZ_SEEDS}, r.set_overlap, {"block": block},
                             TOP3_TOLERANCE, source="reference", requires=need))
+    for block, entry in reference.get("ablation", {}).items():
+        claims.append(Claim(f"claim-reference-ablation-{_bid(block)}", "reference", where,
+                            f"Block {block}: mean accuracy ratio (invariant / random sets) at every scale",
+                            dict(zip(entry["scales"], entry["mean_ratio"])), m.ablation_ratios,
+                            {"ablation": ABLATION}, r.accuracies_close, {"block": block}, RATIO_TOLERANCE,
+                            source="reference", requires=need))
+    by_id = {claim.id: claim for claim in CLAIMS}
+    for claim_id, level in reference.get("rules", {}).items():
+        if claim_id in by_id:
+            paper = by_id[claim_id]
+            claims.append(Claim(f"claim-reference-rule-{claim_id.removeprefix('claim-')}", "reference", where,
+                                f"{paper.text} (the papers' rule on the reference run: {level})", level,
+                                paper.measure, paper.inputs, r.same_level, paper.args, source="reference",
+                                requires=need))
     return claims
 
 

@@ -136,11 +136,13 @@ _MODELS: dict[str, Any] = {}  # this worker's models, by model settings and prep
 def worker_model(model_settings: Mapping, weights_sha256: str, prepare: Prepare | None, device_kind: str):
     """The model a worker's units use, built once per worker process (and per preparation and device),
     on this worker's device of the run's kind: its own GPU for ``cuda``, else the CPU."""
-    key = json.dumps([dict(model_settings), getattr(prepare, "__qualname__", ""),
+    from repro.model import ModelSpec, load_model
+
+    # The network alone decides the model (not how its taps are read: the aliased FZs reuse it).
+    key = json.dumps([repr(ModelSpec.from_profile(dict(model_settings))), getattr(prepare, "__qualname__", ""),
                       getattr(prepare, "__module__", ""), device_kind], sort_keys=True, default=str)
     if key not in _MODELS:
         from repro import device as devices
-        from repro.model import ModelSpec, load_model
 
         device = devices.resolve(device_kind)
         model, record = load_model(ModelSpec.from_profile(dict(model_settings)))

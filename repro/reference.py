@@ -71,6 +71,19 @@ def _toml_value(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(int(value))
 
 
+def extra_tables(ablation: Mapping, levels: Mapping) -> str:
+    """The ablation ratios and the rules' outcomes, as TOML tables after the blocks."""
+    lines = []
+    for block, entry in ablation.items():
+        lines += [f'[ablation."{block}"]', f"scales = {_toml_value(entry['scales'])}",
+                  f"mean_ratio = {_toml_value(entry['mean_ratio'])}", ""]
+    if levels:
+        lines.append("[rules]")
+        lines += [f"{_toml_value(claim_id)} = {_toml_value(level)}" for claim_id, level in levels.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def to_toml(blocks: Mapping, *, profile: str, command: str, store_attrs: Mapping, seeds: list[int],
             made_with: str = "") -> str:
     lines = [f"# Reference numbers of profile {profile!r}, judged by the report with the papers' claim rules.",
@@ -101,6 +114,38 @@ def load(path: Path) -> dict | None:
     return data if data.get("kind") == KIND else None
 
 
+def ablation_numbers(ablation: xr.Dataset) -> dict:
+    """{block: {scales, mean_ratio}}: the mean accuracy ratio (invariant / random sets) per scale."""
+    from analyses import measures
+
+    result = {}
+    for block in [str(b) for b in ablation["block"].values]:
+        ratios = measures.ablation_ratios(ablation, block)
+        result[block] = {"scales": list(ratios), "mean_ratio": [round(v, 6) for v in ratios.values()]}
+    return result
+
+
+def rule_levels(store) -> dict:
+    """{claim id: holds | weakly | fails}: the papers' qualitative rules (signs of statistics, which blocks
+    skew, ablation below the no-scale ratio) evaluated on this store's own numbers."""
+    from analyses.measures import MissingInput
+    from report import rules, spec
+    from report.loader import Loader
+
+    loader, levels = Loader(store), {}
+    for claim in spec.CLAIMS:
+        if claim.rule is not rules.qualitative:
+            continue
+        inputs = loader.inputs(claim.inputs)
+        if any(dataset is None for dataset in inputs.values()):
+            continue
+        try:
+            levels[claim.id] = claim.measure(**inputs, **claim.args).level
+        except (MissingInput, KeyError):
+            continue  # the rule cannot be evaluated on this store (a block it does not study)
+    return levels
+
+
 def write(store, out: Path, command: str, judged_profile: str | None = None) -> Path:
     """Write the reference numbers of ``store`` (its metrics with FZ stimuli, every seed) to ``out``, as the
     reference of ``judged_profile`` (default: the store's own profile; a longer run of a profile is made with
@@ -111,6 +156,8 @@ def write(store, out: Path, command: str, judged_profile: str | None = None) -> 
     attrs = store.group_attrs("metrics")
     profile = judged_profile or str(attrs.get("profile_name", ""))
     seeds = noise.seeds_of(metrics)
-    out.write_text(to_toml(numbers(metrics), profile=profile, command=command, store_attrs=attrs, seeds=seeds,
-                           made_with=str(attrs.get("profile_name", ""))))
+    ablation = ablation_numbers(store.dataset("ablation")) if store.has("ablation") else {}
+    text = to_toml(numbers(metrics), profile=profile, command=command, store_attrs=attrs, seeds=seeds,
+                   made_with=str(attrs.get("profile_name", "")))
+    out.write_text(text + extra_tables(ablation, rule_levels(store)))
     return out

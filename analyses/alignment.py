@@ -170,16 +170,6 @@ def constant_rows(X: np.ndarray) -> np.ndarray:
     return np.ptp(X, axis=1) == 0
 
 
-def dissimilarity_vector(X, rdm: str = "euclidean") -> np.ndarray:
-    """Upper triangle (i < j, row-major, as ``scipy.spatial.distance.pdist``) of an RDM over stimuli.
-
-    ``"euclidean"``: squared Euclidean distance ‖xᵢ − xⱼ‖². ``"correlation"``: 1 − Pearson r between the
-    two stimuli's activity patterns across units (undefined, NaN, for constant rows; ``rsa`` drops them).
-    """
-    _check_choice("rdm", rdm, tuple(RDM_KINDS))
-    return pdist(as_stimulus_matrix(X), RDM_KINDS[rdm])
-
-
 def rsa(X, Y, rdm: str = "euclidean", compare: str = "pearson") -> RSAResult:
     """Representational similarity analysis: correlation between two systems' RDMs over the same stimuli.
 

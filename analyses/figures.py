@@ -11,7 +11,7 @@ the top ones by scale metric, top mixes are the smallest |M - 1|, and so on.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -431,21 +431,12 @@ def fz_imagenet_agreement(metrics: xr.Dataset, criterion: str = "interpreting") 
     return figure
 
 
-CHOOSERS = {  # how a table picks each block's channels
-    "invariant": lambda metrics, block, criterion="naturally": stats.invariant_channels(metrics, block, criterion),
-    "top_mixes": lambda metrics, block, count=3: stats.top_mixes(metrics, block, count),
-    "top_scale_metric": lambda metrics, block, count=3, criterion="interpreting":
-        stats.top_by_scale_metric(metrics, block, count, criterion),
-    "fz_and_imagenet": fz_and_imagenet,
-}
-
-
-def channel_list_table(metrics: xr.Dataset, chooser: str, published: Mapping[str, Sequence[int]] | None = None,
-                       **options) -> pd.DataFrame:
-    """Per block, the channels a chooser (a key of ``CHOOSERS``) picks, beside the paper's list when given."""
+def channel_list_table(metrics: xr.Dataset, chooser: Callable[..., list[int]],
+                       published: Mapping[str, Sequence[int]] | None = None, **options) -> pd.DataFrame:
+    """Per block, the channels ``chooser(metrics, block, **options)`` picks, beside the paper's list when given."""
     rows = []
     for block in stats.blocks_of(metrics):
-        chosen = CHOOSERS[chooser](metrics, block, **options)
+        chosen = chooser(metrics, block, **options)
         row = {"block": block, "store": " ".join(map(str, chosen)), "store_count": len(chosen)}
         if published is not None:
             listed = list(published.get(block, []))

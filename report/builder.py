@@ -5,7 +5,7 @@
 * ``figures/<id>.png`` and ``.svg`` (and ``<id>.cells.json``: where each channel's grid lies, for grid
   figures), ``tables/<id>.csv``, ``.md`` and ``.outcome.txt`` (the table's outcome in words);
 * ``_quarto.yml``, ``index.qmd`` (what this store is and shows, claims at a glance, default vs aliased taps),
-  one ``.qmd`` per paper, and ``alignment.qmd`` when ``analyses.alignment_figures`` exists;
+  one ``.qmd`` per paper, and ``alignment.qmd``;
 * ``_site/*.html``: rendered by ``report.render`` (Quarto, else pandoc, else markdown-it-py), and the channel
   browser ``_site/units/`` (``report.units``).
 
@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,17 +34,19 @@ import click
 import pandas as pd
 
 import repro
-from report import outcomes, readings, render, spec, units, verify
+from repro.hashing import digest
+from report import outcomes, readings, render, rules, spec, units, verify
+from report.loader import Loader
 
 SITE = render.SITE
 CACHE_FILE = ".report-cache.json"
-CSS_FILE = Path(__file__).resolve().parent / "templates" / "report.css"
+CSS_FILE = resources.files("report") / "templates" / "report.css"
 GROUP_STAMP_KEYS = ("finished", "complete", "version", "settings_digest", "created")
 TOY_WORLD = ("The embedded default is a small procedural object-recognition world with a ResNet-18-shaped "
              "network (`profiles/toy.toml`): it runs offline in minutes and exercises every stage, but its "
              "channels have nothing to do with ImageNet-trained resnet18, so the papers' numbers do not apply. "
              "Its own numbers are computed and shown; run the `paper` profile on ImageNet to compare.")
-BADGE_CLASS = {badge: "badge-" + badge.replace(" ", "-") for badge in verify.BADGES}
+BADGE_CLASS = {badge: "badge-" + badge.replace(" ", "-") for badge in rules.BADGES}
 PAPER_CHAPTERS = ("naturally", "interpreting")
 
 
@@ -94,7 +97,7 @@ class StoreContext:
 
 @dataclass
 class Artifact:
-    entry: spec.Figure
+    entry: spec.Figure | spec.Table
     status: str  # "built", "cached", "missing", "skipped", "error"
     message: str = ""
     files: dict[str, str] = field(default_factory=dict)
@@ -119,21 +122,26 @@ def _source_hash(function) -> str:
         return "unknown"
 
 
-def entry_key(entry: spec.Figure, store, context: StoreContext) -> str:
+def entry_key(entry: spec.Figure | spec.Table, store, context: StoreContext) -> str:
     """Hash of what an entry's output depends on."""
     payload = {
         "id": entry.id, "kind": entry.kind,
         "function": f"{entry.function.__module__}.{entry.function.__qualname__}",
         "source": _source_hash(entry.function), "outcomes": _source_hash(outcomes.describe),
-        "args": repr(sorted(entry.args.items())),
+        "args": repr(sorted((name, _named(value)) for name, value in entry.args.items())),
         "inputs": {name: [sel.group, repr(sorted(sel.sel.items())), context.stamp(store, sel.group)]
                    for name, sel in entry.inputs.items()},
         "store": str(context.path), "version": repro.__version__,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return digest(payload, length=None)
 
 
-def _outputs(entry: spec.Figure) -> dict[str, str]:
+def _named(value: Any) -> Any:
+    """An argument as the key sees it: a function (a chooser) by its qualified name, not its address."""
+    return f"{value.__module__}.{value.__qualname__}" if callable(value) else value
+
+
+def _outputs(entry: spec.Figure | spec.Table) -> dict[str, str]:
     folder = "figures" if entry.kind == "figure" else "tables"
     suffixes = ("png", "svg", "cells.json") if entry.kind == "figure" else ("csv", "md", "outcome.txt")
     return {suffix: f"{folder}/{entry.id}.{suffix}" for suffix in suffixes}
@@ -157,7 +165,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows]) + "\n"
 
 
-def _save(result: Any, entry: spec.Figure, out_dir: Path) -> dict[str, str]:
+def _save(result: Any, entry: spec.Figure | spec.Table, out_dir: Path) -> dict[str, str]:
     files = _outputs(entry)
     if entry.kind == "figure":
         result.savefig(out_dir / files["png"], dpi=100)
@@ -175,11 +183,11 @@ def _save(result: Any, entry: spec.Figure, out_dir: Path) -> dict[str, str]:
     return files
 
 
-def _missing_groups(entry: spec.Figure, store) -> list[str]:
+def _missing_groups(entry: spec.Figure | spec.Table, store) -> list[str]:
     return [sel.group for sel in entry.inputs.values() if not sel.optional and not store.has(sel.group)]
 
 
-def make(entry: spec.Figure, store, loader: spec.Loader, context: StoreContext, out_dir: Path,
+def make(entry: spec.Figure | spec.Table, store, loader: Loader, context: StoreContext, out_dir: Path,
          cache: dict, keep_going: bool = False) -> Artifact:
     """Build one figure or table, or reuse it when its key is unchanged; an analysis error stops the build
     (``EntryError``) unless ``keep_going``."""
@@ -235,7 +243,7 @@ def badge(name: str) -> str:
     return f"[{name}]{{.badge .{BADGE_CLASS[name]}}}"
 
 
-def own_badge(outcome: verify.Outcome) -> str:
+def own_badge(outcome: rules.Outcome) -> str:
     """The badge, and for a claim the store cannot compare, what its rule gives on the store's own numbers."""
     return badge(outcome.badge) + (f" [in this store: {outcome.own_words}]{{.own}}" if outcome.own else "")
 
@@ -245,12 +253,12 @@ def combined_badge(badges: Sequence[str]) -> str | None:
     None when no claim backs it."""
     if not badges:
         return None
-    if verify.DEVIATES in badges:
-        return verify.DEVIATES
-    comparable = [name for name in badges if name != verify.NOT_COMPARABLE]
+    if rules.DEVIATES in badges:
+        return rules.DEVIATES
+    comparable = [name for name in badges if name != rules.NOT_COMPARABLE]
     if not comparable:
-        return verify.NOT_COMPARABLE
-    return verify.WITHIN_NOISE if verify.WITHIN_NOISE in comparable else verify.VERIFIED
+        return rules.NOT_COMPARABLE
+    return rules.WITHIN_NOISE if rules.WITHIN_NOISE in comparable else rules.VERIFIED
 
 
 def _claims_backing(entry_id: str, results: Sequence[verify.Result]) -> list[verify.Result]:
@@ -265,7 +273,7 @@ def _inline(text: str) -> str:
 
 # ---------------------------------------------------------------- one entry's markdown
 
-def _link_figure_mentions(text: str, chapter: str, labels: dict[str, str], entries: dict[str, spec.Figure]) -> str:
+def _link_figure_mentions(text: str, chapter: str, labels: dict[str, str], entries: dict[str, spec.Figure | spec.Table]) -> str:
     """``Fig. 1`` in a caption → a link to this chapter's figure of that number (its first built one)."""
     targets = {}
     for entry_id, label in labels.items():
@@ -313,7 +321,7 @@ def figure_html(artifact: Artifact, label: str, out_dir: Path) -> str:
             f"{grid_links(cells)}</div>\n")
 
 
-def provenance_markdown(entry: spec.Figure, backing: Sequence[verify.Result], context: StoreContext) -> str:
+def provenance_markdown(entry: spec.Figure | spec.Table, backing: Sequence[verify.Result], context: StoreContext) -> str:
     sources = (f"from {', '.join(selection.describe() for selection in entry.inputs.values())}; {context.provenance()}"
                if entry.inputs else f"(a seeded simulation; reads no store group; package {repro.__version__})")
     overall = combined_badge([result.outcome.badge for result in backing])
@@ -324,7 +332,7 @@ def provenance_markdown(entry: spec.Figure, backing: Sequence[verify.Result], co
 
 
 def entry_markdown(artifact: Artifact, results: Sequence[verify.Result], context: StoreContext, out_dir: Path,
-                   labels: dict[str, str], entries: dict[str, spec.Figure], level: int = 2) -> str:
+                   labels: dict[str, str], entries: dict[str, spec.Figure | spec.Table], level: int = 2) -> str:
     if artifact.status in ("missing", "skipped"):
         return placeholder_markdown(artifact)
     if artifact.status == "error":
@@ -360,7 +368,7 @@ def claims_table(results: Sequence[verify.Result]) -> str:
     return "\n".join([header, *rows]) + "\n"
 
 
-def _claim_detail(outcome: verify.Outcome) -> str:
+def _claim_detail(outcome: rules.Outcome) -> str:
     if outcome.reason and outcome.reason != outcome.detail:
         return f"{outcome.detail}; not comparable: {outcome.reason}" if outcome.detail else outcome.reason
     return outcome.detail
@@ -438,7 +446,7 @@ def _groups_table(store) -> str:
     return "\n".join(rows) + "\n"
 
 
-OWN_LEVELS = (("hold", verify.VERIFIED), ("hold weakly", verify.WITHIN_NOISE), ("fail", verify.DEVIATES))
+OWN_LEVELS = (("hold", rules.VERIFIED), ("hold weakly", rules.WITHIN_NOISE), ("fail", rules.DEVIATES))
 
 
 def _level_counts(results: Sequence[verify.Result]) -> str:
@@ -458,10 +466,10 @@ def store_summary(results: Sequence[verify.Result], context: StoreContext) -> st
     sentences = []
     for chapter in PAPER_CHAPTERS:
         mine = [r for r in results if r.claim.paper == chapter]
-        rules = [r for r in mine if r.claim.rule is verify.qualitative]
-        numbers_ = [r for r in mine if r.claim.rule is not verify.qualitative]
-        sentences.append(f"*{_inline(spec.CHAPTERS[chapter][1])}*: of its {len(rules)} qualitative claims, checked on "
-                         f"this store's own numbers, the rules {_level_counts(rules)}; of its {len(numbers_)} "
+        ruled = [r for r in mine if r.claim.rule is rules.qualitative]
+        numbers_ = [r for r in mine if r.claim.rule is not rules.qualitative]
+        sentences.append(f"*{_inline(spec.CHAPTERS[chapter][1])}*: of its {len(ruled)} qualitative claims, checked on "
+                         f"this store's own numbers, the rules {_level_counts(ruled)}; of its {len(numbers_)} "
                          f"published channel lists and numbers, this store's {_level_counts(numbers_)}.")
     counts = {r.claim.args["block"]: r.outcome.measured for r in results
               if r.claim.id.startswith("claim-naturally-count-") and r.outcome.measured is not None}
@@ -507,11 +515,11 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
                   "number below is still this store's own.")
     if "toy" in profile:  # the toy profile and its twins carry a [toy] table
         comparable += "\n\n" + TOY_WORLD
-    glance = ["| chapter | " + " | ".join(verify.BADGES) + " |", "|---|" + "---|" * len(verify.BADGES)]
+    glance = ["| chapter | " + " | ".join(rules.BADGES) + " |", "|---|" + "---|" * len(rules.BADGES)]
     for chapter in PAPER_CHAPTERS:
         counts = verify.summary([r for r in results if r.claim.paper == chapter])
         stem, title = spec.CHAPTERS[chapter]
-        glance.append(f"| [{_inline(title)}]({stem}.qmd) | " + " | ".join(str(counts[b]) for b in verify.BADGES) + " |")
+        glance.append(f"| [{_inline(title)}]({stem}.qmd) | " + " | ".join(str(counts[b]) for b in rules.BADGES) + " |")
     entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
     parts = [front_matter("Residual stream of ResNet18: both papers rebuilt"),
              "## What this store shows\n", store_summary(results, context),
@@ -520,7 +528,7 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
                                              for k, v in _facts(context, profile)) + "\n",
              comparable + "\n", "Groups in the store:\n", _groups_table(store),
              "## Claims at a glance\n", "\n".join(glance) + "\n",
-             "Badges: " + ", ".join(badge(name) for name in verify.BADGES) + ". Channel sets are compared by overlap "
+             "Badges: " + ", ".join(badge(name) for name in rules.BADGES) + ". Channel sets are compared by overlap "
              "(Jaccard, precision, recall), counts and percentages by tolerance, qualitative claims by rule; tolerances "
              "are in `report/spec.py`, published values in `data/published/`.\n",
              "Chapters: " + ", ".join(f"[{_inline(spec.CHAPTERS[c][1])}]({spec.CHAPTERS[c][0]}.qmd)" for c in chapters
@@ -590,13 +598,14 @@ def build(store, out_dir, how: str | None = None, keep_going: bool = False, comp
     for folder in ("figures", "tables"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     context = StoreContext.of(store)
-    results = verify.evaluate(store)
+    results = verify.evaluate(store, spec.CLAIMS)
     cache = _load_cache(out_dir)
-    loader = spec.Loader(store)
-    entries = [*spec.FIGURES, *spec.alignment_figures()]
+    loader = Loader(store)
+    entries = [*spec.FIGURES, *spec.FIGURES_ALIGNMENT]
     artifacts = [make(entry, store, loader, context, out_dir, cache.get("entries", {}), keep_going)
                  for entry in entries]
-    chapters = ["store", *PAPER_CHAPTERS] + (["alignment"] if spec.has_alignment() else [])
+    has_alignment = any(entry.chapter == "alignment" for entry in entries)
+    chapters = ["store", *PAPER_CHAPTERS] + (["alignment"] if has_alignment else [])
     sources = _sources(store, artifacts, results, context, out_dir, chapters, compare)
     _write_changed(out_dir, sources)
     how = how or render.renderer()

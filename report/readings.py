@@ -17,7 +17,7 @@ import xarray as xr
 
 from analyses import figures, stats
 from repro import profiles, reading
-from report import spec, verify
+from report import rules, spec, verify
 
 READING_GROUPS = ("fz", "metrics", "ablation")  # the groups whose settings hold reading items
 # (criterion, the published list it is checked against, the stimulus sets a channel must pass with)
@@ -71,13 +71,13 @@ def comparison(first: xr.Dataset, second: xr.Dataset, names: tuple[str, str], co
         for block in blocks:
             a, b = invariant_sets(first, block, criterion), invariant_sets(second, block, criterion)
             listed = list(published.get(block, []))
-            jaccard_a = verify.overlap(listed, a)["jaccard"]
-            jaccard_b = verify.overlap(listed, b)["jaccard"]
+            jaccard_a = rules.overlap(listed, a)["jaccard"]
+            jaccard_b = rules.overlap(listed, b)["jaccard"]
             closer = (names[0] if jaccard_a > jaccard_b else names[1] if jaccard_b > jaccard_a else "equal")
             rows.append({
                 "criterion": criterion, "stimuli": stimuli, "block": block,
                 f"count ({names[0]})": len(a), f"count ({names[1]})": len(b),
-                "shared": len(set(a) & set(b)), "jaccard": verify.overlap(a, b)["jaccard"],
+                "shared": len(set(a) & set(b)), "jaccard": rules.overlap(a, b)["jaccard"],
                 "published count": len(listed),
                 f"jaccard with published ({names[0]})": jaccard_a,
                 f"jaccard with published ({names[1]})": jaccard_b,

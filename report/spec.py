@@ -5,30 +5,27 @@
   (``analyses.figures``, ``analyses.ablation``) and the store groups it reads (``Selection``: group plus an
   xarray ``.sel``), passed to the function by argument name.
 * ``Claim``: a number or statement the paper prints (its value read from ``data/published/*.toml``), the
-  measure that gives the store's value, the comparison rule and its tolerance, and the figures/tables it backs.
+  measure that gives the store's value (``analyses.measures``), the comparison rule (``report.rules``) and its
+  tolerance, and the figures/tables it backs.
 
-The builder (``report.builder``) and the verifier (``report.verify``) only walk these lists.
+Pure data: nothing here opens a store. The builder (``report.builder``) and the verifier (``report.verify``,
+given ``CLAIMS``) only walk these lists.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
-
-import xarray as xr
+from typing import Any, Callable, ClassVar, Mapping
 
 from analyses import ablation, stats
+from analyses import alignment_figures as af
 from analyses import figures as fg
-from report import verify as v
+from analyses import measures as m
+from report import rules as r
+from repro import profiles, resources
 
-PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "data" / "published"
-NATURALLY = tomllib.loads((PUBLISHED_DIR / "naturally_computed.toml").read_text())
-INTERPRETING = tomllib.loads((PUBLISHED_DIR / "interpreting.toml").read_text())
-BLOCKS = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+NATURALLY = resources.published("naturally_computed")
+INTERPRETING = resources.published("interpreting")
+BLOCKS = tuple(profiles.load(profiles.ROOT_PROFILE)["model"]["blocks"])  # the papers' blocks
 
 CHAPTERS = {  # chapter key → (file stem, title)
     "store": ("index", "What this store is"),
@@ -36,7 +33,6 @@ CHAPTERS = {  # chapter key → (file stem, title)
     "interpreting": ("interpreting", INTERPRETING["paper"]["title"]),
     "alignment": ("alignment", "Superposition and alignment"),
 }
-ALIGNMENT_MODULE = "analyses.alignment_figures"
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,8 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class Figure:
+class _Entry:
+    """What a figure and a table share: where the report shows it and the analysis that makes it."""
     id: str
     chapter: str
     paper_figure: str
@@ -62,12 +59,18 @@ class Figure:
     inputs: Mapping[str, Selection]
     args: Mapping[str, Any] = field(default_factory=dict)
     comparable_only: bool = False  # the paper's own channel choices: shown only where its numbers compare
-    kind: str = "figure"
 
 
 @dataclass(frozen=True)
-class Table(Figure):
-    kind: str = "table"
+class Figure(_Entry):
+    """An entry whose function returns a matplotlib figure."""
+    kind: ClassVar[str] = "figure"
+
+
+@dataclass(frozen=True)
+class Table(_Entry):
+    """An entry whose function returns a pandas table."""
+    kind: ClassVar[str] = "table"
 
 
 @dataclass(frozen=True)
@@ -85,35 +88,6 @@ class Claim:
     backs: tuple[str, ...] = ()
     source: str = "paper"
     requires: tuple[str, ...] = ("paper_setup",)
-
-
-class Loader:
-    """Selected datasets of one store, each opened once; small ones (metrics, responses, ablation) are read
-    into memory, large ones (images, natural activations) stay lazy."""
-
-    IN_MEMORY_BYTES = 256 * 2**20
-
-    def __init__(self, store):
-        self.store = store
-        self._opened: dict[tuple, xr.Dataset | None] = {}
-
-    def load(self, selection: Selection) -> xr.Dataset | None:
-        key = (selection.group, tuple(sorted(selection.sel.items())))
-        if key not in self._opened:
-            dataset = self._open(selection.group) if self.store.has(selection.group) else None
-            if dataset is not None and selection.sel:
-                dataset = dataset.sel(**selection.sel)
-            if dataset is not None and dataset.nbytes <= self.IN_MEMORY_BYTES:
-                dataset = dataset.load()
-            self._opened[key] = dataset
-        return self._opened[key]
-
-    def _open(self, group: str) -> xr.Dataset:
-        # chunks=None: lazily indexed arrays without dask, so a selection reads only the chunks it needs.
-        return xr.open_zarr(str(self.store.path), group=group, consolidated=False, chunks=None)
-
-    def inputs(self, inputs: Mapping[str, Selection]) -> dict[str, xr.Dataset | None]:
-        return {name: self.load(selection) for name, selection in inputs.items()}
 
 
 # ---------------------------------------------------------------- store selections
@@ -189,7 +163,7 @@ FIGURES_NATURALLY = [
     Table("tbl-naturally-counts", "naturally", "Sec. 3", "Invariant channels per block",
           "Channels passing mix AND up (FZ stimuli) per block: this store's list beside the paper's.",
           fg.channel_list_table, {"metrics": METRICS_FZ},
-          {"chooser": "invariant", "published": _blocks_of(NC["invariant_channels"]),
+          {"chooser": stats.invariant_channels, "published": _blocks_of(NC["invariant_channels"]),
            "criterion": "naturally"}),
     Table("tbl-naturally-ablation", "naturally", "Fig. 2", "Ablation accuracies",
           "Top-1 accuracy (%) per block, condition and scale (0 % = no scale transform, crop side in pixels): "
@@ -214,48 +188,48 @@ def _bid(block: str) -> str:
 
 CLAIMS_NATURALLY = [
     *[Claim(f"claim-naturally-invariant-{_bid(b)}", "naturally", NC["invariant_channels"]["where"],
-            f"Scale-invariant channels (mix AND up) of block {b}", NC["invariant_channels"][b], v.invariant_set,
-            {"metrics": METRICS_FZ}, v.set_overlap, {"block": b, "criterion": "naturally"}, SET_TOLERANCE,
+            f"Scale-invariant channels (mix AND up) of block {b}", NC["invariant_channels"][b], m.invariant_set,
+            {"metrics": METRICS_FZ}, r.set_overlap, {"block": b, "criterion": "naturally"}, SET_TOLERANCE,
             ("tbl-naturally-counts", *_grids_showing(b)))
       for b in BLOCKS],
     *[Claim(f"claim-naturally-count-{_bid(b)}", "naturally", NC["invariant_counts"]["where"],
-            f"Number of scale-invariant channels in block {b}", NC["invariant_counts"][b], v.invariant_count,
-            {"metrics": METRICS_FZ}, v.number_close, {"block": b, "criterion": "naturally"},
+            f"Number of scale-invariant channels in block {b}", NC["invariant_counts"][b], m.invariant_count,
+            {"metrics": METRICS_FZ}, r.number_close, {"block": b, "criterion": "naturally"},
             COUNT_TOLERANCE, ("tbl-naturally-counts",))
       for b in BLOCKS],
     *[Claim(f"claim-naturally-percent-{_bid(b)}", "naturally", NC["invariant_percent"]["where"],
             f"Percent of block {b}'s channels that are scale invariant", NC["invariant_percent"][b],
-            v.invariant_percent, {"metrics": METRICS_FZ}, v.number_close,
+            m.invariant_percent, {"metrics": METRICS_FZ}, r.number_close,
             {"block": b, "criterion": "naturally"}, PERCENT_TOLERANCE, ("tbl-naturally-counts",))
       for b in NC["invariant_percent"] if b in BLOCKS],
     *[Claim(f"claim-naturally-exemplary-{_bid(b)}", "naturally", NC["exemplary_channels"]["where"],
             f"The paper's exemplary channels of block {b} pass the criteria", NC["exemplary_channels"][b],
-            v.invariant_set, {"metrics": METRICS_FZ}, v.recall_of, {"block": b, "criterion": "naturally"},
+            m.invariant_set, {"metrics": METRICS_FZ}, r.recall_of, {"block": b, "criterion": "naturally"},
             backs=("fig-naturally-1", "fig-naturally-1-published"))
       for b in ("2.1", "3.1")],
     Claim("claim-naturally-no-invariant", "naturally", NC["no_invariant_blocks"]["where"], NC["no_invariant_blocks"]["text"],
-          "none in " + ", ".join(NC["no_invariant_blocks"]["blocks"]), v.no_invariant, {"metrics": METRICS_FZ},
-          v.qualitative, {"blocks": NC["no_invariant_blocks"]["blocks"], "criterion": "naturally"},
+          "none in " + ", ".join(NC["no_invariant_blocks"]["blocks"]), m.no_invariant, {"metrics": METRICS_FZ},
+          r.qualitative, {"blocks": NC["no_invariant_blocks"]["blocks"], "criterion": "naturally"},
           backs=("tbl-naturally-counts",)),
     *[Claim(f"claim-naturally-ablation-{_bid(b)}", "naturally", NC["ablation_ratio_below_no_scale"]["where"],
             f"Block {b}: " + NC["ablation_ratio_below_no_scale"]["text"], "below at every scale",
-            v.ratio_below_no_scale, {"ablation": ABLATION}, v.qualitative, {"block": b},
+            m.ratio_below_no_scale, {"ablation": ABLATION}, r.qualitative, {"block": b},
             backs=("fig-naturally-2", "tbl-naturally-ablation"))
       for b in NC["ablation_ratio_below_no_scale"]["blocks"]],
     Claim("claim-naturally-unablated-accuracy", "naturally", NC["unablated_accuracy"]["where"],
-          NC["unablated_accuracy"]["text"], NC["unablated_accuracy"]["value"], v.unablated_accuracy,
-          {"ablation": ABLATION}, v.number_close, tolerance=TOP1_TOLERANCE, backs=("tbl-naturally-ablation",),
+          NC["unablated_accuracy"]["text"], NC["unablated_accuracy"]["value"], m.unablated_accuracy,
+          {"ablation": ABLATION}, r.number_close, tolerance=TOP1_TOLERANCE, backs=("tbl-naturally-ablation",),
           source=NC["unablated_accuracy"]["source"]),
     *[Claim(f"claim-naturally-code-no-scale-{_bid(b)}", "naturally", NC["ablation_invariant_accuracy"]["where"],
             f"Block {b}: top-1 % with the invariant channels ablated, no scale transform",
-            {0.0: NC["ablation_invariant_accuracy"][b]["no_scale"]}, v.invariant_accuracies,
-            {"ablation": ABLATION}, v.accuracies_close, {"block": b, "scales": (0.0,)}, ABLATED_TOP1_TOLERANCE,
+            {0.0: NC["ablation_invariant_accuracy"][b]["no_scale"]}, m.invariant_accuracies,
+            {"ablation": ABLATION}, r.accuracies_close, {"block": b, "scales": (0.0,)}, ABLATED_TOP1_TOLERANCE,
             ("tbl-naturally-ablation", "fig-naturally-2"), NC["ablation_invariant_accuracy"]["source"])
       for b in ("2.1", "3.1")],
     *[Claim(f"claim-naturally-code-scaled-{_bid(b)}", "naturally", NC["ablation_invariant_accuracy"]["where"],
             f"Block {b}: top-1 % with the invariant channels ablated, scales 10-50 % (code's definition)",
             dict(zip(NC["ablation_invariant_accuracy"]["scales"], NC["ablation_invariant_accuracy"][b]["scaled"])),
-            v.invariant_accuracies, {"ablation": ABLATION}, v.accuracies_close,
+            m.invariant_accuracies, {"ablation": ABLATION}, r.accuracies_close,
             {"block": b, "scales": tuple(NC["ablation_invariant_accuracy"]["scales"])}, ABLATED_TOP1_TOLERANCE,
             ("tbl-naturally-ablation", "fig-naturally-2"), NC["ablation_invariant_accuracy"]["source"],
             ("paper_setup", "code_scales"))
@@ -322,8 +296,8 @@ FIGURES_INTERPRETING = [
     Table("tbl-interpreting-top-sm", "interpreting", "Fig. 6", "Top three by scale metric",
           "This store's top three channels by scale metric per block beside the channels the paper names.",
           fg.channel_list_table, {"metrics": METRICS_FZ},
-          {"chooser": "top_scale_metric", "published": _blocks_of(IR["top_scale_metric"]),
-           "count": 3}),
+          {"chooser": stats.top_by_scale_metric, "published": _blocks_of(IR["top_scale_metric"]),
+           "n": 3}),
     Figure("fig-interpreting-7", "interpreting", "Fig. 7 (A.3)", "Channels passing the FZ and ImageNet criteria",
            "Grids of every channel passing all three criteria both with FZ stimuli and with the mean over its top-9 "
            "natural images, ordered by FZ scale metric.",
@@ -338,7 +312,7 @@ FIGURES_INTERPRETING = [
     Table("tbl-interpreting-a3", "interpreting", "A.3", "FZ and ImageNet criteria",
           "Channels passing both versions of the criteria: this store's list beside the paper's.",
           fg.channel_list_table, {"metrics": METRICS_BOTH},
-          {"chooser": "fz_and_imagenet", "published": _blocks_of(IR["fz_and_imagenet"])}),
+          {"chooser": fg.fz_and_imagenet, "published": _blocks_of(IR["fz_and_imagenet"])}),
     Figure("fig-interpreting-8", "interpreting", "Fig. 8 (A.4)", "Top mixes",
            "The three channels with mix ratio closest to 1 in every block, one row per block.",
            fg.top_mix_grids, GRID_INPUTS, {"count": 3}),
@@ -349,89 +323,89 @@ FIGURES_INTERPRETING = [
     Table("tbl-interpreting-a4", "interpreting", "A.4", "Top mixes",
           "The three channels with M closest to 1 per block: this store's beside the paper's.",
           fg.channel_list_table, {"metrics": METRICS_FZ},
-          {"chooser": "top_mixes", "published": _blocks_of(IR["top_mixes"])}),
+          {"chooser": stats.top_mixes, "published": _blocks_of(IR["top_mixes"])}),
 ]
 
 _A3 = IR["fz_and_imagenet"]
 CLAIMS_INTERPRETING = [
     Claim("claim-interpreting-spectrum-examples", "interpreting", IR["fig1a_spectrum_examples"]["where"],
-          IR["fig1a_spectrum_examples"]["text"], "overwrite 38, mix 19, skip 25", v.spectrum_positions,
-          {"metrics": METRICS_FZ}, v.qualitative,
+          IR["fig1a_spectrum_examples"]["text"], "overwrite 38, mix 19, skip 25", m.spectrum_positions,
+          {"metrics": METRICS_FZ}, r.qualitative,
           {k: IR["fig1a_spectrum_examples"][k] for k in ("block", "overwrite", "mix", "skip")},
           backs=("fig-interpreting-1a", "fig-interpreting-1-published")),
     Claim("claim-interpreting-fig1b-invariant", "interpreting", IR["fig1b_invariant_examples"]["where"],
           IR["fig1b_invariant_examples"]["text"] + " They pass all three criteria.",
-          IR["fig1b_invariant_examples"]["channels"], v.invariant_set, {"metrics": METRICS_FZ}, v.recall_of,
+          IR["fig1b_invariant_examples"]["channels"], m.invariant_set, {"metrics": METRICS_FZ}, r.recall_of,
           {"block": "3.1", "criterion": "interpreting"},
           backs=("fig-interpreting-1b", "fig-interpreting-1-published")),
     Claim("claim-interpreting-overwrite-skew", "interpreting", IR["overwrite_skew"]["where"], IR["overwrite_skew"]["text"],
-          "M < 1 dominates in " + ", ".join(IR["overwrite_skew"]["blocks"]), v.overwrite_skew, {"metrics": METRICS_FZ},
-          v.qualitative, {"blocks": IR["overwrite_skew"]["blocks"]}, backs=("fig-interpreting-2",)),
+          "M < 1 dominates in " + ", ".join(IR["overwrite_skew"]["blocks"]), m.overwrite_skew, {"metrics": METRICS_FZ},
+          r.qualitative, {"blocks": IR["overwrite_skew"]["blocks"]}, backs=("fig-interpreting-2",)),
     Claim("claim-interpreting-simple-less-skewed", "interpreting", IR["simple_blocks_less_skewed"]["where"],
-          IR["simple_blocks_less_skewed"]["text"], "simple < downsample overwrite share", v.less_skewed,
-          {"metrics": METRICS_FZ}, v.qualitative,
+          IR["simple_blocks_less_skewed"]["text"], "simple < downsample overwrite share", m.less_skewed,
+          {"metrics": METRICS_FZ}, r.qualitative,
           {k: IR["simple_blocks_less_skewed"][k] for k in ("simple", "downsample")}, backs=("fig-interpreting-2",)),
     Claim("claim-interpreting-final-block-lowest-bin", "interpreting", IR["final_block_lowest_bin"]["where"],
-          IR["final_block_lowest_bin"]["text"], "all channels in [0, 0.25)", v.lowest_bin_share,
-          {"metrics": METRICS_FZ}, v.qualitative, {k: IR["final_block_lowest_bin"][k] for k in ("block", "bin_high")},
+          IR["final_block_lowest_bin"]["text"], "all channels in [0, 0.25)", m.lowest_bin_share,
+          {"metrics": METRICS_FZ}, r.qualitative, {k: IR["final_block_lowest_bin"][k] for k in ("block", "bin_high")},
           backs=("fig-interpreting-2",)),
     *[Claim(f"claim-interpreting-weights-{_bid(b)}", "interpreting", IR["skip_weights_smaller"]["where"],
-            f"Block {b}: " + IR["skip_weights_smaller"]["text"], "rho < 0, p < 0.05", v.weights_fall_with_mix,
-            {"metrics": METRICS_FZ}, v.qualitative,
+            f"Block {b}: " + IR["skip_weights_smaller"]["text"], "rho < 0, p < 0.05", m.weights_fall_with_mix,
+            {"metrics": METRICS_FZ}, r.qualitative,
             {"block": b, "alpha": ALPHA},
             backs=("fig-interpreting-3", "tbl-interpreting-spearman"))
       for b in IR["skip_weights_smaller"]["blocks"]],
     *[Claim(f"claim-interpreting-inhibition-{_bid(b)}", "interpreting", IR["overwrite_inhibition"]["where"],
-            f"Block {b}: " + IR["overwrite_inhibition"]["text"], "overwrite < skip, p < 0.05", v.overwrite_inhibited,
-            {"metrics": METRICS_FZ, "responses": RESPONSES}, v.qualitative, {"block": b, "alpha": ALPHA},
+            f"Block {b}: " + IR["overwrite_inhibition"]["text"], "overwrite < skip, p < 0.05", m.overwrite_inhibited,
+            {"metrics": METRICS_FZ, "responses": RESPONSES}, r.qualitative, {"block": b, "alpha": ALPHA},
             backs=("fig-interpreting-4", "tbl-interpreting-activation-anova"))
       for b in IR["overwrite_inhibition"]["blocks"]],
     *[Claim(f"claim-interpreting-tuning-{_bid(b)}", "interpreting", IR["tuning_correlation"]["where"],
             f"Block {b}: " + IR["tuning_correlation"]["text"],
             "overwrite more negative, p < 0.05" if significant else "no significant difference",
-            v.tuning_difference, {"metrics": METRICS_FZ}, v.qualitative,
+            m.tuning_difference, {"metrics": METRICS_FZ}, r.qualitative,
             {"block": b, "alpha": ALPHA, "significant": significant},
             backs=("fig-interpreting-4", "tbl-interpreting-tuning-anova"))
       for significant, key in ((True, "significant"), (False, "not_significant"))
       for b in IR["tuning_correlation"][key]],
     Claim("claim-interpreting-with-invariant", "interpreting", IR["invariant_blocks"]["where"],
           "Blocks 1.1, 2.0, 2.1 and 3.1 have channels meeting all three criteria.",
-          "present in " + ", ".join(IR["invariant_blocks"]["with_invariant"]), v.with_invariant,
-          {"metrics": METRICS_FZ}, v.qualitative,
+          "present in " + ", ".join(IR["invariant_blocks"]["with_invariant"]), m.with_invariant,
+          {"metrics": METRICS_FZ}, r.qualitative,
           {"blocks": IR["invariant_blocks"]["with_invariant"], "criterion": "interpreting"},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
     Claim("claim-interpreting-without-invariant", "interpreting", IR["invariant_blocks"]["where"],
           "Zero channels meet all three criteria in blocks 3.0, 4.0 and 4.1.",
-          "none in " + ", ".join(IR["invariant_blocks"]["without_invariant"]), v.no_invariant,
-          {"metrics": METRICS_FZ}, v.qualitative,
+          "none in " + ", ".join(IR["invariant_blocks"]["without_invariant"]), m.no_invariant,
+          {"metrics": METRICS_FZ}, r.qualitative,
           {"blocks": IR["invariant_blocks"]["without_invariant"], "criterion": "interpreting"},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
     Claim("claim-interpreting-without-mix-few", "interpreting", IR["without_mix_criterion"]["where"],
           "Without the mix criterion only a few channels pass in 4.0 and 4.1.",
-          f"at most {FEW_PERCENT:g}% (our reading of 'a few')", v.few_without_mix, {"metrics": METRICS_FZ},
-          v.qualitative, {"blocks": IR["without_mix_criterion"]["few_blocks"], "few_percent": FEW_PERCENT},
+          f"at most {FEW_PERCENT:g}% (our reading of 'a few')", m.few_without_mix, {"metrics": METRICS_FZ},
+          r.qualitative, {"blocks": IR["without_mix_criterion"]["few_blocks"], "few_percent": FEW_PERCENT},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
     Claim("claim-interpreting-without-mix-appreciable", "interpreting", IR["without_mix_criterion"]["where"],
           "Without the mix criterion 3.0 has an appreciable percentage, substantially less than 2.1 and 3.1.",
           f"at least {APPRECIABLE_PERCENT:g}% (our reading of 'appreciable'), below its neighbours",
-          v.appreciable_without_mix, {"metrics": METRICS_FZ}, v.qualitative,
+          m.appreciable_without_mix, {"metrics": METRICS_FZ}, r.qualitative,
           {"block": IR["without_mix_criterion"]["appreciable_block"],
            "neighbours": IR["without_mix_criterion"]["neighbours"], "appreciable_percent": APPRECIABLE_PERCENT},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
     *[Claim(f"claim-interpreting-top-sm-{_bid(b)}", "interpreting", IR["top_scale_metric"]["where"],
             f"Block {b}: channels {', '.join(map(str, IR['top_scale_metric'][b]))} are among the top 3 by scale metric.",
-            IR["top_scale_metric"][b], v.named_in_top_scale_metric, {"metrics": METRICS_FZ}, v.qualitative,
+            IR["top_scale_metric"][b], m.named_in_top_scale_metric, {"metrics": METRICS_FZ}, r.qualitative,
             {"block": b, "named": IR["top_scale_metric"][b], "count": 3, "criterion": "interpreting"},
             backs=("fig-interpreting-6", "tbl-interpreting-top-sm"))
       for b in IR["top_scale_metric"] if b in BLOCKS],
     *[Claim(f"claim-interpreting-a3-{_bid(b)}", "interpreting", _A3["where"],
-            f"Block {b}: channels passing both the FZ and the ImageNet criteria", _A3[b], v.fz_imagenet_set,
-            {"metrics": METRICS_BOTH}, v.set_overlap, {"block": b}, SET_TOLERANCE,
+            f"Block {b}: channels passing both the FZ and the ImageNet criteria", _A3[b], m.fz_imagenet_set,
+            {"metrics": METRICS_BOTH}, r.set_overlap, {"block": b}, SET_TOLERANCE,
             ("fig-interpreting-7", "fig-interpreting-7-agreement", "tbl-interpreting-a3"))
       for b in BLOCKS],
     *[Claim(f"claim-interpreting-a4-{_bid(b)}", "interpreting", IR["top_mixes"]["where"],
-            f"Block {b}: the 3 channels with M closest to 1", IR["top_mixes"][b], v.top_mix_set,
-            {"metrics": METRICS_FZ}, v.set_overlap, {"block": b}, TOP3_TOLERANCE,
+            f"Block {b}: the 3 channels with M closest to 1", IR["top_mixes"][b], m.top_mix_set,
+            {"metrics": METRICS_FZ}, r.set_overlap, {"block": b}, TOP3_TOLERANCE,
             ("fig-interpreting-8", "tbl-interpreting-a4"))
       for b in BLOCKS],
 ]
@@ -454,32 +428,13 @@ CLAIMS = [*CLAIMS_NATURALLY, *CLAIMS_INTERPRETING]
 
 # ---------------------------------------------------------------- third chapter: superposition and alignment
 
-def has_alignment() -> bool:
-    return importlib.util.find_spec(ALIGNMENT_MODULE) is not None
+def _alignment_entry(item: Mapping[str, Any]) -> Figure | Table:
+    """One of ``analyses.alignment_figures.FIGURES``: tables are labelled ``tbl-``."""
+    kind = Table if item["id"].startswith("tbl-") else Figure
+    inputs = {name: Selection(group, optional=item.get("optional", False))
+              for name, group in item.get("inputs", {}).items()}
+    return kind(item["id"], "alignment", item.get("paper_figure", "—"), item["title"], item["caption"],
+                item["function"], inputs, item.get("args", {}))
 
 
-def alignment_figures() -> list[Figure]:
-    """The alignment chapter's entries: the module's ``FIGURES`` (dicts or objects with id, title, caption,
-    function, and ``inputs``: argument name → store group, ``optional`` when the entry also works without
-    them), else each public ``*_figure`` function that needs no arguments."""
-    if not has_alignment():
-        return []
-    module = importlib.import_module(ALIGNMENT_MODULE)
-    declared = getattr(module, "FIGURES", None)
-    if declared is None:
-        declared = [{"id": name.removesuffix("_figure").replace("_", "-"), "function": function}
-                    for name, function in inspect.getmembers(module, inspect.isfunction)
-                    if name.endswith("_figure") and not name.startswith("_") and function.__module__ == module.__name__
-                    and all(p.default is not p.empty for p in inspect.signature(function).parameters.values())]
-    entries = []
-    for item in declared:
-        item = item if isinstance(item, dict) else vars(item)
-        function = item["function"]
-        doc = inspect.getdoc(function) or item["id"]
-        label = item["id"] if str(item["id"]).startswith(("fig-", "tbl-")) else f"fig-alignment-{item['id']}"
-        kind = Table if label.startswith("tbl-") else Figure
-        inputs = {name: Selection(group, optional=item.get("optional", False))
-                  for name, group in item.get("inputs", {}).items()}
-        entries.append(kind(label, "alignment", item.get("paper_figure", "—"), item.get("title", doc.split("\n")[0]),
-                            item.get("caption", doc), function, inputs, item.get("args", {})))
-    return entries
+FIGURES_ALIGNMENT = [_alignment_entry(item) for item in af.FIGURES]

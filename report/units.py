@@ -20,6 +20,7 @@ import xarray as xr
 from PIL import Image
 
 from analyses import figures, stats
+from repro.hashing import digest
 
 FOLDER = "units"
 GROUPS = ("fz", "fz_channel", "natural", "image_cache", "metrics")
@@ -261,7 +262,7 @@ def browser_key(store, context, shown: dict, pages) -> str:
                "source": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
                "figures_source": hashlib.sha256(Path(figures.__file__).read_bytes()).hexdigest(),
                "shown": shown, "pages": list(pages), "store": str(context.path)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return digest(payload, length=None)
 
 
 def write(store, loader, context, site: Path, shown: dict, previous_key: str | None, pages) -> str | None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import click
@@ -50,7 +49,7 @@ from analyses import alignment as al
 from analyses import alignment_bootstrap as ab
 from analyses import superposition as sp
 from repro import images as imgs
-from repro import profiles
+from repro import resources
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import ModelSpec, block_widths, load_model, run as run_model
@@ -131,12 +130,12 @@ class Settings:
 
 
 def partner_path(settings: Settings) -> str:
-    """The partner's weights: ``random:SEED``, or a path (relative ones are relative to the repository)."""
+    """The partner's weights: ``random:SEED``, or a path (``resources.locate``: the current directory, else
+    the shipped checkpoints)."""
     weights = settings.partner_weights
     if not weights or weights.startswith("random:") or weights == "imagenet":
         return weights
-    path = Path(weights).expanduser()
-    return str(path if path.is_absolute() else (profiles.PROFILE_DIR.parent / path).resolve())
+    return str(resources.locate(weights))
 
 
 # ---------------------------------------------------------------- group layout

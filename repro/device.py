@@ -46,7 +46,7 @@ def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def lucent_device() -> torch.device:
     """The device Lucent's modules chose at import."""
-    from lucent.optvis.param import spatial
+    from repro.optvis import spatial
 
     return torch.device(spatial.device)
 
@@ -60,10 +60,9 @@ def check_lucent(device: torch.device) -> None:
 @contextlib.contextmanager
 def lucent_on(device: torch.device) -> Iterator[None]:
     """Point Lucent's module-level device at ``device`` for the block (restored afterwards)."""
-    from lucent.optvis import param as lucent_param
-    from lucent.optvis import transform as lucent_transform
+    from repro import optvis
 
-    modules = (lucent_transform, lucent_param.spatial, lucent_param.color)
+    modules = (optvis.transform, optvis.spatial, optvis.color)
     saved = [getattr(module, "device", None) for module in modules]
     for module in modules:
         module.device = device

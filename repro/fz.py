@@ -48,8 +48,6 @@ import torch
 import torchvision.transforms as T
 import xarray as xr
 import dask.array as da
-from lucent.optvis import param as lucent_param
-from lucent.optvis import transform as lucent_transform
 
 import click
 
@@ -57,6 +55,8 @@ from repro import device as devices
 from repro import model as taps_model
 from repro import profiles
 from repro.objectives import OBJECTIVES
+from repro.optvis import param as lucent_param
+from repro.optvis import transform as lucent_transform
 from repro.images import normalize as normalize_image
 from repro.errors import UserError
 from repro.executor import Serial

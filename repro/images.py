@@ -43,7 +43,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import functional as TF
 
 from repro.errors import UserError
-from repro.store import digest
+from repro.hashing import digest
 
 CACHE_GROUP = "image_cache"
 LAYOUT_HINT = "expected an ImageFolder layout DIR/<class>/<image>, such as ImageNet's val/<wnid>/*.JPEG"

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import click
 
-from repro import ablate, alignment, fz, metrics, natural, profiles
+from repro import ablate, alignment, fz, metrics, natural, profiles, resources
 from repro import device as devices
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import ModelSpec, load_model
 from repro.store import Store
-
-REPO_ROOT = profiles.PROFILE_DIR.parent
-
 
 def toy_images(profile: dict) -> Path:
     """The toy world's held-out split, generated from the profile's seed unless already there."""
@@ -24,8 +21,7 @@ def toy_images(profile: dict) -> Path:
     from repro.toy import train as toy_train
 
     settings = profile["toy"]
-    data_dir = Path(settings["data_dir"])
-    data_dir = data_dir if data_dir.is_absolute() else REPO_ROOT / data_dir
+    data_dir = resources.output(settings["data_dir"])
     split_dir = data_dir / toy_train.HELDOUT
     wanted = {"seed": int(settings["seed"]), "per_class": int(settings["heldout_per_class"])}
     manifest = split_dir / toy_data.MANIFEST_NAME

@@ -7,7 +7,6 @@ through ``override(profile, {"model.weights": ...})``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import tomllib
@@ -15,10 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from repro import reading as readings
-from repro import settings
+from repro import resources, settings
 from repro.errors import UserError
+from repro.hashing import digest
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILE_DIR = resources.shipped("profiles")
 IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
 # Settings that do not change stored results (where images live, worker counts, where units run) or that
 # choose the group a result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
@@ -61,8 +61,7 @@ def load(name_or_path: str) -> dict:
     model = profile.get("model", {})
     weights = model.get("weights", "") if isinstance(model, Mapping) else ""
     if isinstance(weights, str) and weights.endswith((".pt", ".pth")) and not Path(weights).is_absolute():
-        # Relative weight paths in a profile are relative to the repository root.
-        profile["model"]["weights"] = str((PROFILE_DIR.parent / weights).resolve())
+        profile["model"]["weights"] = str(resources.locate(weights))
     natural = profile.setdefault("natural", {})
     if isinstance(natural, dict) and not natural.get("images"):
         natural["images"] = os.environ.get(IMAGES_ENV, "")
@@ -152,8 +151,7 @@ def read_by(profile: Mapping, *tables: str) -> dict:
 
 def identity_hash(profile: Mapping) -> str:
     """Hash of every setting that changes results (not where images live, not worker counts)."""
-    text = json.dumps(_result_settings(profile), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(_result_settings(profile))
 
 
 def recorded(profile: Mapping) -> dict:

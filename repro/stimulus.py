@@ -97,12 +97,3 @@ def transforms(profile: Mapping) -> dict[str, Transform]:
     settings = ScaleTransforms.from_profile(profile)
     return {name: make(settings) for name, make in TRANSFORMS.items()}
 
-
-def S(x: torch.Tensor, profile: Mapping) -> torch.Tensor:
-    """S(X) with the profile's settings."""
-    return ScaleTransforms.from_profile(profile).scale_up(x)
-
-
-def S_inv(x: torch.Tensor, profile: Mapping) -> torch.Tensor:
-    """S⁻¹(X) with the profile's settings."""
-    return ScaleTransforms.from_profile(profile).scale_down(x)

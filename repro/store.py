@@ -59,6 +59,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 import repro
 from repro import profiles
 from repro.errors import UserError
+from repro.hashing import digest
 
 STORE_KIND = "residual-stream"
 LOCKS = "_locks"
@@ -141,11 +142,6 @@ def identity(profile: Mapping, weights: Mapping) -> dict:
     """What every group of a store shares."""
     return {"arch": str(profile["model"]["arch"]), "weights_sha256": str(weights.get("weights_sha256", "")),
             "image_size": int(profile["model"]["image_size"])}
-
-
-def digest(value) -> str:
-    """A short stable hash of JSON-able settings."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def labels(values: Iterable[str]) -> np.ndarray:

@@ -137,7 +137,7 @@ def built(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         # The alignment chapter's simulations take half a minute of CPU; its test below uses a stand-in module.
-        patch.setattr(spec, "ALIGNMENT_MODULE", "analyses.no_alignment_chapter_in_these_tests")
+        patch.setattr(spec, "FIGURES_ALIGNMENT", [])  # no alignment chapter in these tests
         root = tmp_path_factory.mktemp("report")
         store = make_store(root / "store.zarr")
         started = time.monotonic()
@@ -193,7 +193,7 @@ def test_every_spec_entry_is_on_its_page_with_its_figure_or_table(built):
     _, out, index, _ = built
     pages = parse_site(index.parent)
     ids = set().union(*(page.ids for page in pages.values()))
-    for entry in [*spec.FIGURES, *spec.alignment_figures()]:
+    for entry in [*spec.FIGURES, *spec.FIGURES_ALIGNMENT]:
         assert builder.anchor(entry.id) in ids, entry.id
     for claim in spec.CLAIMS:
         assert claim.id in ids, claim.id
@@ -307,7 +307,7 @@ def toy_like(tmp_path_factory):
 
 
 def test_a_store_that_cannot_compare_states_why_once_per_page_and_shows_its_own_outcomes(toy_like):
-    from report import verify
+    from report import spec, verify
 
     store, out = toy_like
     why = verify.comparability(store.attrs)[1]
@@ -315,7 +315,7 @@ def test_a_store_that_cannot_compare_states_why_once_per_page_and_shows_its_own_
         text = chapter(out, name)
         assert text.count("weights are not IMAGENET1K_V1") == 0
         assert text.count("Not comparable with the paper:") == 1 and "random:0" in why
-    results = verify.evaluate(store)
+    results = verify.evaluate(store, spec.CLAIMS)
     text = chapter(out, "interpreting")
     for result in results:
         if result.claim.paper == "interpreting" and result.outcome.own:
@@ -324,6 +324,7 @@ def test_a_store_that_cannot_compare_states_why_once_per_page_and_shows_its_own_
 
 
 def test_own_outcome_is_the_rule_on_the_stores_numbers():
+    from report import rules as rules_
     from report import spec, verify
 
     metrics = metrics_dataset({block: 8 for block in BLOCKS}, np.random.default_rng(0), {"3.0": [], "4.0": [], "4.1": []})
@@ -331,23 +332,25 @@ def test_own_outcome_is_the_rule_on_the_stores_numbers():
     inputs = {"metrics": metrics.sel(stimulus_set="fz")}
     comparable = verify.evaluate_claim(claim, inputs, root_attrs())
     other = verify.evaluate_claim(claim, inputs, root_attrs(weights="random:0"))
-    assert comparable.badge == verify.VERIFIED
-    assert other.badge == verify.NOT_COMPARABLE and other.own == verify.VERIFIED and other.own_words == "holds"
+    assert comparable.badge == rules_.VERIFIED
+    assert other.badge == rules_.NOT_COMPARABLE and other.own == rules_.VERIFIED and other.own_words == "holds"
     assert "random" not in other.reason  # the store-wide reason is stated once per page, not per claim
 
 
 def test_index_says_what_this_store_shows(toy_like):
-    from report import verify
+    from analyses import measures
+    from report import rules as rules_
+    from report import spec, verify
 
     store, out = toy_like
     text = chapter(out, "index")
     section = text.split("## What this store shows\n", 1)[1].split("\n## ", 1)[0].strip()
     assert "\n\n" not in section  # one paragraph
-    results = [r for r in verify.evaluate(store) if r.claim.paper == "naturally"]
-    rules = [r for r in results if r.claim.rule is verify.qualitative]
-    holds = sum((r.outcome.own or r.outcome.badge) == verify.VERIFIED for r in rules)
+    results = [r for r in verify.evaluate(store, spec.CLAIMS) if r.claim.paper == "naturally"]
+    rules = [r for r in results if r.claim.rule is rules_.qualitative]
+    holds = sum((r.outcome.own or r.outcome.badge) == rules_.VERIFIED for r in rules)
     assert f"of its {len(rules)} qualitative claims" in section and f"the rules hold for {holds}," in section
-    counts = ", ".join(f"{block} {len(verify.invariant_set(store.dataset('metrics').sel(stimulus_set='fz'), block, 'naturally'))}"
+    counts = ", ".join(f"{block} {len(measures.invariant_set(store.dataset('metrics').sel(stimulus_set='fz'), block, 'naturally'))}"
                        for block in BLOCKS)
     assert f"Channels passing mix and up per block: {counts}." in section
 
@@ -410,17 +413,10 @@ def test_an_analysis_error_exits_non_zero_with_the_entry_named(built, failing_en
     assert 'id="table-broken"' in page and "shape mismatch" in page
 
 
-def test_alignment_chapter_appears_when_its_module_exists(built, tmp_path, monkeypatch):
-    import importlib.machinery
-    import sys
-    import types
-
+def test_alignment_chapter_appears_when_the_spec_has_its_entries(built, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
     from report import builder, spec
-
-    module = types.ModuleType("stand_in_alignment_figures")
-    module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
 
     def cka_deflation_figure():
         """Linear CKA of two superposed systems against the closed form."""
@@ -428,10 +424,9 @@ def test_alignment_chapter_appears_when_its_module_exists(built, tmp_path, monke
         figure.add_subplot().plot([0, 1], [0, 1])
         return figure
 
-    cka_deflation_figure.__module__ = module.__name__
-    module.cka_deflation_figure = cka_deflation_figure
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(spec, "ALIGNMENT_MODULE", module.__name__)
+    entry = spec.Figure("fig-alignment-cka-deflation", "alignment", "—", "CKA deflation",
+                        "Linear CKA of two superposed systems.", cka_deflation_figure, {})
+    monkeypatch.setattr(spec, "FIGURES_ALIGNMENT", [entry])
     store, out, _, _ = built
     shutil.copytree(out, tmp_path / "out")
     index = builder.build(store, tmp_path / "out")

@@ -27,7 +27,7 @@ def sites(tmp_path_factory):
     from report import builder, render, spec
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(spec, "ALIGNMENT_MODULE", "analyses.no_alignment_chapter_in_these_tests")
+        patch.setattr(spec, "FIGURES_ALIGNMENT", [])  # no alignment chapter in these tests
         root = tmp_path_factory.mktemp("html")
         # No aliased metrics: the index then shows how to make them, a long command line that must wrap.
         store = make_store(root / "store.zarr", weights="random:0", profile_name="toy", aliased=False)

@@ -19,7 +19,7 @@ def browsed(tmp_path_factory):
     from report import builder, spec
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(spec, "ALIGNMENT_MODULE", "analyses.no_alignment_chapter_in_these_tests")
+        patch.setattr(spec, "FIGURES_ALIGNMENT", [])  # no alignment chapter in these tests
         root = tmp_path_factory.mktemp("units")
         store = make_store(root / "store.zarr", channels=8, widths={**{b: 8 for b in BLOCKS}, "1.1": 6})
         builder.build(store, root / "out", how="python")
@@ -133,6 +133,7 @@ def test_an_unchanged_browser_is_not_rewritten(browsed, tmp_path):
 
 def test_every_seed_is_shown_with_criterion_frequencies(tmp_path):
     from report import builder, spec, units
+    from report.loader import Loader
 
     store = make_store(tmp_path / "store.zarr", channels=4)
     fz = xr.open_zarr(str(store.path), group="fz", consolidated=False).load()
@@ -144,7 +145,7 @@ def test_every_seed_is_shown_with_criterion_frequencies(tmp_path):
     write_group(store.path, "metrics", seeded_metrics)
     context = builder.StoreContext.of(store)
     site = tmp_path / "site"
-    units.write(store, spec.Loader(store), context, site, {}, None, [("index", "What this store is")])
+    units.write(store, Loader(store), context, site, {}, None, [("index", "What this store is")])
     page = (site / "units" / "2.1:1.html").read_text()
     assert "FZ, center neuron, seed 0" in page and "FZ, center neuron, seed 1" in page
     assert len(re.findall(r'<img src="img/2.1-1-neuron-I-seed\d.png"', page)) == 2

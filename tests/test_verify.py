@@ -8,8 +8,9 @@ import xarray as xr
 from click.testing import CliRunner
 
 from analyses import stats
-from report import spec, verify
-from report.verify import DEVIATES, NOT_COMPARABLE, VERIFIED, WITHIN_NOISE
+from analyses import measures
+from report import rules, spec, verify
+from report.rules import DEVIATES, NOT_COMPARABLE, VERIFIED, WITHIN_NOISE
 from test_report import make_store, metrics_dataset, root_attrs
 
 WIDTHS = {"1.1": 64, "2.0": 128, "2.1": 128, "3.0": 256, "3.1": 256, "4.0": 512, "4.1": 512}
@@ -20,7 +21,7 @@ def claim(claim_id: str) -> spec.Claim:
     return next(claim for claim in spec.CLAIMS if claim.id == claim_id)
 
 
-def outcome(claim_id: str, groups: dict[str, xr.Dataset], attrs: dict | None = None) -> verify.Outcome:
+def outcome(claim_id: str, groups: dict[str, xr.Dataset], attrs: dict | None = None) -> rules.Outcome:
     """The claim on in-memory groups, narrowed by the claim's own selections."""
     chosen = claim(claim_id)
     inputs = {name: groups[sel.group].sel(**sel.sel) if sel.sel else groups[sel.group]
@@ -48,31 +49,31 @@ def perturbed(sets: dict[str, list[int]], drop: float, add: int, seed: int = 0) 
     (list(range(100, 120)), DEVIATES),                            # disjoint
 ])
 def test_channel_sets_by_overlap(measured, badge):
-    result = verify.set_overlap(list(range(20)), measured, **spec.SET_TOLERANCE)
+    result = rules.set_overlap(list(range(20)), measured, **spec.SET_TOLERANCE)
     assert result.badge == badge
     assert "Jaccard" in result.detail and "precision" in result.detail and "recall" in result.detail
 
 
 def test_empty_published_set():
-    assert verify.set_overlap([], [], **spec.SET_TOLERANCE).badge == VERIFIED
-    assert verify.set_overlap([], [3], **spec.SET_TOLERANCE).badge == WITHIN_NOISE
-    assert verify.set_overlap([], list(range(10)), **spec.SET_TOLERANCE).badge == DEVIATES
+    assert rules.set_overlap([], [], **spec.SET_TOLERANCE).badge == VERIFIED
+    assert rules.set_overlap([], [3], **spec.SET_TOLERANCE).badge == WITHIN_NOISE
+    assert rules.set_overlap([], list(range(10)), **spec.SET_TOLERANCE).badge == DEVIATES
 
 
 @pytest.mark.parametrize("measured, badge", [(23, VERIFIED), (26, VERIFIED), (30, WITHIN_NOISE), (60, DEVIATES)])
 def test_counts_by_tolerance(measured, badge):
-    assert verify.number_close(23, measured, **spec.COUNT_TOLERANCE).badge == badge
+    assert rules.number_close(23, measured, **spec.COUNT_TOLERANCE).badge == badge
 
 
 @pytest.mark.parametrize("measured, badge", [(69.76, VERIFIED), (69.5, WITHIN_NOISE), (65.0, DEVIATES)])
 def test_accuracy_by_tolerance(measured, badge):
-    assert verify.number_close(69.758, measured, **spec.TOP1_TOLERANCE).badge == badge
+    assert rules.number_close(69.758, measured, **spec.TOP1_TOLERANCE).badge == badge
 
 
 def test_qualitative_levels_map_to_badges():
-    assert verify.qualitative("x", verify.Evidence("holds", "")).badge == VERIFIED
-    assert verify.qualitative("x", verify.Evidence("weakly", "")).badge == WITHIN_NOISE
-    assert verify.qualitative("x", verify.Evidence("fails", "")).badge == DEVIATES
+    assert rules.qualitative("x", measures.Evidence("holds", "")).badge == VERIFIED
+    assert rules.qualitative("x", measures.Evidence("weakly", "")).badge == WITHIN_NOISE
+    assert rules.qualitative("x", measures.Evidence("fails", "")).badge == DEVIATES
 
 
 # ---------------------------------------------------------------- spec claims on constructed stores' groups
@@ -218,7 +219,7 @@ def test_verify_on_other_weights_reports_no_deviation(tmp_path):
 from published_store import published_groups  # noqa: E402
 
 
-def evaluate_paper(paper: str, groups: dict, ablation_attrs: dict) -> dict[str, verify.Outcome]:
+def evaluate_paper(paper: str, groups: dict, ablation_attrs: dict) -> dict[str, rules.Outcome]:
     found = {}
     for chosen in [c for c in spec.CLAIMS if c.paper == paper]:
         inputs = {name: groups[sel.group].sel(**sel.sel) if sel.sel else groups[sel.group]
@@ -293,5 +294,5 @@ def test_the_matching_store_on_disk_verifies_every_claim_of_its_paper(tmp_path):
     for name, dataset in groups.items():
         write_group(tmp_path / "store.zarr", name, dataset)
     zarr.open_group(str(tmp_path / "store.zarr"), path="ablation", mode="r+").attrs.update(ablation_attrs)
-    results = [r for r in verify.evaluate(Store(tmp_path / "store.zarr")) if r.claim.paper == "naturally"]
+    results = [r for r in verify.evaluate(Store(tmp_path / "store.zarr"), spec.CLAIMS) if r.claim.paper == "naturally"]
     assert {r.claim.id: r.outcome.detail for r in results if r.outcome.badge != VERIFIED} == {}

@@ -8,14 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from repro import profiles
+from repro import profiles, resources
 from repro.errors import UserError
-
-
-def _repo_path(text: str) -> Path:
-    """A profile path: absolute as given, else relative to the repository root."""
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else profiles.PROFILE_DIR.parent / path
 
 
 @click.group("toy")
@@ -32,7 +26,7 @@ def data_command(profile_name, out_dir):
 
     profile = profiles.load(profile_name)
     toy, world = train.toy_settings(profile), train.world_of(profile)
-    root = out_dir or _repo_path(toy["data_dir"])
+    root = out_dir or resources.output(toy["data_dir"])
     per_class = {train.TRAIN: int(toy["train_per_class"]), train.HELDOUT: int(toy["heldout_per_class"])}
     started = time.perf_counter()
     folders = data.write_imagefolder(root, int(toy["seed"]), per_class, world, workers=int(toy.get("workers", 1)))

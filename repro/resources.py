@@ -1,0 +1,43 @@
+"""Files the package ships: profiles, the published numbers, the toy checkpoints.
+
+A source checkout reads them where they lie (``profiles/``, ``data/published/``, ``data/toy/``); a built wheel
+carries the same folders as ``repro/_shipped/<kind>`` (mapped in ``pyproject.toml``), read through
+``importlib.resources``, so an installed package works from any directory.
+"""
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_PATHS = {"profiles": "profiles", "published": "data/published", "toy": "data/toy"}  # kind → checkout path
+
+
+def shipped(kind: str) -> Path:
+    """The folder of one kind of shipped file: the wheel's copy when installed, else the checkout's."""
+    packaged = Path(str(resources.files("repro") / "_shipped" / kind))
+    return packaged if packaged.is_dir() else SOURCE_ROOT / SOURCE_PATHS[kind]
+
+
+def published(name: str) -> dict:
+    """A paper's transcribed numbers (``data/published/<name>.toml``)."""
+    return tomllib.loads((shipped("published") / f"{name}.toml").read_text())
+
+
+def locate(text: str) -> Path:
+    """A path a profile names (weights, checkpoints): absolute as given, else relative to the current
+    directory, else the shipped file it names (``data/toy/x.pt`` → the package's toy ``x.pt``)."""
+    path = Path(text).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    for kind, source in SOURCE_PATHS.items():
+        if path.parts[:len(Path(source).parts)] == Path(source).parts:
+            return shipped(kind).joinpath(*path.parts[len(Path(source).parts):])
+    return path.resolve()
+
+
+def output(text: str) -> Path:
+    """A folder a profile names for outputs (``toy.data_dir``): absolute as given, else under the current
+    directory, never inside the installed package."""
+    return Path(text).expanduser().resolve()

@@ -33,7 +33,9 @@ Resumable units, each written to its region of the ``ablation`` group before bei
 * ``screened/<block>``: the screening outcome: accepted sets, rejected draws, scale-0 accuracies;
 * ``scale/<block>/<p>``: every condition and trial of the block at scale p.
 
-A unit always evaluates the same conditions together, so a rerun recomputes it exactly.
+A unit always evaluates the same conditions together, so a rerun recomputes it exactly. A job's condition
+sets are labelled (condition, number: the trial, or while screening the draw), its accuracies come back as a
+(condition, number) table, and every unit is written by its coordinate labels, never by position.
 """
 from __future__ import annotations
 

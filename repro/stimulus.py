@@ -7,6 +7,9 @@ Both act on the normalized tensor, as the authors' code did; crops, bilinear res
 all commute with the per-channel affine normalization, so the order does not change the result.
 Resizing does not antialias by default: the authors ran torchvision 0.15, whose tensor ``Resize`` did not,
 and S⁻¹ shrinks, so antialiasing would change its result (``stimulus.antialias = true`` turns it on).
+
+``TRANSFORMS`` is the registry (``none``, ``S``, ``S_inv``): each entry makes one ``x → x`` callable
+from the settings, composed of small steps as Lucent's transforms are; a new transform is one entry.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-# ---------------------------------------------------------------- the steps, as Lucent's transforms are written
+# ---------------------------------------------------------------- the steps
 
 
 def resize(size: int, antialias: bool) -> Transform:

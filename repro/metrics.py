@@ -57,20 +57,19 @@ import torch
 import xarray as xr
 from scipy import stats
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from repro import device as devices
 from repro import fz as fz_stage
 from repro import images as imgs
 from repro import profiles
 from repro import model as taps_model
+from repro import stimulus
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import TAPS
-from repro.stimulus import TRANSFORMS, ScaleTransforms
+from repro.stimulus import TRANSFORMS
 from repro.store import Store, labels, provenance
 
-STIMULUS_SETS = ("fz", "top9")
 TOP9_RANKS = 9
 MIN_TUNING_IMAGES = 3
 
@@ -215,7 +214,7 @@ def block_weights(block: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     BasicBlock: bn2 and conv2 (the papers' analysis). Bottleneck: bn3 and conv3, the modules that
     play the same role (they produce the summand B).
     """
-    bn, conv = (block.bn3, block.conv3) if isinstance(block, Bottleneck) else (block.bn2, block.conv2)
+    bn, conv = taps_model.last_bn_conv(block)
     bn_abs = bn.weight.detach().abs().cpu().double().numpy()
     conv_mean_abs = conv.weight.detach().abs().flatten(1).mean(1).cpu().double().numpy()
     return bn_abs, conv_mean_abs
@@ -350,14 +349,14 @@ def group_settings(profile: Mapping, inputs: Inputs) -> dict:
 def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(tap, channel, source, transform) responses of a block's valid channels to their own FZs, and their
     ReLU (one image per channel: the mean of per-image ReLUs is the ReLU)."""
-    scale = ScaleTransforms.from_profile(profile)
+    transforms = stimulus.transforms(profile)
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
     for s, source in enumerate(TAPS):
         images = inputs.fz["image"].sel(block=block, tap=source, channel=channels).values
-        for t, name in enumerate(TRANSFORMS):
+        for t, transform in enumerate(transforms.values()):
             out[:, :, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
-                                                block, lambda x, name=name: scale.apply(name, x), batch_size)
+                                                block, transform, batch_size)
     return out, relu(out)
 
 
@@ -380,7 +379,7 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(tap, channel, source, transform) mean responses over each source tap's top natural images, and the
     mean of the per-image ReLUs."""
-    scale = ScaleTransforms.from_profile(profile)
+    transforms = stimulus.transforms(profile)
     png = bool(profile["metrics"]["top9_png"])
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
@@ -401,12 +400,15 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
                                cached["resized_width"].values[at], png)
 
         count = np.bincount(pair_channel, minlength=len(channels))
-        for t, name in enumerate(TRANSFORMS):
-            per_pair = batched_responses(model, load, channels[pair_channel], block,
-                                         lambda x, name=name: scale.apply(name, x), batch_size)
+        for t, transform in enumerate(transforms.values()):
+            per_pair = batched_responses(model, load, channels[pair_channel], block, transform, batch_size)
             out[:, :, s, t] = _channel_mean(per_pair, pair_channel, count)
             out_relu[:, :, s, t] = _channel_mean(relu(per_pair), pair_channel, count)
     return out, out_relu
+
+
+# The stimulus sets, in the order of the ``stimulus_set`` coordinate: name → the responses of one block.
+STIMULUS_SETS = {"fz": fz_responses, "top9": top9_responses}
 
 
 def _channel_mean(per_pair: np.ndarray, pair_channel: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -607,8 +609,7 @@ def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) 
 def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:
     unit = f"{block}:{stimulus_set}"
     if unit not in store.done("responses"):
-        compute = fz_responses if stimulus_set == "fz" else top9_responses
-        values, relu_values = compute(model, inputs, block, profile, batch_size)
+        values, relu_values = STIMULUS_SETS[stimulus_set](model, inputs, block, profile, batch_size)
         store.write_unit("responses", unit, response_part(inputs, block, stimulus_set, values, relu_values))
     if unit not in store.done("metrics"):
         stored = store.dataset("responses").sel(block=block, stimulus_set=stimulus_set)

@@ -21,7 +21,7 @@ import xarray as xr
 from torchvision.transforms.v2 import functional as TF
 
 from repro import ablate, images, profiles
-from repro.model import ModelSpec, load_model
+from repro.model import ModelSpec, block_widths, load_model
 from repro.store import Store, labels
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     model.to(args.device)
     settings = ablate.Settings.from_profile(profile)
     crop_px, out_px = settings.crop_px(args.scale), settings.crop
-    width = ablate.block_widths(model, out_px)[args.block]
+    width = block_widths(model)[args.block]
     rng = np.random.default_rng(0)
     sets = [[], *(rng.choice(width, args.set_size, replace=False).tolist() for _ in range(args.trials + 1))]
     job = ablate.Job(args.block, ablate.condition_masks(sets, width), torch.rand(width))

@@ -17,9 +17,10 @@ import xarray as xr
 from analyses.measures import MissingInput
 from report.loader import Loader
 from report.rules import BADGES, DEVIATES, NOT_COMPARABLE, Outcome
+from repro.model import IMAGENET_FILE_SHA256_PREFIX
 
 IMAGENET_WEIGHTS = "imagenet"
-IMAGENET_FILE_SHA256_PREFIX = "f37072fd"  # torchvision names resnet18-f37072fd.pth by its hash
+RESNET18_FILE_PREFIX = IMAGENET_FILE_SHA256_PREFIX["resnet18"]  # the paper's network
 # Profile settings that change published numbers; a store differing from profiles/paper.toml in any of
 # them is not comparable.
 PAPER_SETTINGS = ("model.arch", "model.image_size", "fz.steps", "fz.lr", "fz.objective", "fz.jitter",
@@ -30,7 +31,7 @@ PAPER_SETTINGS = ("model.arch", "model.image_size", "fz.steps", "fz.lr", "fz.obj
 
 def imagenet_weights(attrs: Mapping) -> bool:
     return (attrs.get("weights") == IMAGENET_WEIGHTS
-            or str(attrs.get("weights_file_sha256", "")).startswith(IMAGENET_FILE_SHA256_PREFIX))
+            or str(attrs.get("weights_file_sha256", "")).startswith(RESNET18_FILE_PREFIX))
 
 
 def _setting(profile: Mapping, dotted: str):
@@ -70,7 +71,7 @@ def comparability(attrs: Mapping) -> tuple[bool, str]:
     if not imagenet_weights(attrs):
         file_hash = str(attrs.get("weights_file_sha256", ""))[:8] or "none"
         reasons.append(f"weights {attrs.get('weights', '')!r} (file sha256 {file_hash}…) are not torchvision's "
-                       f"resnet18 IMAGENET1K_V1 ({IMAGENET_FILE_SHA256_PREFIX}…)")
+                       f"resnet18 IMAGENET1K_V1 ({RESNET18_FILE_PREFIX}…)")
     differences = profile_differences(attrs)
     if differences:
         reasons.append("profile differs from the paper's: " + "; ".join(differences))

@@ -33,7 +33,9 @@ Resumable units, each written to its region of the ``ablation`` group before bei
 * ``screened/<block>``: the screening outcome: accepted sets, rejected draws, scale-0 accuracies;
 * ``scale/<block>/<p>``: every condition and trial of the block at scale p.
 
-A unit always evaluates the same conditions together, so a rerun recomputes it exactly.
+A unit always evaluates the same conditions together, so a rerun recomputes it exactly. A job's condition
+sets are labelled (condition, number: the trial, or while screening the draw), its accuracies come back as a
+(condition, number) table, and every unit is written by its coordinate labels, never by position.
 """
 from __future__ import annotations
 
@@ -52,15 +54,13 @@ import numpy as np
 import torch
 import xarray as xr
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from repro import device as devices
-from repro import images, profiles
+from repro import images, profiles, stimulus
 from repro.errors import UserError
 from repro.executor import Serial
-from repro.model import OEdit, block_widths
+from repro.model import OEdit, TapLayout, blocks as model_blocks, tap_layout
 from repro.model import run as run_model
 from repro.store import Store, labels, provenance
 
@@ -69,6 +69,7 @@ CONDITIONS = ("none", "invariant", "random")
 CRITERIA = {"naturally": "invariant_naturally", "interpreting": "invariant_interpreting"}
 SCALE_DEFINITIONS = ("paper", "code")
 ABLATIONS = ("mean", "zero")
+Row = tuple[str, int]  # a condition set's label: (condition, number), the number a trial or, screening, a draw
 # Accuracies of different correct-counts differ by at least 100 / n_images points, far more than this;
 # it only absorbs the float rounding of "reference + tolerance", so a draw exactly at the limit is kept.
 SCREEN_SLACK = 1e-9
@@ -158,7 +159,7 @@ def resize_crops(crops: torch.Tensor, out_px: int) -> torch.Tensor:
     crops = crops.permute(0, 3, 1, 2)
     if crops.shape[-1] == out_px:
         return crops
-    return TF.resize(crops, [out_px, out_px], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return stimulus.resize(out_px, antialias=True)(crops)
 
 
 def resize_crops_pil(crops: torch.Tensor, out_px: int) -> torch.Tensor:
@@ -244,11 +245,22 @@ def count_correct(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor
 
 @dataclass(frozen=True)
 class Job:
-    """The conditions of one block evaluated together: one row of ``masks`` per condition."""
+    """The conditions of one block evaluated together: one row of ``masks`` per condition set."""
 
     block: str
     masks: torch.Tensor
     values: torch.Tensor
+    rows: tuple[Row, ...] = ()  # the label of each row of ``masks``
+
+
+def by_condition(accuracy: np.ndarray, rows: Sequence[Row]) -> xr.DataArray:
+    """A job's accuracies [row] as a (condition, number) table, NaN where no set was evaluated."""
+    numbers = sorted({number for _, number in rows})
+    table = xr.DataArray(np.full((len(CONDITIONS), len(numbers)), np.nan), dims=("condition", "number"),
+                         coords={"condition": list(CONDITIONS), "number": numbers})
+    for (condition, number), value in zip(rows, accuracy):
+        table.loc[condition, number] = value
+    return table
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable["CacheBatch"], jobs: Sequence[Job], crop_px: int,
@@ -363,20 +375,23 @@ class BlockPlan:
     values: np.ndarray  # the ablation constant of every channel [width]
     tolerance: float
 
-    def job(self, channel_sets: Sequence[Iterable[int]]) -> Job:
-        return Job(self.block, condition_masks(channel_sets, self.width), torch.from_numpy(self.values).float())
+    def job(self, channel_sets: Mapping[Row, Iterable[int]]) -> Job:
+        """The job of these labelled condition sets, one mask row each in their order."""
+        masks = condition_masks(list(channel_sets.values()), self.width)
+        return Job(self.block, masks, torch.from_numpy(self.values).float(), tuple(channel_sets))
 
 
-def _metrics_valid(metrics: xr.Dataset | None, block: str, width: int) -> list[int]:
+def _metrics_valid(metrics: xr.Dataset | None, block: str, layout: TapLayout) -> list[int]:
     """Channels the metrics stage could measure (every channel of the block without metrics)."""
     if metrics is None:
-        return list(range(width))
+        return layout.valid_channels(block)
     if block not in metrics["block"].values:
         raise UserError(f"the metrics group has no block {block}; rerun `repro metrics`")
-    return [int(c) for c in np.flatnonzero(metrics["valid"].sel(block=block).values.astype(bool)[:width])]
+    valid = metrics["valid"].sel(block=block).values.astype(bool)[:layout.width(block)]
+    return [int(c) for c in np.flatnonzero(valid)]
 
 
-def _metrics_invariant(metrics: xr.Dataset | None, block: str, width: int, settings: Settings) -> list[int]:
+def _metrics_invariant(metrics: xr.Dataset | None, block: str, layout: TapLayout, settings: Settings) -> list[int]:
     """The block's scale-invariant valid channels under the profile's criterion."""
     if metrics is None:
         raise UserError(f"no channel set for block {block}: run `repro metrics` first, or pass "
@@ -384,39 +399,39 @@ def _metrics_invariant(metrics: xr.Dataset | None, block: str, width: int, setti
     # With several FZ seeds the set is the robust one: channels passing in enough seeds, not in one.
     name = CRITERIA[settings.criterion] + ("_robust" if "seed" in metrics.dims else "")
     flags = metrics[name].sel(block=block, stimulus_set=settings.stimulus_set)
-    invariant = flags.values.astype(bool)[:width]
-    return [c for c in _metrics_valid(metrics, block, width) if invariant[c]]
+    invariant = flags.values.astype(bool)[:layout.width(block)]
+    return [c for c in _metrics_valid(metrics, block, layout) if invariant[c]]
 
 
-def plan_blocks(store: Store, model: torch.nn.Module, settings: Settings,
+def plan_blocks(store: Store, layout: TapLayout, settings: Settings,
                 channel_sets: Mapping[str, Sequence[int]] | None) -> list[BlockPlan]:
     """Every ablated block with its invariant set, the pool for random sets and the ablation constants.
 
     The blocks are the profile's ``ablation.blocks`` and any block named in ``channel_sets``; a block's
     invariant set comes from ``channel_sets`` when named there, otherwise from the metrics group.
+    ``layout`` is the whole model's.
     """
     channel_sets = {str(k): list(v) for k, v in (channel_sets or {}).items()}
-    widths = block_widths(model)
     chosen = list(settings.blocks) + [b for b in channel_sets if b not in settings.blocks]
-    unknown = [b for b in chosen if b not in widths]
+    unknown = [b for b in chosen if b not in layout.blocks]
     if unknown:
-        raise UserError(f"unknown block(s) {', '.join(unknown)}; this model has blocks {', '.join(widths)}")
-    chosen.sort(key=list(widths).index)
+        raise UserError(f"unknown block(s) {', '.join(unknown)}; this model has blocks {', '.join(layout.blocks)}")
+    chosen.sort(key=layout.blocks.index)
     metrics = store.dataset("metrics") if store.has("metrics") else None
     natural = store.dataset("natural") if settings.ablation == "mean" and store.has("natural") else None
     plans = []
     for block in chosen:
-        width = widths[block]
+        width = layout.width(block)
         if block in channel_sets:
             invariant = sorted(set(channel_sets[block]))
         else:
-            invariant = _metrics_invariant(metrics, block, width, settings)
+            invariant = _metrics_invariant(metrics, block, layout, settings)
             if not invariant:
                 # A model may simply have none (the papers found none in 3.0, 4.0, 4.1): say so, ablate the rest.
                 warnings.warn(f"block {block} has no scale-invariant channels under criterion "
                               f"{settings.criterion!r}; it is not ablated", stacklevel=2)
                 continue
-        valid = _metrics_valid(metrics, block, width)
+        valid = _metrics_valid(metrics, block, layout)
         plans.append(_plan(block, width, invariant, valid, natural, settings))
     return plans
 
@@ -605,7 +620,7 @@ class AblationRun:
                  device: torch.device | None = None):
         self.store, self.model, self.settings = store, model, settings
         self.plans, self.cache, self.profile = list(plans), cache, profile
-        self.row = {plan.block: row for row, plan in enumerate(self.plans)}
+        self.plan_of = {plan.block: plan for plan in self.plans}
         self.executor, self.weights_sha256 = executor or Serial(), weights_sha256
         self.device = device if device is not None else next(model.parameters()).device
 
@@ -617,16 +632,16 @@ class AblationRun:
 
     # -------------------------------------------------- helpers
 
-    def _pass(self, jobs: Sequence[Job], scale: float, desc: str) -> list[np.ndarray]:
+    def _pass(self, jobs: Sequence[Job], scale: float, desc: str) -> list[xr.DataArray]:
+        """Each job's accuracies at one scale, by condition and number (``by_condition``)."""
         crop_px = self.settings.crop_px(scale)
         counts = evaluate(self.model, self.cache.batches(self.settings.batch_size), jobs, crop_px,
                           self.settings.crop, self.profile, total=self.cache.count, desc=desc)
-        return [percent(c, self.cache.count) for c in counts]
+        return [by_condition(percent(c, self.cache.count), job.rows) for job, c in zip(jobs, counts)]
 
-    def _write(self, unit: str, variables: Mapping[str, tuple], **region: slice) -> None:
-        part = xr.Dataset({name: (dims, np.asarray(data)) for name, (dims, data) in variables.items()})
-        whole = {dim: region.get(dim, slice(0, size)) for dim, size in part.sizes.items()}
-        self.store.write_unit(GROUP, unit, part, region=whole)
+    def _write(self, unit: str, plan: BlockPlan, part: xr.Dataset) -> None:
+        """A unit of the block, placed in the group by its coordinate labels."""
+        self.store.write_unit(GROUP, unit, part.expand_dims(block=labels([plan.block])), region="auto")
 
     def _stored(self) -> xr.Dataset:
         return self.store.dataset(GROUP)
@@ -645,46 +660,52 @@ class AblationRun:
     def screening(self) -> None:
         """Rounds of ``trials`` draws for every block still screening, all blocks of a round in one pass."""
         done = self.store.done(GROUP)
-        open_plans = [p for p in self.plans if f"screened/{p.block}" not in done]
-        next_draw = {p.block: 0 for p in open_plans}
-        while open_plans:
-            outcomes = {p.block: self._screen_so_far(p, next_draw[p.block]) for p in open_plans}
-            for plan in [p for p in open_plans if outcomes[p.block].complete]:
-                self._write_screened(plan, outcomes[plan.block])
-            open_plans = [p for p in open_plans if not outcomes[p.block].complete]
-            for plan in [p for p in open_plans if next_draw[p.block] >= self.settings.max_draws]:
-                self._too_many_draws(plan, outcomes[plan.block])
-                self._write_screened(plan, outcomes[plan.block])
-            open_plans = [p for p in open_plans if next_draw[p.block] < self.settings.max_draws]
-            pending = [p for p in open_plans if self._round_unit(p, self._round(next_draw[p.block])) not in done]
+        next_draw = {p.block: 0 for p in self.plans if f"screened/{p.block}" not in done}
+        while next_draw:
+            rounds = {}
+            for block, start in next_draw.items():
+                draws = self._screen_step(self.plan_of[block], start)
+                if draws is not None:
+                    rounds[block] = draws
+            pending = {block: draws for block, draws in rounds.items()
+                       if self._round_unit(self.plan_of[block], draws) not in done}
             if pending:
-                starts = tuple(next_draw[p.block] for p in pending)
-                self._run_passes([ScreenRound(tuple(p.block for p in pending), starts)], "ablation screening")
+                starts = tuple(draws.start for draws in pending.values())
+                self._run_passes([ScreenRound(tuple(pending), starts)], "ablation screening")
                 done = self.store.done(GROUP)
-            for plan in open_plans:
-                next_draw[plan.block] = self._round(next_draw[plan.block]).stop
+            next_draw = {block: draws.stop for block, draws in rounds.items()}
+
+    def _screen_step(self, plan: BlockPlan, next_draw: int) -> range | None:
+        """One block's screening after its draws before ``next_draw``: the draws of its next round, or None
+        once it is screened (``trials`` draws passed, or ``max_draws`` ran out), its outcome written."""
+        outcome = self._screen_so_far(plan, next_draw)
+        if not outcome.complete and next_draw < self.settings.max_draws:
+            return self._round(next_draw)
+        if not outcome.complete:
+            self._too_many_draws(plan, outcome)
+        self._write_screened(plan, outcome)
+        return None
+
+    def _round_sets(self, plan: BlockPlan, draws: range) -> dict[Row, list[int]]:
+        sets = {("random", draw): self._draw(plan, draw) for draw in draws}
+        if draws.start == 0:  # round 0 also measures the unablated model and the invariant set
+            sets = {("none", 0): [], ("invariant", 0): list(plan.invariant), **sets}
+        return sets
 
     def _evaluate_rounds(self, plans: Sequence[BlockPlan], next_draw: Mapping[str, int]) -> None:
-        jobs, rounds = [], []
-        for plan in plans:
-            draws = self._round(next_draw[plan.block])
-            sets = [self._draw(plan, d) for d in draws]
-            if draws.start == 0:
-                sets = [[], list(plan.invariant), *sets]
-            jobs.append(plan.job(sets))
-            rounds.append(draws)
+        rounds = [self._round(next_draw[plan.block]) for plan in plans]
+        jobs = [plan.job(self._round_sets(plan, draws)) for plan, draws in zip(plans, rounds)]
         desc = "screening " + ", ".join(f"{p.block} draws {r.start}-{r.stop - 1}" for p, r in zip(plans, rounds))
         for plan, draws, accuracy in zip(plans, rounds, self._pass(jobs, 0.0, desc)):
             self._write_round(plan, draws, accuracy)
 
-    def _write_round(self, plan: BlockPlan, draws: range, accuracy: np.ndarray) -> None:
-        row = slice(self.row[plan.block], self.row[plan.block] + 1)
-        variables = {"draw_accuracy": (("block", "draw"), accuracy[-len(draws):][None])}
-        region = {"block": row, "draw": slice(draws.start, draws.stop)}
+    def _write_round(self, plan: BlockPlan, draws: range, accuracy: xr.DataArray) -> None:
+        random = accuracy.sel(condition="random", number=list(draws), drop=True)
+        part = xr.Dataset({"draw_accuracy": random.rename(number="draw")})
         if draws.start == 0:  # round 0 also holds the no-scale none and invariant accuracies
-            variables["accuracy"] = (("block", "condition", "trial", "scale"), accuracy[:2].reshape(1, 2, 1, 1))
-            region.update(condition=slice(0, 2), trial=slice(0, 1), scale=slice(0, 1))
-        self._write(self._round_unit(plan, draws), variables, **region)
+            measured = accuracy.sel(condition=["none", "invariant"], number=[0]).rename(number="trial")
+            part["accuracy"] = measured.expand_dims(scale=[0.0], axis=-1)
+        self._write(self._round_unit(plan, draws), plan, part)
 
     def _screen_so_far(self, plan: BlockPlan, draws_evaluated: int) -> Screening:
         if draws_evaluated == 0:
@@ -707,37 +728,39 @@ class AblationRun:
             stacklevel=2,
         )
 
-    def _write_screened(self, plan: BlockPlan, outcome: Screening) -> None:
-        """The screening outcome and every scale-0 accuracy of the block, as one unit."""
-        stored = self._stored().sel(block=plan.block)
-        settings, width = self.settings, stored.sizes["channel"]
-        made = outcome.draws_made
+    def _draws_part(self, plan: BlockPlan, outcome: Screening, stored: xr.Dataset) -> xr.Dataset:
+        """Every draw made, in order: its accuracy and channels, whether screening rejected it, the trial it became."""
+        settings, made = self.settings, outcome.draws_made
         draw_accuracy = np.full(settings.max_draws, np.nan)
         draw_accuracy[:made] = stored["draw_accuracy"].values[:made]
-        draw_channels = np.zeros((settings.max_draws, width), dtype=bool)
+        draw_channels = np.zeros((settings.max_draws, stored.sizes["channel"]), dtype=bool)
         for draw in range(made):
             draw_channels[draw, self._draw(plan, draw)] = True
         draw_trial = np.full(settings.max_draws, -1, dtype=np.int64)
-        accepted = len(outcome.accepted)  # fewer than ``trials`` when max_draws ran out
-        draw_trial[list(outcome.accepted)] = np.arange(accepted)
+        draw_trial[list(outcome.accepted)] = np.arange(len(outcome.accepted))
         rejected = np.zeros(settings.max_draws, dtype=bool)
         rejected[list(outcome.rejected)] = True
+        return xr.Dataset({"draw_accuracy": ("draw", draw_accuracy), "draw_channels": (("draw", "channel"), draw_channels),
+                           "rejected": ("draw", rejected), "draw_trial": ("draw", draw_trial)},
+                          coords={"draw": np.arange(settings.max_draws), "channel": stored["channel"].values})
 
-        accuracy = np.full((len(CONDITIONS), settings.trials), np.nan)
-        accuracy[:2, 0] = stored["accuracy"].sel(trial=0, scale=0.0).values[:2]
-        accuracy[2, :accepted] = draw_accuracy[list(outcome.accepted)]
-        channels = np.zeros((len(CONDITIONS), settings.trials, width), dtype=bool)
-        channels[1, 0, list(plan.invariant)] = True
-        channels[2, :accepted] = draw_channels[list(outcome.accepted)]
-        self._write(f"screened/{plan.block}", {
-            "accuracy": (("block", "condition", "trial", "scale"), accuracy[None, :, :, None]),
-            "channels": (("block", "condition", "trial", "channel"), channels[None]),
-            "rejected_draws": (("block",), np.array([len(outcome.rejected)])),
-            "draw_accuracy": (("block", "draw"), draw_accuracy[None]),
-            "draw_channels": (("block", "draw", "channel"), draw_channels[None]),
-            "rejected": (("block", "draw"), rejected[None]),
-            "draw_trial": (("block", "draw"), draw_trial[None]),
-        }, block=slice(self.row[plan.block], self.row[plan.block] + 1), scale=slice(0, 1))
+    def _write_screened(self, plan: BlockPlan, outcome: Screening) -> None:
+        """The screening outcome and every scale-0 accuracy of the block, as one unit."""
+        stored = self._stored().sel(block=plan.block)
+        draws = self._draws_part(plan, outcome, stored)
+        accepted = list(outcome.accepted)  # fewer than ``trials`` when max_draws ran out
+        trials = np.arange(self.settings.trials)
+        filled = trials[:len(accepted)]
+        accuracy = _table(np.nan, condition=CONDITIONS, trial=trials)
+        measured = ["none", "invariant"]
+        accuracy.loc[measured, 0] = stored["accuracy"].sel(condition=measured, trial=0, scale=0.0).values
+        accuracy.loc["random", filled] = draws["draw_accuracy"].values[accepted]
+        channels = _table(False, condition=CONDITIONS, trial=trials, channel=stored["channel"].values)
+        channels.loc["invariant", 0, list(plan.invariant)] = True
+        channels.loc["random", filled] = draws["draw_channels"].values[accepted]
+        part = draws.assign(accuracy=accuracy.expand_dims(scale=[0.0], axis=-1), channels=channels,
+                            rejected_draws=np.int64(len(outcome.rejected)))
+        self._write(f"screened/{plan.block}", plan, part)
 
     # -------------------------------------------------- scales
 
@@ -761,20 +784,26 @@ class AblationRun:
         for plan, accuracy in zip(pending, self._pass(jobs, scale, desc)):
             self._write_scale(plan, index, accuracy)
 
-    def _condition_sets(self, stored: xr.Dataset, plan: BlockPlan) -> list[list[int]]:
-        """none, invariant, then the accepted random sets in trial order (from the screening outcome)."""
-        random_sets = stored["channels"].sel(block=plan.block, condition="random").values
-        accepted = [row for row in random_sets if row.any()]  # trials screening filled
-        return [[], list(plan.invariant), *([int(c) for c in np.flatnonzero(row)] for row in accepted)]
+    def _condition_sets(self, stored: xr.Dataset, plan: BlockPlan) -> dict[Row, list[int]]:
+        """none, invariant, then the random sets screening accepted, by trial (from the screening outcome)."""
+        random_sets = stored["channels"].sel(block=plan.block, condition="random").load()
+        sets = {("none", 0): [], ("invariant", 0): list(plan.invariant)}
+        for trial in random_sets["trial"].values:
+            chosen = random_sets.sel(trial=trial).values
+            if chosen.any():  # a trial screening filled
+                sets[("random", int(trial))] = [int(c) for c in np.flatnonzero(chosen)]
+        return sets
 
-    def _write_scale(self, plan: BlockPlan, index: int, accuracy: np.ndarray) -> None:
-        table = np.full((len(CONDITIONS), self.settings.trials), np.nan)
-        table[:2, 0] = accuracy[:2]
-        table[2, :len(accuracy) - 2] = accuracy[2:]
-        row = self.row[plan.block]
-        self._write(self._scale_unit(plan, self.settings.scales[index]),
-                    {"accuracy": (("block", "condition", "trial", "scale"), table[None, :, :, None])},
-                    block=slice(row, row + 1), scale=slice(index, index + 1))
+    def _write_scale(self, plan: BlockPlan, index: int, accuracy: xr.DataArray) -> None:
+        table = accuracy.reindex(number=np.arange(self.settings.trials)).rename(number="trial")
+        part = table.expand_dims(scale=[self.settings.scales[index]], axis=-1).to_dataset(name="accuracy")
+        self._write(self._scale_unit(plan, self.settings.scales[index]), plan, part)
+
+
+def _table(fill, **coords: Sequence) -> xr.DataArray:
+    """A labelled array of ``fill`` over these dims (in order, with these labels), to fill with ``.loc``."""
+    shape = tuple(len(values) for values in coords.values())
+    return xr.DataArray(np.full(shape, fill), dims=tuple(coords), coords={dim: list(v) for dim, v in coords.items()})
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
@@ -787,7 +816,8 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     settings = Settings.from_profile(profile)
     inputs = [group for group in input_groups(settings, channel_sets) if store.has(group)]
     cache = open_image_cache(store, settings)
-    plans = plan_blocks(store, model, settings, channel_sets)
+    layout = tap_layout(model, model_blocks(model))  # the group's channel axis is the widest block's
+    plans = plan_blocks(store, layout, settings, channel_sets)
     if not plans:
         warnings.warn("no block to ablate: none of the ablation blocks has scale-invariant channels", stacklevel=2)
         return None
@@ -796,8 +826,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
         click.echo(f"ablation: already complete in {store.path}", err=True)
         return store.dataset(GROUP)
     store.require_intact(inputs)
-    max_width = max(block_widths(model).values())
-    store.declare(GROUP, _template(plans, settings, max_width), _group_attrs(profile, weights_record, settings, cache),
+    store.declare(GROUP, _template(plans, settings, layout.max_width), _group_attrs(profile, weights_record, settings, cache),
                   settings=settings_read, inputs=inputs)
     device = devices.resolve(device)
     experiment = AblationRun(store, devices.place(model, device), settings, plans, cache, profile,

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from repro import profiles
+from repro.objectives import OBJECTIVES
 from repro.errors import UserError
 from repro.store import Store, disk_error
 
@@ -200,7 +201,7 @@ def taps(arch, profile_name, image_size):
 @click.option("--taps", "tap_names", help="Comma-separated taps among I,B,O (default: all).")
 @click.option("--channels", help="Channel list such as 0-15 (default: all).")
 @click.option("--steps", type=int, help="Optimization steps (default: the profile's).")
-@click.option("--objective", type=click.Choice(["neuron", "channel"]), help="Center neuron or whole-channel mean.")
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)), help="Center neuron or whole-channel mean.")
 @click.option("--aliased", is_flag=True, default=None, help="Reference compatibility: Lucent's aliased taps.")
 def fz(profile_name, weights, store_path, new_store, device_name, reading, blocks, tap_names, channels, steps,
        objective, aliased):

@@ -58,6 +58,7 @@ import click
 from repro import device as devices
 from repro import model as taps_model
 from repro import profiles
+from repro.objectives import OBJECTIVES
 from repro.optvis import param as lucent_param
 from repro.optvis import transform as lucent_transform
 from repro.images import normalize as normalize_image
@@ -65,18 +66,16 @@ from repro.errors import UserError
 from repro.executor import Serial
 from repro.store import Store, labels, provenance
 
-OBJECTIVES = ("neuron", "channel")
 # fz.precision: the network's forward and backward under autocast at this dtype (None: float32 throughout).
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
-GROUPS = {"neuron": "fz", "channel": "fz_channel"}
-Label = tuple[str, str]
+Label = taps_model.Label
 
 
 def group_name(objective: str) -> str:
     """The store group of an objective: ``fz`` (center neuron) or ``fz_channel`` (channel mean)."""
-    if objective not in GROUPS:
+    if objective not in OBJECTIVES:
         raise UserError(f"unknown FZ objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
-    return GROUPS[objective]
+    return OBJECTIVES[objective].group
 
 
 # ---------------------------------------------------------------- the recipe
@@ -121,14 +120,10 @@ def normalizer(profile: Mapping) -> Callable:
 
 def tap_values(model: torch.nn.Module, pixels: torch.Tensor, block: str, tap: str, channels: torch.Tensor,
                *, objective: str = "neuron", aliased: bool = False) -> torch.Tensor:
-    """Image i's objective value for channel ``channels[i]``: center neuron or channel mean, shape [n]."""
-    center = objective == "neuron"
-    values, _ = taps_model.run(model, pixels, [(block, tap)], stop=True, aliased=aliased, center=center)
-    maps = values[(block, tap)]
-    if center:
-        return maps.gather(1, channels[:, None]).squeeze(1)
-    rows = torch.arange(len(channels), device=maps.device)
-    return maps[rows, channels].float().mean(dim=(-2, -1))
+    """Image i's objective value for channel ``channels[i]`` (``repro.objectives``), shape [n]."""
+    chosen = OBJECTIVES[objective]
+    values, _ = taps_model.run(model, pixels, [(block, tap)], stop=True, aliased=aliased, center=chosen.center)
+    return chosen.value(values[(block, tap)], channels)
 
 
 def chunk_seed(seed: int, block: str, tap: str, jitter: int, chunk: int) -> int:
@@ -257,7 +252,7 @@ class Selection:
     blocks: tuple[str, ...]
     taps: tuple[str, ...]
     channels: tuple[int, ...]  # sorted; the group's channel coordinate
-    widths: Mapping[str, int]  # channels per block
+    layout: taps_model.TapLayout  # the blocks' widths and which tensor each label holds
     image_size: int
     seeds: tuple[int, ...] = (0,)
     trace: tuple[int, ...] = ()  # the steps objective_trace records
@@ -287,8 +282,8 @@ def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | Non
     block_order = [b for b in known if b in set(wanted_blocks)]
     tap_order = [t for t in taps_model.TAPS if t in set(wanted_taps)]
     size = int(profile["model"]["image_size"])
-    widths = taps_model.block_widths(model)
-    widest = max(widths[b] for b in block_order)
+    layout = taps_model.tap_layout(model, block_order)
+    widest = layout.max_width
     chosen = sorted(set(channels)) if channels is not None else list(range(widest))
     if not chosen:
         raise UserError("no channels selected")
@@ -296,8 +291,8 @@ def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | Non
     if outside:
         raise UserError(f"channels {outside[:5]} out of range: the widest selected block has {widest} channels")
     settings = profile["fz"]
-    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen), {b: widths[b] for b in block_order},
-                     size, tuple(int(s) for s in settings["seeds"]),
+    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen), layout, size,
+                     tuple(int(s) for s in settings["seeds"]),
                      tuple(trace_steps(int(settings["steps"]), int(settings["trace_every"]))))
 
 
@@ -306,11 +301,11 @@ def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list
     grouped: dict[tuple[str, str, int], list[Label]] = {}
     for block in selection.blocks:
         for tap in selection.taps:
-            tensor = taps_model.same_tensor(model, block, tap)
+            tensor = selection.layout.source[(block, tap)]
             grouped.setdefault((*tensor, tap_jitter(model, profile, block, tap)), []).append((block, tap))
     jobs = []
     for (block, tap, jitter), stored_as in grouped.items():
-        width = selection.widths[stored_as[0][0]]
+        width = selection.layout.width(stored_as[0][0])
         jobs.append(Job(block, tap, jitter, tuple(stored_as), tuple(c for c in selection.channels if c < width)))
     return jobs
 
@@ -342,11 +337,10 @@ def template(selection: Selection, channel_batch: int) -> xr.Dataset:
         "objective_trace": (dims + ("trace_step",),
                             da.full((ns, nb, nt, nc, nk), np.nan, dtype=np.float32, chunks=per_tap + (max(nk, 1),))),
     }
-    channel = np.array(selection.channels)
-    valid = channel[None, :] < np.array([selection.widths[b] for b in selection.blocks])[:, None]
+    valid = selection.layout.valid(selection.channels)
     return xr.Dataset({**lazy, "valid": (("block", "channel"), valid)},
                       coords={"seed": np.array(selection.seeds), "block": labels(selection.blocks),
-                              "tap": labels(selection.taps), "channel": channel,
+                              "tap": labels(selection.taps), "channel": np.array(selection.channels),
                               "trace_step": np.array(selection.trace, dtype=np.int64)})
 
 
@@ -375,23 +369,19 @@ def done_labels(store: Store, group: str) -> set[Label]:
             if covered[:, b, t][:, valid[b]].all()}
 
 
-def _unit_part(selection: Selection, seed: int, label: Label, channels: Sequence[int], images: np.ndarray,
-               result: FZResult, activation: np.ndarray) -> tuple[xr.Dataset, dict[str, slice]]:
-    first = selection.channels.index(channels[0])
-    seed_at = selection.seeds.index(seed)
-    block_at, tap_at = selection.blocks.index(label[0]), selection.taps.index(label[1])
-    region = {"seed": slice(seed_at, seed_at + 1), "block": slice(block_at, block_at + 1),
-              "tap": slice(tap_at, tap_at + 1), "channel": slice(first, first + len(channels))}
+def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndarray, result: FZResult,
+               activation: np.ndarray) -> xr.Dataset:
+    """One seed's and label's chunk, placed in the group by its seed, block, tap and channel labels."""
     per_tap = ("seed", "block", "tap", "channel")
     lead = (None, None, None)
-    part = xr.Dataset({
+    return xr.Dataset({
         "image": (per_tap + ("y", "x", "rgb"), images[lead]),
         "activation": (per_tap, activation[lead].astype(np.float32)),
         "initial_objective": (per_tap, result.initial_objective.numpy()[lead].astype(np.float32)),
         "final_objective": (per_tap, result.final_objective.numpy()[lead].astype(np.float32)),
         "objective_trace": (per_tap + ("trace_step",), result.trace.numpy()[lead].astype(np.float32)),
-    })
-    return part, region
+    }, coords={"seed": np.array([seed]), "block": labels([label[0]]), "tap": labels([label[1]]),
+               "channel": np.array(channels)})
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
@@ -435,7 +425,7 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     executor = executor or Serial()
     if units:
         executor.check_store(store.path, group)
-    executor.map(make_chunk, units, context=ChunkContext(str(store.path), group, dict(profile), layout),
+    executor.map(make_chunk, units, context=ChunkContext(str(store.path), group, dict(profile)),
                  model=model, device=devices.resolve(device), prepare=prepare, model_settings=profile["model"],
                  weights_sha256=weights_record.get("weights_sha256", ""), desc=f"{group} ({objective})")
     store.finish(group, complete=every_unit <= store.done(group))
@@ -448,7 +438,6 @@ class ChunkContext:
     store_path: str
     group: str
     profile: dict
-    selection: Selection
 
 
 @dataclass(frozen=True)
@@ -470,5 +459,5 @@ def make_chunk(model: torch.nn.Module, context: ChunkContext, unit: ChunkUnit) -
     activation = measure(model, profile, job.block, job.tap, images, unit.channels)
     store = Store(Path(context.store_path))
     for label in unit.labels:
-        part, region = _unit_part(context.selection, unit.seed, label, unit.channels, images, result, activation)
-        store.write_unit(context.group, unit_name(unit.seed, label, job.jitter, unit.channels), part, region=region)
+        part = _unit_part(unit.seed, label, unit.channels, images, result, activation)
+        store.write_unit(context.group, unit_name(unit.seed, label, job.jitter, unit.channels), part, region="auto")

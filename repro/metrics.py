@@ -64,20 +64,19 @@ import torch
 import xarray as xr
 from scipy import stats
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from repro import device as devices
 from repro import fz as fz_stage
 from repro import images as imgs
 from repro import profiles
 from repro import model as taps_model
+from repro import stimulus
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import TAPS
-from repro.stimulus import TRANSFORMS, ScaleTransforms
+from repro.stimulus import TRANSFORMS
 from repro.store import Store, labels, provenance
 
-STIMULUS_SETS = ("fz", "top9")
 TOP9_RANKS = 9
 MIN_TUNING_IMAGES = 3
 
@@ -222,7 +221,7 @@ def block_weights(block: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     BasicBlock: bn2 and conv2 (the papers' analysis). Bottleneck: bn3 and conv3, the modules that
     play the same role (they produce the summand B).
     """
-    bn, conv = (block.bn3, block.conv3) if isinstance(block, Bottleneck) else (block.bn2, block.conv2)
+    bn, conv = taps_model.last_bn_conv(block)
     bn_abs = bn.weight.detach().abs().cpu().double().numpy()
     conv_mean_abs = conv.weight.detach().abs().flatten(1).mean(1).cpu().double().numpy()
     return bn_abs, conv_mean_abs
@@ -367,14 +366,14 @@ def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(tap, channel, source, transform) responses of a block's valid channels to their own FZs of ``seed``,
     and their ReLU (one image per channel: the mean of per-image ReLUs is the ReLU)."""
-    scale = ScaleTransforms.from_profile(profile)
+    transforms = stimulus.transforms(profile)
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
     for s, source in enumerate(TAPS):
         images = inputs.fz["image"].sel(seed=seed, block=block, tap=source, channel=channels).values
-        for t, name in enumerate(TRANSFORMS):
+        for t, transform in enumerate(transforms.values()):
             out[:, :, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
-                                                block, lambda x, name=name: scale.apply(name, x), batch_size)
+                                                block, transform, batch_size)
     return out, relu(out)
 
 
@@ -393,11 +392,11 @@ def top9_tensor(pixels, profile: Mapping, resized_height, resized_width, png: bo
     return imgs.normalize(png_round_trip(imgs.to_unit_float(crops)), profile)
 
 
-def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int
+def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size: int, seed: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(tap, channel, source, transform) mean responses over each source tap's top natural images, and the
-    mean of the per-image ReLUs."""
-    scale = ScaleTransforms.from_profile(profile)
+    mean of the per-image ReLUs (the same for every FZ ``seed``)."""
+    transforms = stimulus.transforms(profile)
     png = bool(profile["metrics"]["top9_png"])
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
@@ -418,12 +417,15 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
                                cached["resized_width"].values[at], png)
 
         count = np.bincount(pair_channel, minlength=len(channels))
-        for t, name in enumerate(TRANSFORMS):
-            per_pair = batched_responses(model, load, channels[pair_channel], block,
-                                         lambda x, name=name: scale.apply(name, x), batch_size)
+        for t, transform in enumerate(transforms.values()):
+            per_pair = batched_responses(model, load, channels[pair_channel], block, transform, batch_size)
             out[:, :, s, t] = _channel_mean(per_pair, pair_channel, count)
             out_relu[:, :, s, t] = _channel_mean(relu(per_pair), pair_channel, count)
     return out, out_relu
+
+
+# The stimulus sets, in the order of the ``stimulus_set`` coordinate: name → the responses of one block.
+STIMULUS_SETS = {"fz": fz_responses, "top9": top9_responses}
 
 
 def _channel_mean(per_pair: np.ndarray, pair_channel: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -666,15 +668,14 @@ def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) 
 
 def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:
     responses_group, metrics_group = inputs.groups
-    shared = None  # top-9 stimuli do not depend on the FZ seed: computed once, stored under every seed
+    computed = {}  # top-9 stimuli do not depend on the FZ seed: computed once, stored under every seed
     for seed in inputs.seeds:
         unit = unit_name(seed, block, stimulus_set)
         if unit not in store.done(responses_group):
-            if stimulus_set == "fz":
-                values, relu_values = fz_responses(model, inputs, block, profile, batch_size, seed)
-            else:
-                shared = top9_responses(model, inputs, block, profile, batch_size) if shared is None else shared
-                values, relu_values = shared
+            key = seed if stimulus_set == "fz" else None
+            if key not in computed:
+                computed[key] = STIMULUS_SETS[stimulus_set](model, inputs, block, profile, batch_size, seed=seed)
+            values, relu_values = computed[key]
             store.write_unit(responses_group, unit,
                              response_part(inputs, seed, block, stimulus_set, values, relu_values))
         if unit not in store.done(metrics_group):

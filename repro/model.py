@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -40,6 +41,7 @@ STANDARD_WIDTHS = (64, 128, 256, 512)
 IMAGENET_FILE_SHA256_PREFIX = {"resnet18": "f37072fd", "resnet34": "b627a593", "resnet50": "0676ba61"}
 
 OEdit = Callable[[torch.Tensor], torch.Tensor]
+Label = tuple[str, str]  # (block, tap)
 
 
 class CompactResNet(ResNet):
@@ -191,10 +193,16 @@ def blocks(model: nn.Module) -> dict[str, nn.Module]:
     return named
 
 
+def last_bn_conv(block: nn.Module) -> tuple[nn.BatchNorm2d, nn.Conv2d]:
+    """The block's last BN and conv, which make the summand B: bn2/conv2, or bn3/conv3 of a Bottleneck."""
+    if isinstance(block, Bottleneck):
+        return block.bn3, block.conv3
+    return block.bn2, block.conv2
+
+
 def block_widths(model: nn.Module) -> dict[str, int]:
     """Channels of every block's taps: its last BN's width (I and O have the same)."""
-    return {name: (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
-            for name, block in blocks(model).items()}
+    return {name: last_bn_conv(block)[0].num_features for name, block in blocks(model).items()}
 
 
 def check_taps(model: nn.Module, wanted: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -217,13 +225,53 @@ def same_tensor(model: nn.Module, block: str, tap: str) -> tuple[str, str]:
     return block, tap
 
 
+@dataclass(frozen=True)
+class TapLayout:
+    """The stored (block, tap, channel) grid of some blocks, and which computed tensor fills each label."""
+
+    blocks: tuple[str, ...]
+    widths: tuple[int, ...]  # channels of each block (its three taps share the width)
+    source: Mapping[Label, Label]  # (block, tap) label → the canonical label of its tensor (same_tensor)
+
+    @property
+    def max_width(self) -> int:
+        return max(self.widths)
+
+    @property
+    def computed(self) -> list[Label]:
+        """The tensors to compute: each shared tensor once."""
+        return sorted(set(self.source.values()))
+
+    def width(self, block: str) -> int:
+        return self.widths[self.blocks.index(block)]
+
+    def valid(self, channels: Iterable[int] | None = None) -> np.ndarray:
+        """Bool (block, channel): the channel exists in the block (channels default to 0 .. max_width - 1)."""
+        channel = np.arange(self.max_width) if channels is None else np.asarray(list(channels))
+        return channel[None, :] < np.array(self.widths)[:, None]
+
+    def valid_channels(self, block: str) -> list[int]:
+        return list(range(self.width(block)))
+
+
+def tap_layout(model: nn.Module, blocks_wanted: Iterable[str]) -> TapLayout:
+    """The layout of these blocks (in the order given, each once), widths read from the modules."""
+    chosen = tuple(dict.fromkeys(blocks_wanted))
+    if not chosen:
+        raise UserError("no blocks to record")
+    check_taps(model, [(block, tap) for block in chosen for tap in TAPS])
+    widths = block_widths(model)
+    source = {(block, tap): same_tensor(model, block, tap) for block in chosen for tap in TAPS}
+    return TapLayout(chosen, tuple(widths[block] for block in chosen), source)
+
+
 def _summand(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The block branch up to its last BN, out of place."""
     out = F.relu(block.bn1(block.conv1(x)))
-    if isinstance(block, Bottleneck):
+    if isinstance(block, Bottleneck):  # its middle conv; the last BN and conv follow in both kinds
         out = F.relu(block.bn2(block.conv2(out)))
-        return block.bn3(block.conv3(out))
-    return block.bn2(block.conv2(out))
+    bn, conv = last_bn_conv(block)
+    return bn(conv(out))
 
 
 class _Done(Exception):

@@ -52,7 +52,7 @@ from repro import images as imgs
 from repro import profiles
 from repro.errors import UserError
 from repro.executor import Serial
-from repro.model import TAPS, check_taps, describe_taps, run as run_model, same_tensor
+from repro.model import TAPS, TapLayout, run as run_model, tap_layout
 from repro.store import Store, labels, provenance
 
 GROUP = "natural"
@@ -90,37 +90,6 @@ class Settings:
         if settings.workers < 0:
             raise UserError("natural.workers must be 0 or more")
         return settings
-
-
-@dataclass(frozen=True)
-class TapLayout:
-    """The stored (block, tap, channel) grid and which computed tensor fills each of its labels."""
-
-    blocks: tuple[str, ...]
-    widths: tuple[int, ...]  # channels of each block (its three taps share the width)
-    source: dict  # (block, tap) label → canonical (block, tap) that run() computes
-
-    @property
-    def max_width(self) -> int:
-        return max(self.widths)
-
-    @property
-    def computed(self) -> list[tuple[str, str]]:
-        return sorted(set(self.source.values()))
-
-    def valid(self) -> np.ndarray:
-        return np.arange(self.max_width)[None, :] < np.array(self.widths)[:, None]
-
-
-def tap_layout(model: torch.nn.Module, blocks: Sequence[str], crop: int) -> TapLayout:
-    blocks = tuple(dict.fromkeys(blocks))
-    if not blocks:
-        raise UserError("no blocks to record")
-    check_taps(model, [(block, tap) for block in blocks for tap in TAPS])
-    channels = {(info.block, info.tap): info.channels for info in describe_taps(model, crop)}
-    widths = tuple(channels[(block, "O")] for block in blocks)
-    source = {(block, tap): same_tensor(model, block, tap) for block in blocks for tap in TAPS}
-    return TapLayout(blocks, widths, source)
 
 
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
@@ -361,7 +330,7 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
     settings = Settings.from_profile(profile)
     images = imgs.find_images(settings.root)
-    layout = tap_layout(model, blocks or profile["model"]["blocks"], settings.crop)
+    layout = tap_layout(model, blocks or profile["model"]["blocks"])
     settings_read = group_settings(images, layout, profile)
     if all(store.is_current(group, settings_read[group]) and store.group_attrs(group).get("complete")
            for group in (GROUP, CACHE_GROUP)):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from repro.errors import UserError
+from repro.objectives import OBJECTIVES
 
 POSITIVE = {"check": "positive"}
 NON_NEGATIVE = {"check": "non-negative"}
@@ -46,7 +47,7 @@ class FZSettings:
     seeds: tuple[int, ...] = field(metadata={"check": "distinct"})
     trace_every: int = field(metadata=POSITIVE)
     channel_batch: int = field(metadata=POSITIVE)
-    objective: str = field(metadata=choice("neuron", "channel"))
+    objective: str = field(metadata=choice(*OBJECTIVES))
     decorrelate: bool
     fft: bool
     random_scale: tuple[float, ...]

@@ -7,17 +7,55 @@ Both act on the normalized tensor, as the authors' code did; crops, bilinear res
 all commute with the per-channel affine normalization, so the order does not change the result.
 Resizing does not antialias by default: the authors ran torchvision 0.15, whose tensor ``Resize`` did not,
 and S⁻¹ shrinks, so antialiasing would change its result (``stimulus.antialias = true`` turns it on).
+
+``TRANSFORMS`` is the registry (``none``, ``S``, ``S_inv``): each entry makes one ``x → x`` callable
+from the settings, composed of small steps as Lucent's transforms are; a new transform is one entry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-TRANSFORMS = ("none", "S", "S_inv")
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def resize(size: int, antialias: bool) -> Transform:
+    """Bilinear resize to a ``size`` square (S, S⁻¹ and the ablation's scale crops)."""
+
+    def inner(x: torch.Tensor) -> torch.Tensor:
+        return TF.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=antialias)
+
+    return inner
+
+
+def center_crop(size: int) -> Transform:
+    def inner(x: torch.Tensor) -> torch.Tensor:
+        return TF.center_crop(x, [size, size])
+
+    return inner
+
+
+def reflect_pad(pad: int) -> Transform:
+    def inner(x: torch.Tensor) -> torch.Tensor:
+        return TF.pad(x, [pad], padding_mode="reflect")
+
+    return inner
+
+
+def compose(*steps: Transform) -> Transform:
+    def inner(x: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            x = step(x)
+        return x
+
+    return inner
 
 
 @dataclass(frozen=True)
@@ -34,24 +72,31 @@ class ScaleTransforms:
         return cls(crop=int(stimulus["crop"]), image_size=int(profile["model"]["image_size"]),
                    shrink=int(stimulus["shrink"]), pad=int(stimulus["pad"]), antialias=bool(stimulus["antialias"]))
 
-    def _resize(self, x: torch.Tensor, size: int) -> torch.Tensor:
-        return TF.resize(x, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=self.antialias)
-
     def scale_up(self, x: torch.Tensor) -> torch.Tensor:
         """S(X): the central ``crop`` square resized to ``image_size``."""
-        return self._resize(TF.center_crop(x, [self.crop, self.crop]), self.image_size)
+        return TRANSFORMS["S"](self)(x)
 
     def scale_down(self, x: torch.Tensor) -> torch.Tensor:
         """S⁻¹(X): the image resized to ``shrink`` and reflect-padded by ``pad`` on every side."""
-        return TF.pad(self._resize(x, self.shrink), [self.pad], padding_mode="reflect")
+        return TRANSFORMS["S_inv"](self)(x)
 
     def apply(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """The transform named ``none``, ``S`` or ``S_inv``."""
-        if name == "none":
-            return x
-        if name == "S":
-            return self.scale_up(x)
-        if name == "S_inv":
-            return self.scale_down(x)
-        raise ValueError(f"unknown transform {name!r}; transforms are {', '.join(TRANSFORMS)}")
+        if name not in TRANSFORMS:
+            raise ValueError(f"unknown transform {name!r}; transforms are {', '.join(TRANSFORMS)}")
+        return TRANSFORMS[name](self)(x)
+
+
+# The stimulus transforms, in the order of the ``transform`` coordinate: name → settings → x → x.
+TRANSFORMS: dict[str, Callable[[ScaleTransforms], Transform]] = {
+    "none": lambda settings: compose(),
+    "S": lambda settings: compose(center_crop(settings.crop), resize(settings.image_size, settings.antialias)),
+    "S_inv": lambda settings: compose(resize(settings.shrink, settings.antialias), reflect_pad(settings.pad)),
+}
+
+
+def transforms(profile: Mapping) -> dict[str, Transform]:
+    """Every stimulus transform with the profile's settings, by name."""
+    settings = ScaleTransforms.from_profile(profile)
+    return {name: make(settings) for name, make in TRANSFORMS.items()}
 

@@ -312,7 +312,7 @@ class Inputs:
 
 
 def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = None, *, fz_group: str = "fz",
-                top9: bool = True) -> Inputs:
+                top9: bool = True, groups: tuple[str, str] = ("responses", "metrics")) -> Inputs:
     """The stored FZs (and natural images unless ``top9`` is false) to compute from; blocks whose three
     taps' FZs are not all done are skipped, with one line saying which and why."""
     if not store.has(fz_group):
@@ -350,7 +350,7 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     else:
         natural, cache = store.dataset("natural"), imgs.open_cache(store)
         note = "top9 = mean response over each source tap's 9 top natural images"
-    return Inputs(fz, natural, cache, ready, note, chosen, fz_group)
+    return Inputs(fz, natural, cache, ready, note, chosen, fz_group, tuple(groups))
 
 
 def group_settings(profile: Mapping, inputs: Inputs) -> dict:
@@ -426,6 +426,8 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
 
 # The stimulus sets, in the order of the ``stimulus_set`` coordinate: name → the responses of one block.
 STIMULUS_SETS = {"fz": fz_responses, "top9": top9_responses}
+# Stimulus sets whose images are the FZs of one seed; the others (top-9 natural images) are the same for every seed.
+PER_SEED_SETS = ("fz",)
 
 
 def _channel_mean(per_pair: np.ndarray, pair_channel: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -574,8 +576,7 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
     ``fz_group`` and ``groups`` name the FZs read and the two groups written (the aliased comparison
     reads ``fz_aliased`` and writes ``responses_aliased`` / ``metrics_aliased``, FZ stimuli only)."""
-    inputs = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9)
-    inputs.groups = tuple(groups)
+    inputs = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9, groups=groups)
     responses_group, metrics_group = inputs.groups
     settings = MixSettings.from_profile(profile)
     settings_read = group_settings(profile, inputs)
@@ -672,7 +673,7 @@ def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batc
     for seed in inputs.seeds:
         unit = unit_name(seed, block, stimulus_set)
         if unit not in store.done(responses_group):
-            key = seed if stimulus_set == "fz" else None
+            key = seed if stimulus_set in PER_SEED_SETS else None
             if key not in computed:
                 computed[key] = STIMULUS_SETS[stimulus_set](model, inputs, block, profile, batch_size, seed=seed)
             values, relu_values = computed[key]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import OEdit, TapLayout, blocks as model_blocks, tap_layout
 from repro.model import run as run_model
+from repro.settings import crop_size  # noqa: F401 (the stage's crops; defined beside the check of its scales)
 from repro.store import Store, labels, provenance
 
 GROUP = "ablation"
@@ -124,9 +124,6 @@ class Settings:
             raise UserError(f"ablation.ablation {self.ablation!r}: expected mean or zero")
         if self.trials < 1 or self.max_draws < self.trials or self.batch_size < 1:
             raise UserError("ablation needs trials >= 1, max_draws >= trials and batch_size >= 1")
-        if any(not 0 < p < 1 for p in self.scales[1:]) or any(self.crop_px(p) < 1 for p in self.scales):
-            raise UserError(f"ablation.scales {list(self.scales[1:])}: each must lie between 0 and 1 "
-                            "and leave a crop of at least one pixel")
 
     def tolerance(self, block: str) -> float:
         return self.screen_tolerance.get(block, 0.0)
@@ -136,21 +133,6 @@ class Settings:
 
 
 # ---------------------------------------------------------------- scale transforms
-
-
-def crop_size(scale: float, resize: int, crop: int, definition: str = "paper") -> int:
-    """Side of the center crop taken from the ``resize`` square at scale ``scale`` (a fraction).
-
-    Scale 0 is the standard eval crop. ``paper``: resize - floor(resize * p) (231 px for 10 % at 256);
-    ``code``: int(crop * (1 - p)) (201 px for 10 % at crop 224).
-    """
-    if scale == 0:
-        return crop
-    if definition == "paper":
-        return resize - math.floor(resize * scale)
-    if definition == "code":
-        return int(crop * (1 - scale))
-    raise UserError(f"unknown scale definition {definition!r}; expected paper or code")
 
 
 def resize_crops(crops: torch.Tensor, out_px: int) -> torch.Tensor:
@@ -815,14 +797,20 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     """
     settings = Settings.from_profile(profile)
     inputs = [group for group in input_groups(settings, channel_sets) if store.has(group)]
+    store.require_intact(inputs, units=False)
     cache = open_image_cache(store, settings)
     layout = tap_layout(model, model_blocks(model))  # the group's channel axis is the widest block's
     plans = plan_blocks(store, layout, settings, channel_sets)
+    store.start_fresh()
     if not plans:
         warnings.warn("no block to ablate: none of the ablation blocks has scale-invariant channels", stacklevel=2)
+        if store.has(GROUP):  # made from other metrics: kept, it would stay stale with nothing to replace it
+            store.remove(GROUP)
+            click.echo("ablation: removed the stored ablation group, made from metrics that had invariant "
+                       "channels; the current metrics leave nothing to ablate", err=True)
         return None
     settings_read = group_settings(profile, plans, settings, channel_sets)
-    if store.is_current(GROUP, settings_read, inputs) and store.group_attrs(GROUP).get("complete"):
+    if store.is_complete(GROUP, settings_read, inputs):
         click.echo(f"ablation: already complete in {store.path}", err=True)
         return store.dataset(GROUP)
     store.require_intact(inputs)

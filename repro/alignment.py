@@ -390,6 +390,10 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     blocks = list(settings.blocks or profile["model"]["blocks"])
     partner, partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
     if partner is not None:
+        if store.fresh:
+            raise UserError("the alignment of two networks reads the store's image cache, which --new-store "
+                            "would remove: run `repro natural` first, without --new-store")
+        store.require_intact([imgs.CACHE_GROUP], units=False)
         imgs.open_cache(store)  # the networks need the store's images: fail now, not after the simulations
         device = devices.resolve(device)
         model, partner = devices.place(model, device), devices.place(partner, device)
@@ -400,6 +404,10 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     settings_read = {"alignment": asdict(settings), "blocks": blocks,
                      "partner_state_sha256": partner_record.get("weights_sha256", "")}
     inputs = [imgs.CACHE_GROUP] if partner is not None else []
+    store.start_fresh()
+    if store.is_complete(GROUP, settings_read, inputs):
+        click.echo(f"alignment: already complete in {store.path}", err=True)
+        return
     store.declare(GROUP, template(settings, blocks), attrs, settings=settings_read, inputs=inputs,
                   units_expected=len(settings.neurons) + (partner is not None))
     timings = dict(store.group_attrs(GROUP).get("unit_seconds", {}))
@@ -414,10 +422,10 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
         timings[f"recovery-d{d}"] = unit_seconds
         click.echo(f"alignment: recovery-d{d} ({settings.seeds} draws) in {unit_seconds} s")
     with threadpool_limits(limits=settings.threads):
-        extra = {}
         if partner is not None and NETWORKS_UNIT not in store.done(GROUP):
             started = time.perf_counter()
-            part, extra = compare_networks(store, model, partner, profile, blocks, settings)
+            part, facts = compare_networks(store, model, partner, profile, blocks, settings)
+            store.update_attrs(GROUP, **facts)  # before the unit's marker: a done unit always has its facts
             store.write_unit(GROUP, NETWORKS_UNIT, part, region={"representation": slice(None),
                                                                  "metric": slice(None), "pair": slice(None)})
             timings[NETWORKS_UNIT] = round(time.perf_counter() - started, 1)
@@ -426,4 +434,4 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     done = store.done(GROUP)
     wanted = {f"recovery-d{d}" for d in settings.neurons} | ({NETWORKS_UNIT} if partner is not None else set())
     store.finish(GROUP, complete=wanted <= done, unit_seconds=timings,
-                 networks="compared" if partner is not None else "no partner network in this profile", **extra)
+                 networks="compared" if partner is not None else "no partner network in this profile")

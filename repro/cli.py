@@ -25,20 +25,26 @@ from repro.errors import UserError
 from repro.store import Store, disk_error
 
 
-def parse_list(text: str | None) -> list[str] | None:
-    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+def parse_list(text: str | None, option: str = "the list") -> list[str] | None:
+    """``a,b`` → ["a", "b"]; None when not given; a given list must name something."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"{option} {text!r} names nothing; leave it out for the profile's default")
+    return items
 
 
 def parse_channels(text: str | None) -> list[int] | None:
     """``0-15,32,40-41`` → [0, ..., 15, 32, 40, 41]."""
-    if not text:
+    if text is None:
         return None
     channels = []
     try:
-        for piece in parse_list(text):
+        for piece in parse_list(text, "--channels"):
             low, _, high = piece.partition("-")
             channels.extend(range(int(low), int(high or low) + 1))
-    except ValueError:
+    except (ValueError, TypeError):
         raise UserError(f"channels {text!r}: expected a list like 0-15,32") from None
     return channels
 
@@ -71,6 +77,7 @@ def open_run(profile_name, store_path, weights, new_store, settings=None, device
     from repro.model import ModelSpec, load_model  # torch loads only for commands that compute
 
     Store(store_path).check_path()  # before loading weights: a wrong --store is the cheaper mistake
+    click.get_current_context().meta[STORE_IN_USE] = Path(store_path)
     from repro import device as devices
 
     device = devices.resolve(device_name)
@@ -135,10 +142,13 @@ class Commands(click.Group):
         except (KeyboardInterrupt, click.exceptions.Abort):
             raise Interrupted("interrupted; rerun to resume (finished units are kept)") from None
         except OSError as error:
-            known = disk_error(error, Path.cwd())
+            known = disk_error(error, ctx.meta.get(STORE_IN_USE, Path.cwd()))
             if known is None:
                 raise
             raise known from None
+
+
+STORE_IN_USE = "repro.store_path"  # context meta: the store a command writes, named in disk errors
 
 
 class Interrupted(click.ClickException):
@@ -211,7 +221,7 @@ def fz(profile_name, weights, store_path, new_store, device_name, reading, block
                                                      device_name)
     from repro import fz as fz_stage
     with stage_executor(profile, device) as executor:
-        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks), taps=parse_list(tap_names),
+        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"), taps=parse_list(tap_names, "--taps"),
                      channels=parse_channels(channels), device=device, executor=executor)
 
 
@@ -229,7 +239,7 @@ def natural(profile_name, weights, store_path, new_store, device_name, reading, 
                                                      device_name)
     from repro import natural as natural_stage
     with stage_executor(profile, device) as executor:
-        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks), device=device, executor=executor)
+        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"), device=device, executor=executor)
 
 
 @main.command()
@@ -260,7 +270,7 @@ def metrics(store_path, weights, device_name, reading):
 def ablate(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, criterion, channel_sets,
            trials, ablation, scale_definition):
     """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    settings = {"reading": reading, "natural.images": resolved(images), "ablation.blocks": parse_list(blocks),
+    settings = {"reading": reading, "natural.images": resolved(images), "ablation.blocks": parse_list(blocks, "--blocks"),
                 "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
                 "ablation.scale_definition": scale_definition}
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
@@ -363,22 +373,33 @@ def status(store_path):
 
 @main.command()
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
-@click.option("--repair", is_flag=True, help="Un-mark damaged units so the next run recomputes only them.")
+@click.option("--repair", is_flag=True, help="Un-mark damaged units, drop invalid markers, re-declare or remove "
+                                            "damaged groups, so the next run recomputes only what was lost.")
 def check(store_path, repair):
-    """Verify that every done unit's chunks exist and decode (crc32c); exit 1 listing damaged units."""
+    """Verify every group's metadata, every chunk of its declaration-time arrays and done units (crc32c),
+    and every marker; exit 1 listing what is damaged."""
     store = Store.existing(store_path)
     damage = store.check()
     if not damage:
-        click.echo(f"{store.path}: every done unit's chunks are present and decode")
+        click.echo(f"{store.path}: every group's metadata, declaration-time arrays, done units and markers are sound")
         return
     for item in damage:
-        click.echo(f"damaged: {item.group} unit {item.unit}: {item.problem}")
+        click.echo(f"damaged: {item.describe()}")
     if repair:
         store.repair(damage)
-        click.echo(f"un-marked {len(damage)} unit(s); rerun the stages (or `repro pipeline`) to recompute them")
+        for scope, done in REPAIRED.items():
+            count = sum(item.scope == scope for item in damage)
+            if count:
+                click.echo(f"{done} {count}")
+        click.echo("rerun the stages (or `repro pipeline`) to recompute what was repaired")
         return
-    click.echo(f"{len(damage)} damaged unit(s); `repro check --store {store.path} --repair` un-marks them")
+    click.echo(f"{len(damage)} problem(s); `repro check --store {store.path} --repair` repairs them")
     raise click.exceptions.Exit(1)
+
+
+REPAIRED = {"unit": "un-marked damaged units:", "marker": "removed invalid markers:",
+            "declaration": "marked for re-declaration (groups with damaged coordinates or masks):",
+            "group": "removed groups with unreadable metadata:"}
 
 
 @main.command()
@@ -392,6 +413,7 @@ def pipeline(profile_name, store_path, new_store, device_name, reading):
     """Run every stage of a profile into one store (done units are skipped)."""
     from repro import pipeline as pipeline_stages
 
+    click.get_current_context().meta[STORE_IN_USE] = Path(store_path)
     pipeline_stages.run(profile_name, store_path, new_store=new_store, device=device_name, reading=reading,
                         executor_for=stage_executor)
 

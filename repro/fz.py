@@ -412,7 +412,8 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
     every_unit = {unit_name(seed, label, job.jitter, chunk) for seed in layout.seeds for job in every_job
                   for chunk in chunks(job, batch) for label in job.labels}
     settings_read = group_settings(profile, layout)
-    if store.is_current(group, settings_read) and every_unit <= store.done(group):
+    store.start_fresh()
+    if store.is_complete(group, settings_read) and every_unit <= store.done(group):
         click.echo(f"{group}: already complete in {store.path}", err=True)
         return store.dataset(group)
     store.declare(group, template(layout, batch), attrs, settings=settings_read, units_expected=len(every_unit))

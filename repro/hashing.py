@@ -1,4 +1,4 @@
-"""One stable hash of JSON-able values: store identities, settings digests, report cache keys."""
+"""Stable hashes: of JSON-able values (store identities, settings digests, report cache keys) and of files."""
 from __future__ import annotations
 
 import hashlib
@@ -9,3 +9,12 @@ def digest(value, length: int | None = 16) -> str:
     """SHA-256 of ``value`` as sorted-key JSON (non-JSON values by ``str``), its first ``length`` hex digits
     (all with None)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def file_sha256(path) -> str:
+    """A file's SHA-256, read in 1 MiB pieces."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for piece in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(piece)
+    return sha.hexdigest()

@@ -27,7 +27,10 @@ sizes (the ablation's scale crops, small test profiles) pass the stored sizes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import functional as TF
 
 from repro.errors import UserError
-from repro.hashing import digest
+from repro import resources
+from repro.hashing import digest, file_sha256
 
 CACHE_GROUP = "image_cache"
 LAYOUT_HINT = "expected an ImageFolder layout DIR/<class>/<image>, such as ImageNet's val/<wnid>/*.JPEG"
@@ -239,9 +243,38 @@ def raise_read_errors(images: ImageList, index, read_errors: Sequence[str]) -> N
 
 
 def listing_digest(images: ImageList) -> str:
-    """What identifies an image folder's content cheaply: relative paths, labels and file sizes."""
-    sizes = [images.absolute(i).stat().st_size for i in range(len(images))]
-    return digest({"paths": list(images.paths), "labels": list(images.labels), "sizes": sizes})
+    """What identifies an image folder's content: relative paths, labels and each file's SHA-256."""
+    return digest({"paths": list(images.paths), "labels": list(images.labels),
+                   "sha256": content_hashes(images.root, images.paths)})
+
+
+def content_hashes(root: Path, paths: Sequence[str]) -> list[str]:
+    """Each file's SHA-256, computed once and kept in a cache (``resources.cache_dir``) keyed by the file's
+    path, size and modification time, so a rerun reads no file it has hashed and an edited file is hashed
+    again (an edit that keeps the size still changes the modification time)."""
+    cache_file = resources.cache_dir() / "content" / f"{hashlib.sha256(str(root).encode()).hexdigest()[:24]}.json"
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    hashes, fresh = [], {}
+    for relative in paths:
+        stat = (root / relative).stat()
+        key = [stat.st_size, stat.st_mtime_ns]
+        known = cached.get(relative) if isinstance(cached, dict) else None
+        if not (isinstance(known, list) and len(known) == 3 and known[:2] == key):
+            known = [*key, file_sha256(root / relative)]
+        fresh[relative] = known
+        hashes.append(known[2])
+    if fresh != cached:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(fresh))
+            os.replace(temporary, cache_file)
+        except OSError:
+            pass  # a cache that cannot be written only costs the hashing again
+    return hashes
 
 
 def warn_corrupt(paths: Sequence[str], total: int, errors: Mapping[str, str] | None = None) -> None:

@@ -576,6 +576,7 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
     ``fz_group`` and ``groups`` name the FZs read and the two groups written (the aliased comparison
     reads ``fz_aliased`` and writes ``responses_aliased`` / ``metrics_aliased``, FZ stimuli only)."""
+    store.require_intact([fz_group, "natural", imgs.CACHE_GROUP], units=False)
     inputs = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9, groups=groups)
     responses_group, metrics_group = inputs.groups
     settings = MixSettings.from_profile(profile)
@@ -583,7 +584,7 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
     block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
     layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
     summary_units = {f"{block}:{s}:seeds" for block, s in block_sets} | {f"{b}:channel" for b in inputs.layout_blocks}
-    if (all(store.is_current(group, settings_read, inputs.input_groups) for group in inputs.groups)
+    if (all(store.is_complete(group, settings_read, inputs.input_groups) for group in inputs.groups)
             and layout_units | summary_units <= store.done(metrics_group)):
         click.echo(f"metrics: already complete in {store.path}", err=True)
         return

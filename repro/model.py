@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from repro.errors import UserError
+from repro.hashing import file_sha256
 
 TAPS = ("I", "B", "O")
 ARCHS = {
@@ -97,14 +98,6 @@ class ModelSpec:
         return self.widths == STANDARD_WIDTHS and self.stem == "imagenet" and self.num_classes == 1000
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 def state_dict_sha256(model: nn.Module) -> str:
     """Content hash of the parameters and buffers, independent of how they were stored."""
     digest = hashlib.sha256()
@@ -147,10 +140,29 @@ def _load_path(spec: ModelSpec) -> tuple[nn.Module, str]:
     model = _architecture(spec)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
     except Exception as error:
-        raise UserError(f"{path} is not a state_dict for {spec.arch}: {error}") from None
+        reason = str(error).splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        if path.stat().st_size == 0:
+            reason = "the file is empty"
+        raise UserError(f"{path} is not a saved state_dict ({reason})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a state_dict of tensors for {spec.arch}")
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise UserError(f"{path} is not a state_dict for {spec.arch} ({problem}); is it another architecture?")
+    model.load_state_dict(state)
     return model, sha
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping) -> str:
+    """What keeps ``state`` from loading into ``model``, in a few words ("" when it fits)."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [key for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+             ((missing, "missing keys"), (unexpected, "unexpected keys"), (shapes, "shape mismatches")) if keys]
+    return ", ".join(parts)
 
 
 def load_model(spec: ModelSpec) -> tuple[nn.Module, dict]:

@@ -332,8 +332,8 @@ def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping
     images = imgs.find_images(settings.root)
     layout = tap_layout(model, blocks or profile["model"]["blocks"])
     settings_read = group_settings(images, layout, profile)
-    if all(store.is_current(group, settings_read[group]) and store.group_attrs(group).get("complete")
-           for group in (GROUP, CACHE_GROUP)):
+    store.start_fresh()
+    if all(store.is_complete(group, settings_read[group]) for group in (GROUP, CACHE_GROUP)):
         click.echo(f"natural: {store.path} is already complete ({len(images)} images)", err=True)
         return
     declare_groups(store, images, layout, settings, profile, weights, settings_read)

@@ -12,7 +12,7 @@ from repro import ablate, alignment, fz, metrics, natural, profiles, resources
 from repro import device as devices
 from repro.errors import UserError
 from repro.executor import Serial
-from repro.model import ModelSpec, load_model
+from repro.model import ModelSpec, blocks as model_blocks, load_model
 from repro.store import Store
 
 def toy_images(profile: dict) -> Path:
@@ -58,6 +58,20 @@ def aliased_stages(store: Store, model, record, profile: dict, run_on: dict) -> 
                                                           groups=ALIASED_GROUPS, top9=False, **run_on))]
 
 
+def check_stage_settings(model, profile: dict) -> None:
+    """What each stage checks of its settings against the model, before any stage writes anything."""
+    every_block = list(model_blocks(model))
+    for table, blocks in (("model", profile["model"]["blocks"]), ("ablation", profile["ablation"]["blocks"]),
+                          ("alignment", profile["alignment"]["blocks"])):
+        unknown = [block for block in blocks if block not in every_block]
+        if unknown:
+            raise UserError(f"{table}.blocks names unknown block(s) {', '.join(unknown)}; this model has "
+                            f"blocks {', '.join(every_block)}")
+    ablate.Settings.from_profile(profile)
+    alignment.Settings.from_profile(profile)
+    natural.Settings.from_profile(profile)
+
+
 def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto",
         reading: str | None = None, executor_for=None) -> Store:
     """Every stage on one device, its units on one executor (one cluster for the whole pipeline when
@@ -67,7 +81,9 @@ def run(profile_name: str, store_path: Path, *, new_store: bool = False, device:
     profile = profiles.override(profile, {"natural.images": str(images_for(profile))})
     Store(store_path).check_path()
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    check_stage_settings(model, profile)
     store = Store.for_run(store_path, profile, record, new=new_store)
+    store.start_fresh()  # the whole run's input is valid: only now, and only here, is the store emptied
     with (executor_for(profile, device) if executor_for else Serial()) as executor:
         run_on = {"device": device, "executor": executor}
         stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, **run_on))]

@@ -76,23 +76,32 @@ def _pinned(path: Path) -> set[str]:
     """The reading items a profile file or one of its bases sets itself (the root's values are the defaults)."""
     if path.resolve() == _path(ROOT_PROFILE).resolve():
         return set()
-    raw = tomllib.loads(path.read_text())
+    raw = _read_toml(path)
     here = {key for key in readings.ITEM_KEYS
             if isinstance(raw.get(key.split(".")[0]), Mapping) and key.split(".")[1] in raw[key.split(".")[0]]}
     return here | (_pinned(_path(raw["base"])) if isinstance(raw.get("base"), str) else set())
 
 
-def _load_unchecked(name: str) -> dict:
-    """A profile merged over its bases, not yet validated (``load`` validates the result)."""
-    path = _path(name)
+def _read_toml(path: Path) -> dict:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"profile {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"profile {path} is not UTF-8 text (byte {error.start}); TOML files are UTF-8") from None
+
+
+def _load_unchecked(name: str, _chain: tuple[Path, ...] = ()) -> dict:
+    """A profile merged over its bases, not yet validated (``load`` validates the result)."""
+    path = _path(name)
+    if path.resolve() in _chain:
+        cycle = " → ".join(str(p) for p in (*_chain, path.resolve()))
+        raise UserError(f"profile {path}: its bases form a cycle ({cycle})")
+    raw = _read_toml(path)
     base = raw.pop("base", None)
     if base is not None and not isinstance(base, str):
         raise UserError(f"profile {path}: base must be a profile name, not {base!r}")
-    merged = _merge(_load_unchecked(base), raw) if base else raw
+    merged = _merge(_load_unchecked(base, (*_chain, path.resolve())), raw) if base else raw
     merged["name"] = raw.get("name", path.stem)
     return merged
 

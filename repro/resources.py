@@ -6,6 +6,7 @@ carries the same folders as ``repro/_shipped/<kind>`` (mapped in ``pyproject.tom
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,17 @@ def locate(text: str) -> Path:
         if path.parts[:len(Path(source).parts)] == Path(source).parts:
             return shipped(kind).joinpath(*path.parts[len(Path(source).parts):])
     return path.resolve()
+
+
+CACHE_ENV = "RESIDUAL_STREAM_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where derived, rebuildable facts are kept between runs (content hashes of input files):
+    ``$RESIDUAL_STREAM_CACHE``, else ``$XDG_CACHE_HOME/residual-stream``, else ``~/.cache/residual-stream``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "residual-stream"
 
 
 def output(text: str) -> Path:

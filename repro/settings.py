@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 from repro.errors import UserError
 from repro.objectives import OBJECTIVES
 
+LARGEST_INT = 2**53  # no setting needs more; larger values overflow the arrays they size
 POSITIVE = {"check": "positive"}
 NON_NEGATIVE = {"check": "non-negative"}
 
@@ -198,8 +200,60 @@ class Profile:
 
 
 def typed(profile: Mapping, *, where: str = "profile") -> Profile:
-    """The frozen, type-checked settings of a profile dict."""
-    return _build(Profile, profile, where, "")
+    """The frozen, type-checked settings of a profile dict, their relations checked too."""
+    built = _build(Profile, profile, where, "")
+    for holds, message in RELATIONS:
+        if not holds(built):
+            raise UserError(f"{where}: {message(built)}")
+    return built
+
+
+def crop_size(scale: float, resize: int, crop: int, definition: str = "paper") -> int:
+    """Side of the center crop taken from the ``resize`` square at scale ``scale`` (a fraction).
+
+    Scale 0 is the standard eval crop. ``paper``: resize - floor(resize * p) (231 px for 10 % at 256);
+    ``code``: int(crop * (1 - p)) (201 px for 10 % at crop 224).
+    """
+    if scale == 0:
+        return crop
+    if definition == "paper":
+        return resize - math.floor(resize * scale)
+    if definition == "code":
+        return int(crop * (1 - scale))
+    raise UserError(f"unknown scale definition {definition!r}; expected paper or code")
+
+
+def _crops_left(p: Profile) -> bool:
+    """Every ablation scale leaves a crop of at least one pixel."""
+    return all(crop_size(scale, p.natural.resize, p.natural.crop, p.ablation.scale_definition) >= 1
+               for scale in p.ablation.scales if scale != 0)
+
+
+# Settings that are each valid alone but meaningless together; checked with the rest, before any stage runs.
+RELATIONS = [
+    (lambda p: bool(p.model.blocks), lambda p: "model.blocks must name at least one block"),
+    (lambda p: p.metrics.mix_low < p.metrics.mix_high,
+     lambda p: f"metrics.mix_low ({p.metrics.mix_low}) must be below metrics.mix_high ({p.metrics.mix_high})"),
+    (lambda p: p.natural.crop <= p.natural.resize,
+     lambda p: f"natural.crop ({p.natural.crop}) must be at most natural.resize ({p.natural.resize})"),
+    (lambda p: all(0 <= scale < 1 for scale in p.ablation.scales),
+     lambda p: f"ablation.scales {list(p.ablation.scales)}: each must lie in [0, 1)"),
+    (_crops_left, lambda p: f"ablation.scales {list(p.ablation.scales)} leave no pixel of a "
+                            f"{p.natural.crop} px crop at the largest scale"),
+    (lambda p: p.ablation.trials <= p.ablation.max_draws,
+     lambda p: f"ablation.trials ({p.ablation.trials}) must be at most ablation.max_draws ({p.ablation.max_draws})"),
+    (lambda p: all(n > 0 for n in p.alignment.neurons) and bool(p.alignment.neurons),
+     lambda p: f"alignment.neurons {list(p.alignment.neurons)} must be a non-empty list of positive counts"),
+    (lambda p: p.alignment.sae_topk <= p.alignment.sae_latents,
+     lambda p: f"alignment.sae_topk ({p.alignment.sae_topk}) must be at most alignment.sae_latents "
+               f"({p.alignment.sae_latents})"),
+    (lambda p: 0 < p.alignment.network_sae_topk_fraction <= 1,
+     lambda p: f"alignment.network_sae_topk_fraction must lie in (0, 1], not {p.alignment.network_sae_topk_fraction}"),
+    (lambda p: bool(p.fz.random_scale) and all(s > 0 for s in p.fz.random_scale),
+     lambda p: f"fz.random_scale {list(p.fz.random_scale)} must be a non-empty list of positive factors"),
+    (lambda p: all(v >= 0 for taps in p.fz.jitter.values() for v in taps.values()),
+     lambda p: "fz.jitter values must be 0 or more pixels"),
+]
 
 
 def validate(profile: Mapping, *, where: str = "profile") -> None:
@@ -244,8 +298,12 @@ def _value(kind, value: Any, where: str, key: str):
             raise UserError(f"{where}: {key} must be a table, not {value!r}")
         return {str(k): _value(args[1], item, where, f"{key}.{k}") for k, item in value.items()}
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise UserError(f"{where}: {key} must be a finite number, not {value!r}")
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > LARGEST_INT:
+            raise UserError(f"{where}: {key} must lie within ±{LARGEST_INT}, not {value}")
         return value
     if kind in (bool, str) and isinstance(value, kind):
         return value

@@ -25,9 +25,16 @@ Concurrency. A stage holds its group's writer lock (``flock``, released by the k
 dies) from declaration to ``finish``; a second process asking for the same group is refused in one line.
 Metadata changes of the store (creation, declaration, consolidation) take the store-wide lock.
 
-Integrity. ``check`` verifies that every done unit's chunks exist and decode (crc32c); ``repair`` removes
-the markers of damaged units so the next run recomputes only them; ``require_intact`` is what a stage
-calls on the groups it reads before computing from them.
+Integrity. ``check`` verifies every group's metadata, every array's metadata, every chunk written at
+declaration (coordinates, masks: all of them, through their crc32c), every done unit's chunks and every
+marker. ``repair`` un-marks damaged units and removes invalid markers (the next run recomputes only them),
+marks a group whose declaration-time arrays are damaged for re-declaration (its stage rewrites them from
+its template and keeps its units), and removes a group whose metadata is unreadable (its stage remakes it).
+``require_intact`` is what a stage calls on the groups it reads before computing from them.
+
+Finishing. A group is complete only when its stage's ``finish`` ran after the last unit (``complete`` in
+its attrs); until then it is *unfinished* and a rerun of the stage finishes it. ``--new-store`` empties the
+store once, through ``start_fresh``, after the whole run's input is validated and before any stage.
 """
 from __future__ import annotations
 
@@ -62,6 +69,9 @@ from repro.errors import UserError
 from repro.hashing import digest
 
 STORE_KIND = "residual-stream"
+ARRAYS = "arrays"  # group attr: every array the template declared
+DECLARED_ARRAYS = "declared_arrays"  # group attr: the arrays written whole at declaration (coords, masks)
+REDECLARE = "redeclare"  # group attr: ``repair`` found declaration-time arrays damaged
 LOCKS = "_locks"
 UNITS = "_units"
 STAGING = "_staging_"
@@ -74,13 +84,21 @@ FAULT_ENV = "REPRO_FAULT_AT"
 FAULT_ONCE_ENV = "REPRO_FAULT_ONCE"
 
 
+_FAULT_REACHED: dict[str, int] = {}
+
+
 def fault_point(name: str) -> None:
     """Kill this process here when ``$REPRO_FAULT_AT`` names this point: how the tests stop a run at an
-    exact instant (a group just declared, a unit written but not marked) instead of by timing.
+    exact instant (a group just declared, a unit written but not marked, a group about to be finished)
+    instead of by timing. ``NAME@K`` kills at the K-th time this process reaches the point.
 
     With ``$REPRO_FAULT_ONCE`` naming a file, only the first process to reach the point dies (it creates
     the file): how a test kills exactly one of several workers mid-unit."""
-    if os.environ.get(FAULT_ENV) != name:
+    wanted, _, nth = os.environ.get(FAULT_ENV, "").partition("@")
+    if wanted != name:
+        return
+    _FAULT_REACHED[name] = _FAULT_REACHED.get(name, 0) + 1
+    if nth and _FAULT_REACHED[name] != int(nth):
         return
     once = os.environ.get(FAULT_ONCE_ENV)
     if once:
@@ -209,9 +227,18 @@ class GroupState:
 
 @dataclass
 class Damage:
+    """One problem ``check`` found; ``scope`` says what ``repair`` does about it: ``unit`` un-marks the unit,
+    ``marker`` removes the invalid marker, ``declaration`` marks the group for re-declaration, ``group``
+    removes the group (its stage remakes it)."""
     group: str
     unit: str
     problem: str
+    scope: str = "unit"
+    chunk: tuple[str, tuple[int, ...]] | None = None  # (array, chunk coords) of a chunk that does not decode
+
+    def describe(self) -> str:
+        where = {"unit": f"unit {self.unit}", "marker": f"marker {self.unit}"}.get(self.scope, "group")
+        return f"{self.group} {where}: {self.problem}"
 
 
 @dataclass
@@ -221,7 +248,7 @@ class Store:
     path: Path
     run_identity: Mapping | None = None
     root_attrs: Mapping | None = None  # the provenance written when the store is created
-    fresh: bool = False  # start a fresh store at the first write (``--new-store``)
+    fresh: bool = False  # ``--new-store`` asked: ``start_fresh`` empties the store once
     _locks: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -241,8 +268,9 @@ class Store:
 
     @classmethod
     def create_or_open(cls, path, profile: Mapping, weights: Mapping, *, new: bool = False) -> "Store":
-        """``for_run`` and create the store now."""
+        """``for_run`` and create the store now (emptied first with ``new``)."""
         store = cls.for_run(path, profile, weights, new=new)
+        store.start_fresh()
         store.ensure_root()
         return store
 
@@ -378,9 +406,6 @@ class Store:
             raise UserError(f"store {self.path} is not writable (read-only file system or permissions)")
         (self.path / LOCKS).mkdir(parents=True, exist_ok=True)
         with self._store_lock():
-            if self.fresh:
-                self._wipe()
-                self.fresh = False
             if not self.exists():
                 attrs = {**(self.root_attrs or {}), "store_kind": STORE_KIND, "identity": dict(self.run_identity)}
                 _write_atomic(self.path / "zarr.json", json.dumps(
@@ -390,13 +415,22 @@ class Store:
             if not self._writers_active():
                 self._clean_strays()
 
-    def _wipe(self) -> None:
-        if self._writers_active():
-            raise UserError(f"cannot start a fresh store at {self.path}: another process is writing it")
-        for entry in self.path.iterdir():
-            if entry.name == LOCKS:
-                continue
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    def start_fresh(self) -> None:
+        """Empty the store now when ``--new-store`` asked for it (once): called by a command after it has
+        validated all of its input and before any stage runs, never by a stage."""
+        if not self.fresh:
+            return
+        self.fresh = False
+        if not self.path.exists():
+            return
+        (self.path / LOCKS).mkdir(parents=True, exist_ok=True)
+        with self._store_lock():
+            if self._writers_active():
+                raise UserError(f"cannot start a fresh store at {self.path}: another process is writing it")
+            for entry in self.path.iterdir():
+                if entry.name == LOCKS:
+                    continue
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         click.echo(f"started a fresh store at {self.path} (--new-store)", err=True)
 
     def _clean_strays(self) -> None:
@@ -421,7 +455,11 @@ class Store:
                       if (p / "zarr.json").is_file() and not p.name.startswith("_"))
 
     def group_attrs(self, group: str) -> dict:
-        return json.loads((self.path / group / "zarr.json").read_text()).get("attributes", {})
+        attrs = _group_node_attrs(self.path / group / "zarr.json")
+        if attrs is None:
+            raise UserError(f"store {self.path}: the metadata of group {group!r} ({group}/zarr.json) is damaged; "
+                            f"run `repro check --store {self.path} --repair`, then rerun the stages")
+        return attrs
 
     def declare(self, group: str, template: xr.Dataset, attrs: Mapping, *, settings: Mapping | None = None,
                 inputs: Iterable[str] = (), units_expected: int | None = None) -> None:
@@ -441,16 +479,20 @@ class Store:
                 current = self.group_attrs(group)
                 why = self._replace_reason(current, settings, recorded_inputs)
                 if not why:
+                    if current.get(REDECLARE):
+                        self._redeclare(group, template, current)
                     return
                 click.echo(f"{group}: replacing the stored group ({why})", err=True)
             template = template.copy()
             template.attrs = {**attrs, "settings": settings, "settings_digest": digest(settings),
                               "inputs": recorded_inputs, "version": uuid.uuid4().hex[:16],
-                              "units_expected": units_expected, "complete": False, "declared": now()}
+                              "units_expected": units_expected, "complete": False, "declared": now(),
+                              ARRAYS: sorted(map(str, template.variables)),
+                              DECLARED_ARRAYS: declaration_arrays(template)}
             staging = f"{STAGING}{group}_{uuid.uuid4().hex[:8]}"
-            with _quiet_zarr():
+            with _quiet_zarr():  # every declaration-time chunk written, fill values too: check finds a lost one
                 template.to_zarr(str(self.path), group=staging, mode="w", compute=False, zarr_format=3,
-                                 consolidated=False, encoding=_checksummed(template))
+                                 consolidated=False, encoding=_checksummed(template), write_empty_chunks=True)
             (self.path / staging / UNITS).mkdir()
             (self.path / staging / UNITS / "zarr.json").write_text(GROUP_NODE)
             fault_point("staged")
@@ -464,6 +506,35 @@ class Store:
                 os.rename(self.path / staging, target)
             fault_point("declared")
             self._consolidate()
+
+    def _redeclare(self, group: str, template: xr.Dataset, current: Mapping) -> None:
+        """Rewrite a group's declaration-time arrays from its template in place (``repair`` found them
+        damaged); its units' arrays and markers are kept."""
+        names = [name for name in self._declared_only(group, current) if name in template.variables]
+        with _quiet_zarr():
+            for name in names:
+                array = zarr.open_array(str(self.path / group / name), mode="r+").with_config(
+                    {"write_empty_chunks": True})
+                array[...] = template[name].values
+        self.update_attrs(group, **{REDECLARE: False})
+        click.echo(f"{group}: rewrote its declaration-time arrays ({', '.join(names)})", err=True)
+
+    def _declared_only(self, group: str, attrs: Mapping) -> list[str]:
+        """The declaration-time arrays no unit writes to (a unit's own arrays are checked by its marker)."""
+        written = {name for marker in self.markers(group).values() for name in marker["variables"]}
+        return [name for name in attrs.get(DECLARED_ARRAYS, []) if name not in written]
+
+    def remove(self, group: str) -> None:
+        """Remove one group whole (renamed out of the store first, so it is never seen half-deleted)."""
+        self._lock_group(group)
+        try:
+            trash = self.path / f"{TRASH}{group}_{uuid.uuid4().hex[:8]}"
+            with self._store_lock():
+                os.rename(self.path / group, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                self._consolidate()
+        finally:
+            self.release(group)
 
     def _check_space(self, template: xr.Dataset, units_expected: int | None) -> None:
         """Refuse to start when the disk cannot hold even the first unit (its share of the group, uncompressed)."""
@@ -492,6 +563,10 @@ class Store:
         return not self._replace_reason(self.group_attrs(group), settings,
                                         {name: self.version(name) for name in inputs})
 
+    def is_complete(self, group: str, settings: Mapping, inputs: Iterable[str] = ()) -> bool:
+        """Whether ``group`` is current (``is_current``) and its stage finished it: a stage's only shortcut."""
+        return self.is_current(group, settings, inputs) and bool(self.group_attrs(group).get("complete"))
+
     def version(self, group: str) -> str | None:
         return self.group_attrs(group).get("version") if self.has(group) else None
 
@@ -505,14 +580,17 @@ class Store:
 
     def markers(self, group: str) -> dict[str, dict]:
         """Each done unit's marker: its name, region (dim → [start, stop]) and variables."""
-        markers = {}
-        for path in (self.path / group / UNITS).glob("*/zarr.json"):
-            try:
-                attrs = json.loads(path.read_text())["attributes"]
-            except (OSError, ValueError, KeyError):
-                continue  # a marker is written whole by a rename; anything else is not a marker
-            markers[attrs["unit"]] = attrs
-        return markers
+        return {attrs["unit"]: attrs for _, attrs in self._marker_nodes(group) if attrs is not None}
+
+    def _marker_nodes(self, group: str) -> Iterator[tuple[Path, dict | None]]:
+        """Every node under ``_units`` with its marker, or None where the node holds no valid marker (a
+        marker is written whole by a rename, so anything else is damage: it never counts as done)."""
+        units = self.path / group / UNITS
+        if not units.is_dir():
+            return
+        for node in sorted(units.iterdir()):
+            if node.is_dir():
+                yield node, _valid_marker(node)
 
     def done(self, group: str) -> set[str]:
         if not self.has(group):
@@ -538,6 +616,7 @@ class Store:
 
     def finish(self, group: str, *, complete: bool = True, **attrs) -> None:
         """Record whether every unit of the group's layout is done; refresh the metadata users open."""
+        fault_point("finishing")
         self.update_attrs(group, complete=complete, finished=now(), **attrs)
         with self._store_lock():
             self._consolidate()
@@ -555,18 +634,27 @@ class Store:
     # ------------------------------------------------------------ state and integrity
 
     def group_state(self, group: str, _seen: frozenset = frozenset()) -> GroupState:
-        attrs = self.group_attrs(group)
+        attrs = _group_node_attrs(self.path / group / "zarr.json")
+        if attrs is None:
+            return GroupState(group, "damaged", 0, None, "its metadata is unreadable: run `repro check --repair`")
         done, expected = len(self.done(group)), attrs.get("units_expected")
         why = self._stale_reason(group, attrs, _seen | {group})
         if why:
             return GroupState(group, "stale", done, expected, why)
-        return GroupState(group, "complete" if attrs.get("complete") else "partial", done, expected)
+        if attrs.get(REDECLARE):
+            return GroupState(group, "damaged", done, expected, "repaired; rerun its stage to rewrite it")
+        if attrs.get("complete"):
+            return GroupState(group, "complete", done, expected)
+        if expected and done >= expected:
+            return GroupState(group, "unfinished", done, expected, "every unit is done but the stage did not "
+                              "finish; rerun it")
+        return GroupState(group, "partial", done, expected)
 
     def _stale_reason(self, group: str, attrs: Mapping, seen: frozenset) -> str:
         for name, version in sorted((attrs.get("inputs") or {}).items()):
             if not self.has(name):
                 return f"its input {name!r} is gone"
-            if self.version(name) != version:
+            if (_group_node_attrs(self.path / name / "zarr.json") or {}).get("version") != version:
                 return f"{name!r} was rebuilt after {group!r} was made"
             if name not in seen and self.group_state(name, seen).state == "stale":
                 return f"its input {name!r} is stale"
@@ -575,53 +663,115 @@ class Store:
     def status(self) -> list[GroupState]:
         return [self.group_state(group) for group in self.groups()]
 
-    def check(self, groups: Iterable[str] | None = None) -> list[Damage]:
-        """Every done unit whose chunks are missing or do not decode."""
+    def check(self, groups: Iterable[str] | None = None, *, units: bool = True) -> list[Damage]:
+        """Every problem in these groups (default: all): unreadable group or array metadata, a missing or
+        undecodable chunk of a declaration-time array, of a done unit's region (``units``), or an invalid
+        marker."""
         damage = []
         for group in groups or self.groups():
-            if not self.has(group):
-                continue
-            root = zarr.open_group(str(self.path / group), mode="r", use_consolidated=False)
-            for unit, marker in sorted(self.markers(group).items()):
-                problem = self._unit_problem(root, group, marker)
-                if problem:
-                    damage.append(Damage(group, unit, problem))
+            if self.has(group):
+                damage += self._group_damage(group, units)
         return damage
 
-    def _unit_problem(self, root: zarr.Group, group: str, marker: Mapping) -> str:
-        for name in marker.get("variables", []):
+    def _group_damage(self, group: str, units: bool = True) -> list[Damage]:
+        attrs = _group_node_attrs(self.path / group / "zarr.json")
+        if attrs is None:
+            return [Damage(group, "", f"its metadata ({group}/zarr.json) is unreadable", "group")]
+        with _quiet_zarr():
             try:
-                array = root[name]
-            except KeyError:
-                return f"array {name} is missing"
-            for coords in _chunks_of(array, marker["region"]):
-                key = array.metadata.encode_chunk_key(coords)
-                if not (self.path / group / name / key).is_file():
-                    return f"chunk {name}/{key} is missing"
-                selection = tuple(slice(c * n, min((c + 1) * n, size))
-                                  for c, n, size in zip(coords, array.chunks, array.shape))
+                root = zarr.open_group(str(self.path / group), mode="r", use_consolidated=False)
+            except Exception as error:
+                return [Damage(group, "", f"it does not open ({_first_line(error)})", "group")]
+            arrays = {}
+            for name in attrs.get(ARRAYS) or sorted(root.array_keys()):
                 try:
-                    array[selection]
-                except Exception as error:  # the codecs' own errors: checksum, truncated stream, ...
-                    return f"chunk {name}/{key} does not decode ({str(error).splitlines()[0][:80]})"
-        return ""
+                    arrays[name] = root[name]
+                except Exception as error:  # missing or unparsable zarr.json
+                    return [Damage(group, "", f"array {name}'s metadata is missing or unreadable "
+                                   f"({_first_line(error)})", "group")]
+        damage = []
+        if not attrs.get(REDECLARE):
+            for name in self._declared_only(group, attrs):
+                problem, _ = self._chunks_problem(group, arrays[name], {})
+                if problem:
+                    damage.append(Damage(group, "", f"declaration-time {problem}", "declaration"))
+                    break
+        for node, marker in self._marker_nodes(group) if units else ():
+            if marker is None:
+                damage.append(Damage(group, node.name, "its marker is not a valid marker", "marker"))
+                continue
+            for name in marker["variables"]:
+                problem, chunk = (self._chunks_problem(group, arrays[name], marker["region"]) if name in arrays
+                                  else (f"array {name} is missing", None))
+                if problem:
+                    damage.append(Damage(group, marker["unit"], problem, chunk=chunk and (name, chunk)))
+                    break
+        return damage
+
+    def _chunks_problem(self, group: str, array: zarr.Array,
+                        region: Mapping[str, list[int]]) -> tuple[str, tuple[int, ...] | None]:
+        """The first chunk of ``array`` in ``region`` (dim → [start, stop]; all of it when empty) that is
+        missing or does not decode (crc32c), as words with its chunk coords; ("", None) when all are sound."""
+        name = array.path.rsplit("/", 1)[-1]
+        for coords in _chunks_of(array, region):
+            key = array.metadata.encode_chunk_key(coords)
+            if not (self.path / group / name / key).is_file():
+                return f"chunk {name}/{key} is missing", None
+            selection = tuple(slice(c * n, min((c + 1) * n, size))
+                              for c, n, size in zip(coords, array.chunks, array.shape))
+            try:
+                array[selection]
+            except Exception as error:  # the codecs' own errors: checksum, truncated stream, ...
+                return f"chunk {name}/{key} does not decode ({_first_line(error)})", tuple(coords)
+        return "", None
+
+    def _drop_chunk(self, group: str, name: str, coords: tuple[int, ...]) -> None:
+        """Delete a chunk that does not decode and un-mark every unit that wrote part of it: a unit filling
+        part of a chunk reads the rest first, so its rerun must start from the fill value, and so must the
+        other units sharing the chunk."""
+        with _quiet_zarr():
+            array = zarr.open_array(str(self.path / group / name), mode="r")
+        (self.path / group / name / array.metadata.encode_chunk_key(coords)).unlink(missing_ok=True)
+        for unit, marker in self.markers(group).items():
+            if name in marker["variables"] and coords in set(_chunks_of(array, marker["region"])):
+                shutil.rmtree(self.path / group / UNITS / _unit_node(unit), ignore_errors=True)
 
     def repair(self, damage: Iterable[Damage]) -> None:
-        """Remove the markers of damaged units so the next run recomputes them."""
-        for item in damage:
-            self._lock_group(item.group)
-            shutil.rmtree(self.path / item.group / UNITS / _unit_node(item.unit), ignore_errors=True)
-            self.update_attrs(item.group, complete=False)
-        for group in {item.group for item in damage}:
-            self.release(group)
+        """Un-mark damaged units, remove invalid markers, mark groups for re-declaration, remove groups
+        whose metadata is unreadable: the next run of each stage then ends as an undamaged run would."""
+        damage = list(damage)
+        for group in dict.fromkeys(item.group for item in damage):
+            items = [item for item in damage if item.group == group]
+            self._lock_group(group)
+            try:
+                if any(item.scope == "group" for item in items):
+                    self.remove(group)
+                    continue
+                for item in items:
+                    if item.scope in ("unit", "marker"):
+                        node = item.unit if item.scope == "marker" else _unit_node(item.unit)
+                        shutil.rmtree(self.path / group / UNITS / node, ignore_errors=True)
+                    if item.chunk:
+                        self._drop_chunk(group, *item.chunk)
+                flags = {REDECLARE: True} if any(item.scope == "declaration" for item in items) else {}
+                self.update_attrs(group, complete=False, **flags)
+            finally:
+                self.release(group)
 
-    def require_intact(self, groups: Iterable[str]) -> None:
-        """Refuse to compute from an input group with a missing or damaged chunk."""
-        damage = self.check([group for group in groups if self.has(group)])
+    def require_intact(self, groups: Iterable[str], *, units: bool = True) -> None:
+        """Refuse to compute from an input group with damaged metadata, coordinates or masks, or (``units``)
+        a missing or damaged chunk of a done unit. Without ``units`` it reads only the small arrays: what a
+        stage checks before it opens its inputs at all."""
+        groups = [group for group in groups if self.has(group)]
+        damage = self.check(groups, units=units)
         if damage:
-            named = ", ".join(f"{d.group}:{d.unit}" for d in damage[:4]) + (" ..." if len(damage) > 4 else "")
-            raise UserError(f"store {self.path} has damaged units ({named}: {damage[0].problem}); "
+            shown = "; ".join(item.describe() for item in damage[:2]) + (" ..." if len(damage) > 2 else "")
+            raise UserError(f"store {self.path} is damaged ({shown}); "
                             f"run `repro check --store {self.path} --repair`, then rerun the stages")
+        pending = [group for group in groups if self.group_attrs(group).get(REDECLARE)]
+        if pending:
+            raise UserError(f"store {self.path}: group {pending[0]!r} was repaired and not yet rewritten; "
+                            "rerun the stage that makes it first")
 
 
 def _region(stored: xr.Dataset, group: str, part: xr.Dataset) -> dict[str, slice]:
@@ -646,6 +796,49 @@ def _chunks_of(array: zarr.Array, region: Mapping[str, list[int]]) -> Iterator[t
         start, stop = region.get(dim, [0, size])
         ranges.append(range(start // chunk, -(-stop // chunk)) if stop > start else range(0))
     return itertools.product(*ranges)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:80]
+
+
+def _group_node_attrs(path: Path) -> dict | None:
+    """A group node's attributes, or None when its zarr.json is missing or not a group's metadata."""
+    try:
+        node = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(node, dict) or node.get("node_type") != "group" or not isinstance(node.get("attributes", {}), dict):
+        return None
+    return node.get("attributes", {})
+
+
+def _valid_marker(node: Path) -> dict | None:
+    """The marker in a unit node, or None unless it is whole: a unit name matching the node's, a list of
+    variable names and a region of [start, stop] pairs."""
+    attrs = _group_node_attrs(node / "zarr.json")
+    if not attrs:
+        return None
+    unit, variables, region = attrs.get("unit"), attrs.get("variables"), attrs.get("region")
+    if not isinstance(unit, str) or _unit_node(unit) != node.name:
+        return None
+    if not isinstance(variables, list) or not all(isinstance(name, str) for name in variables):
+        return None
+    if not isinstance(region, dict) or not all(
+            isinstance(span, list) and len(span) == 2 and all(type(i) is int and i >= 0 for i in span)
+            for span in region.values()):
+        return None
+    return attrs
+
+
+def declaration_arrays(template: xr.Dataset) -> list[str]:
+    """The template's arrays written at declaration: those held in memory (coordinates, masks), not the
+    lazy placeholders that units fill."""
+    return sorted(str(name) for name, variable in template.variables.items() if not _is_lazy(variable))
+
+
+def _is_lazy(variable: xr.Variable) -> bool:
+    return hasattr(variable.data, "dask") or type(variable.data).__module__.startswith("dask")
 
 
 @contextlib.contextmanager

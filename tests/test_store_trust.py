@@ -4,69 +4,22 @@ where a kill or a second process is the point), on the tiny profile."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import signal
-import subprocess
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from helpers import cli_process
+from store_runs import finished, group_digest, one_line_error, repro, start
 from repro import pipeline, profiles
 from repro.cli import main
-from repro.store import FAULT_ENV, Store
+from repro.store import Store
 
 pytestmark = pytest.mark.slow
 GROUPS = ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation")
-
-
-def start(*args, fault: str | None = None):
-    """Start `repro ARGS` in its own process; returns (process, path of its output)."""
-    output = Path(tempfile.mkstemp(suffix=".log")[1])
-    process = cli_process(args, FAULT_ENV, fault, output)
-    process.start()
-    return process, output
-
-
-def finished(started) -> subprocess.CompletedProcess:
-    process, output = started
-    process.join(timeout=600)
-    text = output.read_text()
-    output.unlink()
-    return subprocess.CompletedProcess(process.name, process.exitcode, text, text)
-
-
-def repro(*args, fault: str | None = None) -> subprocess.CompletedProcess:
-    """`repro ARGS` as a user runs it, in its own (forked) process: a kill or a refusal ends only it."""
-    return finished(start(*args, fault=fault))
-
-
-def group_digest(store: Path, group: str) -> str:
-    """Every variable's values and coords, hashed: equal digests mean equal arrays."""
-    dataset = xr.open_zarr(store, group=group, consolidated=False).load()
-    digest = hashlib.sha256()
-    for name in sorted(dataset.variables):
-        values = dataset[name].values
-        digest.update(name.encode())
-        digest.update("\0".join(map(str, values.ravel())).encode() if values.dtype == object
-                      else np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
-
-
-def one_line_error(result) -> str:
-    """The message of a refused run: exit 2, one line on stderr, no traceback."""
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "Warning" not in line
-             and not line.startswith("  ") and "%|" not in line]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines and lines[-1].startswith("Error: "), result.stderr[-2000:]
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ import click
 import pandas as pd
 
 import repro
+from repro import resources as repro_resources
 from repro.hashing import digest
 from report import outcomes, readings, render, rules, spec, units, verify
 from report.loader import Loader
@@ -48,6 +49,7 @@ TOY_WORLD = ("The embedded default is a small procedural object-recognition worl
              "Its own numbers are computed and shown; run the `paper` profile on ImageNet to compare.")
 BADGE_CLASS = {badge: "badge-" + badge.replace(" ", "-") for badge in rules.BADGES}
 PAPER_CHAPTERS = ("naturally", "interpreting")
+METHOD_PAGE = ("method", "The method")  # docs/method.md, rendered as a page of the report
 
 
 class EntryError(click.ClickException):
@@ -383,7 +385,8 @@ def reading_section(store, context: StoreContext, compare=None) -> str:
     """The two readings side by side, or how to make the other one."""
     parts = ["## The papers' text and the authors' code\n",
              f"This store was made under the **{_inline(context.reading)}** reading. The authors' code differs from "
-             "the papers in eight places (METHOD.md); `reading = \"code\"` (`profiles/paper-code.toml`, or "
+             "the papers in eight places ([the method](method.qmd)); `reading = \"code\"` "
+             "(`profiles/paper-code.toml`, or "
              "`--reading code` on any stage) computes items 1-7 as the code does. Item 8 cannot be reproduced: the "
              "tuning-curve script requests resnet18 weights `IMAGENET1K_V2`, which torchvision does not have, so the "
              "published top-9 numbers came from a configuration the repository does not show.\n"]
@@ -544,7 +547,9 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
              "(Jaccard, precision, recall), counts and percentages by tolerance, qualitative claims by rule; tolerances "
              "are in `report/spec.py`, published values in `data/published/`.\n",
              "Chapters: " + ", ".join(f"[{_inline(spec.CHAPTERS[c][1])}]({spec.CHAPTERS[c][0]}.qmd)" for c in chapters
-                                      if c != "store") + ". Every channel: [the channel browser](units/index.html).\n",
+                                      if c != "store") + ". Every channel: [the channel browser](units/index.html). "
+             "How every number is computed, and where the authors' code differs from the papers: "
+             f"[{METHOD_PAGE[1].lower()}]({METHOD_PAGE[0]}.qmd) (`docs/method.md`).\n",
              *_reference_section(results),
              reading_section(store, context, compare),
              "## Default taps and reference-compatibility (aliased) taps\n"]
@@ -571,10 +576,19 @@ def alignment_qmd(artifacts: Sequence[Artifact], results, context: StoreContext,
     return "\n".join(parts)
 
 
+def method_qmd() -> str:
+    """``docs/method.md`` (shipped with the package) as a report page, its heading moved to the front matter."""
+    text = repro_resources.document("method.md")
+    if text.startswith("# "):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+    return front_matter(METHOD_PAGE[1]) + text.lstrip("\n")
+
+
 def quarto_yml(chapters: Sequence[str]) -> str:
     pages = "\n".join(f"      - href: {spec.CHAPTERS[c][0]}.qmd\n        text: \"{spec.CHAPTERS[c][1]}\"" for c in chapters)
     return ("project:\n  type: website\n  output-dir: _site\n  resources:\n    - figures/*\n    - tables/*\n"
             "website:\n  title: \"Residual stream of ResNet18\"\n  navbar:\n    left:\n" + pages + "\n"
+            f"      - href: {METHOD_PAGE[0]}.qmd\n        text: \"{METHOD_PAGE[1]}\"\n"
             "      - href: units/index.html\n        text: \"Channels\"\n"
             "format:\n  html:\n    toc: true\n    css: report.css\n")
 
@@ -591,7 +605,8 @@ def _load_cache(out_dir: Path) -> dict:
 def _sources(store, artifacts, results, context, out_dir, chapters, compare=None) -> dict[str, str]:
     labels = numbers(artifacts, out_dir)
     sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels, compare),
-               "_quarto.yml": quarto_yml(chapters), "report.css": CSS_FILE.read_text()}
+               "_quarto.yml": quarto_yml(chapters), "report.css": CSS_FILE.read_text(),
+               f"{METHOD_PAGE[0]}.qmd": method_qmd()}
     for chapter in PAPER_CHAPTERS:
         sources[f"{spec.CHAPTERS[chapter][0]}.qmd"] = chapter_qmd(chapter, artifacts, results, context, out_dir, labels)
     if "alignment" in chapters:
@@ -628,7 +643,7 @@ def build(store, out_dir, how: str | None = None, keep_going: bool = False, comp
     how = how or render.renderer()
     render_key = hashlib.sha256(json.dumps([how, sources, [a.key for a in artifacts]]).encode()).hexdigest()
     index = out_dir / SITE / "index.html"
-    pages = [spec.CHAPTERS[chapter] for chapter in chapters]
+    pages = [spec.CHAPTERS[chapter] for chapter in chapters] + [METHOD_PAGE]
     if cache.get("render") != render_key or not index.is_file():
         index = render.render(out_dir, pages, how)
     appearances = units.appearances(artifacts, out_dir, numbers(artifacts, out_dir), anchor)

@@ -1,4 +1,4 @@
-"""Scale-robust ablation (paper "Naturally computed scale invariance", Fig. 2; METHOD.md "Ablation").
+"""Scale-robust ablation (paper "Naturally computed scale invariance", Fig. 2; docs/method.md, "Ablation").
 
 For each studied block, top-1 accuracy on the validation images under three conditions:
 

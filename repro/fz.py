@@ -1,6 +1,6 @@
 """Feature visualizations (FZs) of every tap's center neurons: the papers' Lucent recipe, batched.
 
-The algorithm is the papers' (see METHOD.md, "Feature visualization"): Lucent's
+The algorithm is the papers' (see docs/method.md, "Feature visualization (FZ)"): Lucent's
 ``param.image(size, decorrelate=True, fft=True)``, Adam over its parameters, Lucent's transforms chosen
 by the tap's jitter, the profile's normalisation, and the objective "minus the center neuron of channel
 c at the tap". What makes it fast is only how the same computation is arranged:

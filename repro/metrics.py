@@ -28,7 +28,7 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
 * ``scale_metric`` = up_delta / B_c(X̂_B) + down_delta / I_c(X̂_I).
 * ``invariant_naturally`` = mix ∧ up; ``invariant_interpreting`` = mix ∧ up ∧ down.
 
-That is the paper's reading. The authors' code differs in items 2-5 and 7 of METHOD.md's list, each a setting
+That is the paper's reading. The authors' code differs in items 2-5 and 7 of docs/method.md's list, each a setting
 of the ``metrics`` table (``repro.reading``): ``delta_relu = "both"`` ReLUs the scaled term too;
 ``direction = "normalised"`` tests ``up_delta / B_c(X̂_B) > 0`` and ``down_delta / I_c(X̂_I) > 0``;
 ``mix_edges = "code"`` gives M = 10 when O_c(X̂_B) ≤ 0, leaves M unclamped, and flags a failed FZ only when both
@@ -90,7 +90,7 @@ class MixSettings:
     low: float = 2 / 3
     high: float = 1.5
     clamp: float = 5.0
-    # The reading items (METHOD.md, "Where the authors' code differs"); the paper's reading by default.
+    # The reading items (docs/method.md, "Where the authors' code differs from the papers"); paper's by default.
     delta_relu: str = "unscaled"
     direction: str = "delta"
     mix_edges: str = "paper"

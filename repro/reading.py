@@ -1,12 +1,12 @@
 """The two readings of the method: the papers' text (``paper``) and the authors' code (``code``).
 
-METHOD.md lists where the authors' code differs from the papers. Each difference is one or more named
+docs/method.md lists where the authors' code differs from the papers. Each difference is one or more named
 settings in the tables of the stages it affects (so every group records it and groups made under
 different readings are never mixed: the store marks them stale). The top-level ``reading`` key sets the
 default of every item; an item a profile sets itself keeps its value, so readings can be mixed.
 
 The paper's values are the base profile's (``profiles/paper.toml``); the code's values are below, with
-the item number of METHOD.md's list.
+the item number of that list ("Where the authors' code differs from the papers").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Files the package ships: profiles, the published numbers, the toy checkpoints.
+"""Files the package ships: profiles, the published numbers, the toy checkpoints, the documents.
 
-A source checkout reads them where they lie (``profiles/``, ``data/published/``, ``data/toy/``); a built wheel
-carries the same folders as ``repro/_shipped/<kind>`` (mapped in ``pyproject.toml``), read through
+A source checkout reads them where they lie (``profiles/``, ``data/published/``, ``data/toy/``, ``docs/``); a
+built wheel carries the same folders as ``repro/_shipped/<kind>`` (mapped in ``pyproject.toml``), read through
 ``importlib.resources``, so an installed package works from any directory.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_PATHS = {"profiles": "profiles", "published": "data/published", "toy": "data/toy"}  # kind → checkout path
+SOURCE_PATHS = {"profiles": "profiles", "published": "data/published", "toy": "data/toy",
+                "docs": "docs"}  # kind → checkout path
 
 
 def shipped(kind: str) -> Path:
@@ -24,6 +25,11 @@ def shipped(kind: str) -> Path:
 def published(name: str) -> dict:
     """A paper's transcribed numbers (``data/published/<name>.toml``)."""
     return tomllib.loads((shipped("published") / f"{name}.toml").read_text())
+
+
+def document(name: str) -> str:
+    """The text of a shipped document (``docs/<name>``, e.g. ``method.md``)."""
+    return (shipped("docs") / name).read_text(encoding="utf-8")
 
 
 def locate(text: str) -> Path:

@@ -1,7 +1,7 @@
 """The metrics stage against known answers and against an independent, one-image-at-a-time computation.
 
 The reference here runs the plain torchvision forward (``model(x)``) with cloning hooks on each block's
-input, ``bn2`` and ``downsample[1]``, and applies METHOD.md's formulas itself.
+input, ``bn2`` and ``downsample[1]``, and applies docs/method.md's formulas itself.
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class Reference:
 
 
 def reference_metrics(r, clamp=5.0, low=2 / 3, high=1.5):
-    """METHOD.md's formulas on r[(tap, source, transform)] (scalars of one channel)."""
+    """docs/method.md's formulas on r[(tap, source, transform)] (scalars of one channel)."""
     o_i, o_b = r[("O", "I", "none")], r[("O", "B", "none")]
     if o_b <= 0:
         mix = clamp

@@ -1,4 +1,4 @@
-"""The authors'-code reading: each item of METHOD.md's list of paper/code differences against a by-hand
+"""The authors'-code reading: each item of docs/method.md's list of paper/code differences against a by-hand
 computation of the code's formula, the switch that sets them all, and the store keeping readings apart."""
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def planted_responses(rng, n=400):
 
 
 def by_hand(r, items):
-    """One channel's metrics from r[(tap, source, transform)]: the paper's formulas (METHOD.md), with each item
-    the code's where ``items`` says so (stream_inspect.py's arithmetic, as METHOD.md describes it)."""
+    """One channel's metrics from r[(tap, source, transform)]: the paper's formulas (docs/method.md), with each item
+    the code's where ``items`` says so (stream_inspect.py's arithmetic, as docs/method.md describes it)."""
     o_i, o_b = r[("O", "I", "none")], r[("O", "B", "none")]
     if items["metrics.mix_edges"] == "code":
         mix = 10.0 if o_b <= 0 else 0.0 if o_i <= 0 else o_i / o_b

@@ -454,3 +454,18 @@ def test_a_table_with_an_agrees_column_says_how_many_agree():
 
     table = pd.DataFrame({"metric": ["cka", "rsa", "r2", "r"], "agrees": [True, False, True, np.nan]})
     assert outcomes.describe(lambda: None, table, {}) == "2 of 3 rows agree; 1 does not."
+
+
+def test_the_index_links_the_method_page_rendered_from_docs_method_md(built):
+    from repro import resources
+
+    _, out, index, _ = built
+    pages = parse_site(index.parent)
+    assert "method.html" in pages["index.html"].links  # in the text, not only in the navigation
+    assert "method.html" in pages["index.html"].nav_links
+    method = pages["method.html"]
+    text = " ".join("".join(method.text).split())
+    assert "The method" in text and "Where the authors' code differs from the papers" in text
+    assert "In-place trap".lower() in text.lower() and method.toc
+    source = (out / "method.qmd").read_text()
+    assert source.endswith(resources.document("method.md").split("\n", 1)[1].lstrip("\n"))

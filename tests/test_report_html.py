@@ -35,7 +35,7 @@ def sites(tmp_path_factory):
         found = {"python": root / "python" / "_site"}
         if shutil.which("pandoc"):
             shutil.copytree(root / "python", root / "pandoc", ignore=shutil.ignore_patterns("_site"))
-            pages = [spec.CHAPTERS[c] for c in ("store", "naturally", "interpreting")]
+            pages = [spec.CHAPTERS[c] for c in ("store", "naturally", "interpreting")] + [builder.METHOD_PAGE]
             render.render_fallback(root / "pandoc", pages, use_pandoc=True)
             shutil.copytree(found["python"] / "units", root / "pandoc" / "_site" / "units")
             found["pandoc"] = root / "pandoc" / "_site"

@@ -1,5 +1,6 @@
 """The built wheel, installed (not editable) into a fresh venv, works from a directory outside the source tree:
-profiles, published numbers, toy checkpoints and report templates ship with it, outputs go to the cwd."""
+profiles, published numbers, toy checkpoints, the documents and report templates ship with it, outputs go to the
+cwd."""
 import os
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def test_installed_wheel_runs_the_tiny_pipeline_and_report_from_another_director
     output = run([repro, "report", "--store", "S", "--out", "R"], elsewhere, env)
     assert "torch.jit.script" not in output
     assert (elsewhere / "S" / "zarr.json").is_file() and (elsewhere / "R" / "_site" / "index.html").is_file()
+    assert (elsewhere / "R" / "_site" / "method.html").is_file()  # docs/method.md, shipped and rendered
     assert (elsewhere / "build" / "tiny-data").is_dir()  # the profile's toy.data_dir, under the cwd
     package = next((venv / "lib").glob("python*/site-packages/repro"))
+    assert {"method.md", "store.md"} <= {path.name for path in (package / "_shipped" / "docs").glob("*.md")}
     assert not list(package.rglob("*.zarr")) and not (package.parent / "build").exists()

@@ -82,6 +82,7 @@ GROUP_NODE = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
 
 FAULT_ENV = "REPRO_FAULT_AT"
 FAULT_ONCE_ENV = "REPRO_FAULT_ONCE"
+FAULT_SIGNAL_ENV = "REPRO_FAULT_SIGNAL"
 
 
 _FAULT_REACHED: dict[str, int] = {}
@@ -90,7 +91,8 @@ _FAULT_REACHED: dict[str, int] = {}
 def fault_point(name: str) -> None:
     """Kill this process here when ``$REPRO_FAULT_AT`` names this point: how the tests stop a run at an
     exact instant (a group just declared, a unit written but not marked, a group about to be finished)
-    instead of by timing. ``NAME@K`` kills at the K-th time this process reaches the point.
+    instead of by timing. ``NAME@K`` kills at the K-th time this process reaches the point; ``$REPRO_FAULT_SIGNAL``
+    names another signal (``INT``: a Ctrl-C at that instant).
 
     With ``$REPRO_FAULT_ONCE`` naming a file, only the first process to reach the point dies (it creates
     the file): how a test kills exactly one of several workers mid-unit."""
@@ -106,7 +108,7 @@ def fault_point(name: str) -> None:
             os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(FAULT_SIGNAL_ENV, "KILL")))
 
 
 def git_commit() -> str:
@@ -528,6 +530,8 @@ class Store:
         """Remove one group whole (renamed out of the store first, so it is never seen half-deleted)."""
         self._lock_group(group)
         try:
+            if not (self.path / group).exists():
+                return
             trash = self.path / f"{TRASH}{group}_{uuid.uuid4().hex[:8]}"
             with self._store_lock():
                 os.rename(self.path / group, trash)
@@ -668,6 +672,10 @@ class Store:
         undecodable chunk of a declaration-time array, of a done unit's region (``units``), or an invalid
         marker."""
         damage = []
+        if groups is None:  # a group folder that lost its zarr.json is no longer listed as a group
+            damage += [Damage(path.name, "", "its metadata (zarr.json) is missing", "group")
+                       for path in sorted(self.path.iterdir())
+                       if path.is_dir() and not path.name.startswith(("_", ".")) and not (path / "zarr.json").exists()]
         for group in groups or self.groups():
             if self.has(group):
                 damage += self._group_damage(group, units)

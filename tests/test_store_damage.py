@@ -12,6 +12,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from PIL import Image
 
 from repro import pipeline, profiles
 from repro.cli import main
-from repro.store import UNITS, Store
+from repro.store import FAULT_ENV, FAULT_SIGNAL_ENV, UNITS, Store
 from store_runs import group_digest, repro
 
 pytestmark = pytest.mark.slow
@@ -202,6 +204,23 @@ def test_a_kill_between_the_last_unit_and_finish_is_finished_by_the_rerun(stage,
     assert resumed.returncode == 0 and "already complete" not in resumed.stderr, resumed.stderr[-2000:]
     assert Store(copy).group_attrs(group)["complete"] and finish_attr in Store(copy).group_attrs(group)
     assert group_digest(copy, group) == group_digest(done, group)
+
+
+def test_ctrl_c_before_finish_on_dask_workers_is_one_line_and_the_rerun_finishes(copy, done):
+    for group in ("responses", "metrics"):
+        shutil.rmtree(copy / group)
+    command = [sys.executable, "-c", "from repro.cli import main; main()", "metrics", "--store", str(copy),
+               "--local-workers", "2"]
+    environment = {**os.environ, FAULT_ENV: "finishing", FAULT_SIGNAL_ENV: "INT"}
+    stopped = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "cannot schedule" not in stopped.stderr, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1] == "Error: interrupted; rerun to resume (finished units are kept)"
+    assert {s.name: s.state for s in Store(copy).status()}["metrics"] == "unfinished"
+    resumed = subprocess.run(command[:-2], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert group_digest(copy, "metrics") == group_digest(done, "metrics")
+    assert Store(copy).group_attrs("metrics")["complete"]
 
 
 # ---------------------------------------------------------------- 4. inputs by content

@@ -208,47 +208,57 @@ def main() -> None:
     record["lucent"] = lucent_rates(args, model, profile, device)
     write()
     jobs = fz.plan(model, profile, fz.select(model, profile))
+    started = time.monotonic()
     default = sweep(args, model, profile, device, jobs)
-    count = sum(len(job.channels) for job in jobs)
+    sweep_seconds = time.monotonic() - started
     lucent_step = float(np.mean([row["seconds_per_step"] for row in record["lucent"]])) if record["lucent"] else None
     lucent_minutes = lucent_step * default["steps"] * default["fzs"] / 60 if lucent_step else None
     record["sweep_default"] = default
-    best = default
+    count = sum(len(job.channels) for job in jobs)
     print(f"paper sweep, one seed, {count} FZs per objective x 2 objectives: ~{default['minutes']:.1f} min "
-          f"(channel_batch {default['channel_batch']}, float32)", flush=True)
+          f"(channel_batch {default['channel_batch']}, float32; probed in {sweep_seconds:.0f} s)", flush=True)
+
+    def conclude(best: dict) -> None:
+        """The headline figures from the best sweep so far, written at once (a later part may be cut off)."""
+        peaks = [row.get("peak_memory_gib") for row in record["whole_taps"]] + [default["peak_memory_gib"]]
+        peaks += [row.get("peak_memory_gib") for row in record.get("tuning", {}).get("tried", [])]
+        peaks += [record.get("sweep_tuned", {}).get("peak_memory_gib")]
+        peaks = [p for p in peaks if p is not None]
+        record.update({
+            "paper_sweep_minutes": best["minutes"],
+            "paper_sweep_minutes_default_settings": default["minutes"],
+            "paper_sweep_minutes_all_profile_seeds": best["minutes"] * len(profile["fz"]["seeds"]),
+            "speedup_vs_lucent": lucent_minutes / best["minutes"] if lucent_minutes else None,
+            "lucent_sweep_minutes": lucent_minutes,
+            "peak_memory_gib": max(peaks) if peaks else None,
+            "sweep_settings": {"fz.channel_batch": best["channel_batch"], "precision": best["precision"],
+                               "channels_last": best["channels_last"], "fz.steps": best["steps"],
+                               "image_size": args.size, "fzs": best["fzs"], "seeds": 1},
+            "extrapolation": "per job and objective: seconds per step of one full chunk (probe) x chunks x "
+                             "fz.steps; Lucent: mean seconds per step of its objectives x fz.steps x the same FZ count",
+        })
+        write()
+
+    conclude(default)
+    best = default
     if default["minutes"] > args.tune_over and time.monotonic() < deadline:
         record["tuning"] = tune(args, model, profile, device, jobs, record["whole_taps"], deadline)
         chosen = record["tuning"]["chosen"]
-        if time.monotonic() < deadline and chosen != {"channel_batch": default["channel_batch"],
-                                                      "precision": "float32", "channels_last": False}:
+        if chosen == {"channel_batch": default["channel_batch"], "precision": "float32", "channels_last": False}:
+            record["tuning"]["note"] = "the default setting was the fastest tried"
+        elif deadline - time.monotonic() < 1.5 * sweep_seconds:
+            record["tuning"]["note"] = "no time left in --budget-s to measure the chosen setting's sweep"
+        else:
             tuned = sweep(args, model, with_settings(profile, channel_batch=chosen["channel_batch"]), device, jobs,
                           precision=chosen["precision"], channels_last=chosen["channels_last"])
             record["sweep_tuned"] = tuned
             print(f"tuned ({chosen}): ~{tuned['minutes']:.1f} min", flush=True)
             if tuned["minutes"] < default["minutes"]:
                 best = tuned
-    peaks = [row.get("peak_memory_gib") for row in record["whole_taps"]] + [default["peak_memory_gib"]]
-    peaks += [row.get("peak_memory_gib") for row in record.get("tuning", {}).get("tried", [])]
-    peaks += [record.get("sweep_tuned", {}).get("peak_memory_gib")]
-    peaks = [p for p in peaks if p is not None]
-    record.update({
-        "paper_sweep_minutes": best["minutes"],
-        "paper_sweep_minutes_default_settings": default["minutes"],
-        "paper_sweep_minutes_all_profile_seeds": best["minutes"] * len(profile["fz"]["seeds"]),
-        "speedup_vs_lucent": lucent_minutes / best["minutes"] if lucent_minutes else None,
-        "lucent_sweep_minutes": lucent_minutes,
-        "peak_memory_gib": max(peaks) if peaks else None,
-        "sweep_settings": {"fz.channel_batch": best["channel_batch"], "precision": best["precision"],
-                           "channels_last": best["channels_last"], "fz.steps": best["steps"],
-                           "image_size": args.size, "fzs": best["fzs"], "seeds": 1},
-        "extrapolation": "per job and objective: seconds per step of one full chunk (probe) x chunks x fz.steps; "
-                         "Lucent: mean seconds per step of its objectives x fz.steps x the same FZ count",
-    })
-    write()
+        conclude(best)
     if lucent_minutes:
         print(f"sweep ~{best['minutes']:.1f} min; Lucent one channel at a time ~{lucent_minutes:.0f} min: "
               f"{lucent_minutes / best['minutes']:.1f}x; peak memory {record['peak_memory_gib']}", flush=True)
-
 
 if __name__ == "__main__":
     main()

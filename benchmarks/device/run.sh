@@ -32,9 +32,9 @@ mkdir -p "$OUT"
 PARTS=$(mktemp -d)
 START=$(date +%s)
 exec > >(tee -a "$OUT/run.log") 2>&1
+CORES=$(nproc)  # before OMP_NUM_THREADS is set: nproc follows it
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 [ -n "$THREADS" ] && export OMP_NUM_THREADS=$THREADS
-CORES=$(nproc)
 
 # The carried wheels hold what the image lacks; they are built for its Python 3.12 only.
 SITE=${SITE:-/tmp/residual-stream-site}
@@ -71,7 +71,7 @@ part() {
 T=${THREADS:+--threads $THREADS}
 
 if [ "$TINY" = 1 ]; then
-    part gpu_check 300 "$PY" benchmarks/gpu_check.py --device "$DEVICE" --size 64 --images 8 --steps 6 --channels 4 \
+    part gpu_check 300 "$PY" benchmarks/gpu_check.py --device "$DEVICE" --size 64 --images 8 --steps 12 --channels 4 \
         --whole-tap 8 --seeds 1 --out "$OUT/gpu_check.txt"
     part fz 200 "$PY" benchmarks/device/fz_sweep.py --device "$DEVICE" $T --size 64 --tap-channels 8,4 --tap-steps 2 \
         --probe-steps 1 --lucent 1.1:B:0 --lucent-steps 1 --channel-batch 4 --tune-over 0 --batches 8 \

@@ -2,7 +2,7 @@
 # The GPU measurements in one call, each part under its own time limit inside an overall budget.
 #
 #   benchmarks/device/run.sh prepare          # here, with network: wheels into .whl/ (checked against 64 MiB)
-#   benchmarks/device/run.sh                  # on the GPU machine, with .whl carried beside the working tree
+#   benchmarks/device/run.sh                  # on the GPU machine, .whl/ sent with the tree (carry [".whl"])
 #   benchmarks/device/run.sh --device cpu --tiny --threads 1    # the rehearsal on a CPU
 #
 # Options: --device cuda|cpu (default cuda), --tiny (small sizes), --budget SECONDS (default 480: the whole

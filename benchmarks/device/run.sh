@@ -5,7 +5,7 @@
 #   benchmarks/device/run.sh                  # on the GPU machine, .whl/ sent with the tree (carry [".whl"])
 #   benchmarks/device/run.sh --device cpu --tiny --threads 1    # the rehearsal on a CPU
 #
-# Options: --device cuda|cpu (default cuda), --tiny (small sizes), --budget SECONDS (default 480: the whole
+# Options: --device cuda|cpu (default cuda), --tiny (small sizes), --budget SECONDS (default 460: the whole
 # run, install included), --threads N (torch threads of every part). Output: JSON (and the log) under $OUT,
 # or build/device-out when OUT is unset. A part that fails or runs out of time is recorded in summary.json
 # and the next one runs.
@@ -17,7 +17,7 @@ if [ "${1:-}" = prepare ]; then
     exec "$PY" benchmarks/device/prepare.py "$@"
 fi
 
-DEVICE=cuda TINY=0 BUDGET=480 THREADS=""
+DEVICE=cuda TINY=0 BUDGET=460 THREADS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE=$2; shift 2 ;;
@@ -31,7 +31,8 @@ OUT=${OUT:-build/device-out}
 mkdir -p "$OUT"
 PARTS=$(mktemp -d)
 START=$(date +%s)
-exec > >(tee -a "$OUT/run.log") 2>&1
+exec > >(tee "$OUT/run.log") 2>&1
+TEE=$!
 CORES=$(nproc)  # before OMP_NUM_THREADS is set: nproc follows it
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 [ -n "$THREADS" ] && export OMP_NUM_THREADS=$THREADS
@@ -83,9 +84,9 @@ if [ "$TINY" = 1 ]; then
 else
     WORKERS=$(( CORES > 4 ? CORES - 4 : 1 ))
     WORKERS=$(( WORKERS > 12 ? 12 : WORKERS ))
-    part gpu_check 140 "$PY" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT/gpu_check.txt"
+    part gpu_check 130 "$PY" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT/gpu_check.txt"
     # The sweep stops tuning in time to write its JSON before its limit.
-    part fz 200 "$PY" benchmarks/device/fz_sweep.py --device "$DEVICE" $T --budget-s 170 --json "$OUT/fz_vs_lucent.json"
+    part fz 190 "$PY" benchmarks/device/fz_sweep.py --device "$DEVICE" $T --budget-s 160 --json "$OUT/fz_vs_lucent.json"
     part natural 100 "$PY" benchmarks/natural_pass.py --one-pass-only --device "$DEVICE" $T --images 20000 --size 224 \
         --workers "$WORKERS" --batch-size 100 --shard-size 1000 --make-jobs "$CORES" --decode-check 5000 \
         --json "$OUT/natural_pass.json"
@@ -113,3 +114,6 @@ json.dump({"device": device, "gpu": gpu, "tiny": tiny == "1", "budget_s": int(bu
 print(open(out).read())
 PYEOF
 rm -rf "$PARTS"
+# Let tee write the log's last lines before the run counts as over.
+exec >&- 2>&-
+wait "$TEE" 2>/dev/null || true

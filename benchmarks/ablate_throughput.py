@@ -11,6 +11,7 @@ relative to one plain image (target: at most 1.5).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -44,9 +45,11 @@ def cached_images(store: Store, n_images: int, resize: int, seed: int = 0) -> ab
     return ablate.open_image_cache(store, ablate.Settings.from_profile(store.profile))
 
 
-def timed(function) -> float:
+def timed(function, device: str = "cpu") -> float:
     start = time.perf_counter()
     function()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,9 +89,9 @@ def main() -> None:
         cache = cached_images(store, args.images, settings.resize)
         plain_pass(model, [cache.read(0, args.batch_size)], crop_px, out_px, profile, args.device)  # warm-up
         plain_s = timed(lambda: plain_pass(model, cache.batches(args.batch_size), crop_px, out_px, profile,
-                                            args.device))
+                                            args.device), args.device)
         ablation_s = timed(lambda: ablate.evaluate(model, cache.batches(args.batch_size), [job], crop_px, out_px,
-                                                   profile, total=cache.count, desc="ablation"))
+                                                   profile, total=cache.count, desc="ablation"), args.device)
 
     conditions = len(sets)
     plain_ips = args.images / plain_s
@@ -100,6 +104,14 @@ def main() -> None:
     print(f"ablation loop:   {ablation_ips:8.2f} images/s with all {conditions} conditions  ({ablation_s:.1f} s)")
     print(f"                 {per_condition_ips:8.2f} condition-images/s")
     print(f"cost of one condition-image / one plain image: {plain_ips / per_condition_ips:.2f}x (target <= 1.5x)")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": args.device, "images": args.images, "batch_size": args.batch_size, "block": args.block,
+            "conditions": conditions, "scale": args.scale, "plain_images_per_s": plain_ips,
+            "ablation_images_per_s": ablation_ips, "condition_images_per_s": per_condition_ips,
+            "condition_cost_vs_plain": plain_ips / per_condition_ips, "torch_threads": torch.get_num_threads(),
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if str(args.device).startswith("cuda")
+            else None}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def image_folder(root: Path, count: int, size: int, seed: int = 0) -> Path:
 
 def check_profile(args, images: Path) -> dict:
     scale = args.size / 224  # --size below 224 shrinks every pixel setting with it (a quick trial run)
-    return profiles.override(profiles.load("paper"), {
+    seeds = {"fz.seeds": list(range(args.seeds))} if args.seeds else {}
+    return profiles.override(profiles.load("paper"), {**seeds,
         "model.weights": "random:0", "model.blocks": ["1.1", "2.1"], "fz.steps": args.steps,
         "model.image_size": args.size, "natural.resize": round(256 * scale), "natural.crop": args.size,
         "stimulus.crop": args.size // 2, "stimulus.shrink": args.size // 2, "stimulus.pad": args.size // 4,
@@ -85,7 +86,7 @@ def check_fz(args, model, profile, device, work: Path) -> tuple[bool, str]:
     saved = work / "reference_fz.npz"
     command = [sys.executable, __file__, "--part", "fz-reference", "--save-to", str(saved),
                "--images-dir", str(work / "images"), "--steps", str(args.steps), "--channels", str(args.channels),
-               "--size", str(args.size)]
+               "--size", str(args.size)] + (["--seeds", str(args.seeds)] if args.seeds else [])
     subprocess.run(command, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     reference = np.load(saved)
     notes, ok = [], True
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--fz-tolerance", type=float, default=0.05)
     parser.add_argument("--size", type=int, default=224, help="image size (224: the paper's)")
     parser.add_argument("--whole-tap", type=int, default=256, help="channels of the whole-tap run (3.1 B has 256)")
+    parser.add_argument("--seeds", type=int, help="FZ seeds of the stage runs (default: the profile's three)")
     parser.add_argument("--out", type=Path, help="also write the report here (and a .json beside it)")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--save-to", help=argparse.SUPPRESS)

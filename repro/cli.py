@@ -349,7 +349,9 @@ def reference(store_path, out, made_by, judged_profile):
 
 
 def refuse_stale(store: Store) -> None:
-    """The report and the claims never present a stale group as current."""
+    """The report and the claims never present a stale group as current, nor read a damaged one's metadata,
+    coordinates or masks (the small arrays; ``repro check`` reads every chunk)."""
+    store.require_intact(store.groups(), units=False)
     stale = [state for state in store.status() if state.state == "stale"]
     if stale:
         listed = "; ".join(f"{state.name}: {state.why}" for state in stale)
@@ -398,6 +400,7 @@ def check(store_path, repair):
 
 
 REPAIRED = {"unit": "un-marked damaged units:", "marker": "removed invalid markers:",
+            "markers-node": "rewrote the metadata of marker folders:",
             "declaration": "marked for re-declaration (groups with damaged coordinates or masks):",
             "group": "removed groups with unreadable metadata:"}
 

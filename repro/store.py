@@ -230,8 +230,9 @@ class GroupState:
 @dataclass
 class Damage:
     """One problem ``check`` found; ``scope`` says what ``repair`` does about it: ``unit`` un-marks the unit,
-    ``marker`` removes the invalid marker, ``declaration`` marks the group for re-declaration, ``group``
-    removes the group (its stage remakes it)."""
+    ``marker`` removes the invalid marker, ``markers-node`` rewrites the metadata of the folder holding the
+    markers, ``declaration`` marks the group for re-declaration, ``group`` removes the group (its stage
+    remakes it)."""
     group: str
     unit: str
     problem: str
@@ -239,7 +240,8 @@ class Damage:
     chunk: tuple[str, tuple[int, ...]] | None = None  # (array, chunk coords) of a chunk that does not decode
 
     def describe(self) -> str:
-        where = {"unit": f"unit {self.unit}", "marker": f"marker {self.unit}"}.get(self.scope, "group")
+        where = {"unit": f"unit {self.unit}", "marker": f"marker {self.unit}",
+                 "markers-node": "markers"}.get(self.scope, "group")
         return f"{self.group} {where}: {self.problem}"
 
 
@@ -633,7 +635,11 @@ class Store:
     def dataset(self, group: str) -> xr.Dataset:
         if not self.has(group):
             raise UserError(f"store {self.path} has no {group!r} group yet")
-        return xr.open_zarr(str(self.path), group=group, consolidated=False)
+        try:
+            return xr.open_zarr(str(self.path), group=group, consolidated=False)
+        except (ValueError, KeyError, OSError) as error:  # unparsable or missing metadata of a node below it
+            raise UserError(f"store {self.path}: group {group!r} does not open ({_first_line(error)}); "
+                            f"run `repro check --store {self.path} --repair`") from None
 
     # ------------------------------------------------------------ state and integrity
 
@@ -698,6 +704,9 @@ class Store:
                     return [Damage(group, "", f"array {name}'s metadata is missing or unreadable "
                                    f"({_first_line(error)})", "group")]
         damage = []
+        if _group_node_attrs(self.path / group / UNITS / "zarr.json") is None:
+            damage.append(Damage(group, UNITS, f"its marker folder's metadata ({group}/{UNITS}/zarr.json) is "
+                                 "unreadable", "markers-node"))
         if not attrs.get(REDECLARE):
             for name in self._declared_only(group, attrs):
                 problem, _ = self._chunks_problem(group, arrays[name], {})
@@ -761,8 +770,12 @@ class Store:
                         shutil.rmtree(self.path / group / UNITS / node, ignore_errors=True)
                     if item.chunk:
                         self._drop_chunk(group, *item.chunk)
+                    if item.scope == "markers-node":  # an empty group node: the markers below it are kept
+                        (self.path / group / UNITS).mkdir(exist_ok=True)
+                        _write_atomic(self.path / group / UNITS / "zarr.json", GROUP_NODE)
                 flags = {REDECLARE: True} if any(item.scope == "declaration" for item in items) else {}
-                self.update_attrs(group, complete=False, **flags)
+                if any(item.scope != "markers-node" for item in items):
+                    self.update_attrs(group, complete=False, **flags)
             finally:
                 self.release(group)
 

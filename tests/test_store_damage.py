@@ -163,6 +163,16 @@ def test_unreadable_group_metadata_is_one_line_everywhere_and_repaired(small_pro
     assert digests(copy) == digests(done)
 
 
+def test_unreadable_marker_folder_metadata_is_one_line_and_rewritten(small_profile, copy, done):
+    (copy / "metrics" / UNITS / "zarr.json").write_text("garbage")
+    assert "metrics markers: its marker folder's metadata" in one_line(run("verify", "--store", copy))
+    repaired = run("check", "--store", copy, "--repair")
+    assert repaired.exit_code == 0 and "rewrote the metadata of marker folders: 1" in repaired.output
+    assert run("check", "--store", copy).exit_code == 0
+    assert Store(copy).done("metrics") == Store(done).done("metrics")
+    assert run("verify", "--store", copy).exit_code == 0
+
+
 def test_a_lost_array_metadata_is_repaired_and_the_rerun_ends_complete(small_profile, copy, done):
     (copy / "natural" / "activation" / "zarr.json").unlink()
     found = run("check", "--store", copy)

@@ -704,7 +704,8 @@ class Store:
                     return [Damage(group, "", f"array {name}'s metadata is missing or unreadable "
                                    f"({_first_line(error)})", "group")]
         damage = []
-        if _group_node_attrs(self.path / group / UNITS / "zarr.json") is None:
+        markers_node = self.path / group / UNITS / "zarr.json"
+        if markers_node.exists() and _group_node_attrs(markers_node) is None:
             damage.append(Damage(group, UNITS, f"its marker folder's metadata ({group}/{UNITS}/zarr.json) is "
                                  "unreadable", "markers-node"))
         if not attrs.get(REDECLARE):

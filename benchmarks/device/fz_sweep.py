@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fz_vs_lucent import activation_gap, engine_fzs, lucent_fzs, timed  # noqa: E402
+from fz_vs_lucent import activation_gap, engine_fzs, lucent_fzs  # noqa: E402
+from fz_vs_lucent import per_step_seconds as probe  # noqa: E402
 
 from repro import device as devices  # noqa: E402
 from repro import fz, profiles  # noqa: E402
@@ -85,16 +86,6 @@ def lucent_rates(args, model, profile, device) -> list[dict]:
         print(f"lucent render_vis {block} {tap} channel {channel}: {seconds / args.lucent_steps * 1000:.1f} ms per step",
               flush=True)
     return rows
-
-
-def probe(prepared, profile, job, device, steps, **options) -> float:
-    """Seconds per step of the job's first (full) chunk, after one warm-up step."""
-    chunk = fz.chunks(job, int(profile["fz"]["channel_batch"]))[0]
-    run = lambda n: fz.visualize(prepared, profile, job.block, job.tap, chunk, jitter=job.jitter, seed=0,
-                                 steps=n, **options)
-    run(1)
-    seconds, _ = timed(device, lambda: run(steps))
-    return seconds / steps
 
 
 def sweep(args, model, profile, device, jobs, *, precision="float32", channels_last=False,

@@ -221,7 +221,8 @@ def fz(profile_name, weights, store_path, new_store, device_name, reading, block
                                                      device_name)
     from repro import fz as fz_stage
     with stage_executor(profile, device) as executor:
-        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"), taps=parse_list(tap_names, "--taps"),
+        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"),
+                     taps=parse_list(tap_names, "--taps"),
                      channels=parse_channels(channels), device=device, executor=executor)
 
 
@@ -239,7 +240,8 @@ def natural(profile_name, weights, store_path, new_store, device_name, reading, 
                                                      device_name)
     from repro import natural as natural_stage
     with stage_executor(profile, device) as executor:
-        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"), device=device, executor=executor)
+        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"), device=device,
+                          executor=executor)
 
 
 @main.command()
@@ -270,7 +272,8 @@ def metrics(store_path, weights, device_name, reading):
 def ablate(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, criterion, channel_sets,
            trials, ablation, scale_definition):
     """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    settings = {"reading": reading, "natural.images": resolved(images), "ablation.blocks": parse_list(blocks, "--blocks"),
+    settings = {"reading": reading, "natural.images": resolved(images),
+                "ablation.blocks": parse_list(blocks, "--blocks"),
                 "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
                 "ablation.scale_definition": scale_definition}
     profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,

@@ -830,7 +830,9 @@ def _group_node_attrs(path: Path) -> dict | None:
         node = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(node, dict) or node.get("node_type") != "group" or not isinstance(node.get("attributes", {}), dict):
+    if not isinstance(node, dict) or node.get("node_type") != "group":
+        return None
+    if not isinstance(node.get("attributes", {}), dict):
         return None
     return node.get("attributes", {})
 

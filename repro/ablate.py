@@ -61,7 +61,7 @@ from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import OEdit, TapLayout, blocks as model_blocks, tap_layout
 from repro.model import run as run_model
-from repro.settings import crop_size  # noqa: F401 (the stage's crops; defined beside the check of its scales)
+from repro.settings import crop_size  # beside the check of the ablation's scales, which needs it
 from repro.store import Store, labels, provenance
 
 GROUP = "ablation"

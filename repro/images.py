@@ -257,11 +257,12 @@ def content_hashes(root: Path, paths: Sequence[str]) -> list[str]:
         cached = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cached = {}
+    cached = cached if isinstance(cached, dict) else {}
     hashes, fresh = [], {}
     for relative in paths:
         stat = (root / relative).stat()
         key = [stat.st_size, stat.st_mtime_ns]
-        known = cached.get(relative) if isinstance(cached, dict) else None
+        known = cached.get(relative)
         if not (isinstance(known, list) and len(known) == 3 and known[:2] == key):
             known = [*key, file_sha256(root / relative)]
         fresh[relative] = known

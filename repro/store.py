@@ -514,7 +514,8 @@ class Store:
     def _redeclare(self, group: str, template: xr.Dataset, current: Mapping) -> None:
         """Rewrite a group's declaration-time arrays from its template in place (``repair`` found them
         damaged); its units' arrays and markers are kept."""
-        names = [name for name in self._declared_only(group, current) if name in template.variables]
+        names = [name for name in _declared_only(current, self.markers(group).values())
+                 if name in template.variables]
         with _quiet_zarr():
             for name in names:
                 array = zarr.open_array(str(self.path / group / name), mode="r+").with_config(
@@ -522,11 +523,6 @@ class Store:
                 array[...] = template[name].values
         self.update_attrs(group, **{REDECLARE: False})
         click.echo(f"{group}: rewrote its declaration-time arrays ({', '.join(names)})", err=True)
-
-    def _declared_only(self, group: str, attrs: Mapping) -> list[str]:
-        """The declaration-time arrays no unit writes to (a unit's own arrays are checked by its marker)."""
-        written = {name for marker in self.markers(group).values() for name in marker["variables"]}
-        return [name for name in attrs.get(DECLARED_ARRAYS, []) if name not in written]
 
     def remove(self, group: str) -> None:
         """Remove one group whole (renamed out of the store first, so it is never seen half-deleted)."""
@@ -708,13 +704,14 @@ class Store:
         if markers_node.exists() and _group_node_attrs(markers_node) is None:
             damage.append(Damage(group, UNITS, f"its marker folder's metadata ({group}/{UNITS}/zarr.json) is "
                                  "unreadable", "markers-node"))
+        nodes = list(self._marker_nodes(group))
         if not attrs.get(REDECLARE):
-            for name in self._declared_only(group, attrs):
+            for name in _declared_only(attrs, [marker for _, marker in nodes if marker]):
                 problem, _ = self._chunks_problem(group, arrays[name], {})
                 if problem:
                     damage.append(Damage(group, "", f"declaration-time {problem}", "declaration"))
                     break
-        for node, marker in self._marker_nodes(group) if units else ():
+        for node, marker in nodes if units else ():
             if marker is None:
                 damage.append(Damage(group, node.name, "its marker is not a valid marker", "marker"))
                 continue
@@ -853,6 +850,12 @@ def _valid_marker(node: Path) -> dict | None:
             for span in region.values()):
         return None
     return attrs
+
+
+def _declared_only(attrs: Mapping, markers: Iterable[Mapping]) -> list[str]:
+    """The group's declaration-time arrays no unit writes to (a unit's own arrays are checked by its marker)."""
+    written = {name for marker in markers for name in marker["variables"]}
+    return [name for name in attrs.get(DECLARED_ARRAYS, []) if name not in written]
 
 
 def declaration_arrays(template: xr.Dataset) -> list[str]:

@@ -5,7 +5,8 @@ Plotting functions are pure: they take simulation results (``analyses.superposit
 pyplot) or a ``pandas.DataFrame``. Every simulated point carries a 95 % t-interval of the mean over its
 draws; every network value a 95 % percentile bootstrap interval over images.
 
-``FIGURES`` lists the report's entries: id, title, caption, function and, for entries that read the store,
+``FIGURES`` lists the report's entries: kind (what the function returns, ``"figure"`` or ``"table"``), id,
+title, caption, function and, for entries that read the store,
 ``inputs`` (argument name → group). ``findings_table`` states each figure's outcome in words, generated
 from the same numbers.
 """
@@ -564,30 +565,32 @@ def closed_form_vs_simulation_table(seed: int = 0) -> pd.DataFrame:
 STORE = {"alignment": "alignment"}
 
 FIGURES = [
-    {"id": "tbl-alignment-notation", "title": "Notation and where the formulas come from",
+    {"kind": "table", "id": "tbl-alignment-notation", "title": "Notation and where the formulas come from",
      "caption": "The paper's symbols (n features, m neurons, y = Az) beside this package's (k, d, X = ZA); the "
                 "closed forms are this package's own derivations, checked by Monte Carlo in its tests.",
      "function": notation_table},
-    {"id": "tbl-alignment-findings", "title": "What the figures show",
+    {"kind": "table", "id": "tbl-alignment-findings", "title": "What the figures show",
      "caption": "Each figure's outcome, in sentences generated from the same numbers the figures plot.",
      "function": findings_table, "inputs": STORE, "optional": True},
-    {"id": "fig-alignment-sweeps", "title": "Superposition deflates alignment: sweeps over d, k and sparsity",
+    {"kind": "figure", "id": "fig-alignment-sweeps",
+     "title": "Superposition deflates alignment: sweeps over d, k and sparsity",
      "caption": "Two systems carry the same sparse latents (active with probability p, U[0, 1]) through independent "
                 "random N(0, 1) matrices. Rows: d varied at k = 64; k varied at d = 16; p varied at k = 64, d = 16. "
                 "Lines: closed forms; points: mean and 95 % t-interval over 8 draws of Z, A, B (debiased CKA, "
                 "squared-Euclidean RDMs compared by Pearson, in-sample OLS).",
      "function": sweeps_figure},
-    {"id": "fig-alignment-mixing", "title": "Orthogonal vs random mixing",
+    {"kind": "figure", "id": "fig-alignment-mixing", "title": "Orthogonal vs random mixing",
      "caption": "The same k = 64 latents mixed by random orthogonal matrices (orthonormal rows for d ≥ k, "
                 "orthonormal columns below) or by Gaussian ones; mean and 95 % t-interval over 8 draws. "
                 "Orthogonal mixing with d ≥ k leaves every metric at 1.",
      "function": mixing_figure},
-    {"id": "fig-alignment-overlap-map", "title": "Where partial overlap inverts the ordering",
+    {"kind": "figure", "id": "fig-alignment-overlap-map", "title": "Where partial overlap inverts the ordering",
      "caption": "Debiased CKA of a pair sharing k_s of K = 128 features without superposition minus that of a pair "
                 "sharing all 128 but each superposed into d neurons. (a) closed form; (b) simulation, 8 draws per "
                 "side, cells marked by whether the Welch 95 % interval of the difference excludes 0.",
      "function": overlap_map_figure},
-    {"id": "fig-alignment-recovery", "title": "Recovery without ground truth, and the supervised reference",
+    {"kind": "figure", "id": "fig-alignment-recovery",
+     "title": "Recovery without ground truth, and the supervised reference",
      "caption": "Group alignment (repro alignment). Two systems with the same sparse latents, each in d random "
                 "neurons; an unsupervised TopK SAE per system (trained on its own activity), and the supervised "
                 "TopK SAE trained to predict the latents (upper reference). The systems are compared on fresh "
@@ -595,27 +598,28 @@ FIGURES = [
                 "two systems' latents); ground-truth recovery is an evaluation only. Mean and 95 % t-interval over "
                 "the draws.",
      "function": plot_recovery, "inputs": STORE},
-    {"id": "tbl-alignment-recovery", "title": "Recovery vs neurons",
+    {"kind": "table", "id": "tbl-alignment-recovery", "title": "Recovery vs neurons",
      "caption": "Group alignment: per d and representation, ground-truth recovery r and cross-system debiased CKA, "
                 "Hungarian matching and ridge R², mean [95 % interval] over the draws.",
      "function": recovery_table, "inputs": STORE},
-    {"id": "fig-alignment-networks", "title": "Two trained networks: raw vs SAE latents at matching blocks",
+    {"kind": "figure", "id": "fig-alignment-networks",
+     "title": "Two trained networks: raw vs SAE latents at matching blocks",
      "caption": "Group alignment: the toy network and its twin trained with another seed, at the same block's "
                 "post-ReLU output (center neurons over the store's images); SAE latents from an unsupervised TopK "
                 "SAE per network and block. 95 % percentile bootstrap intervals over images (SAEs fixed). Matching "
                 "scores are biased upwards in a resample (copies of an image raise chance correlations), so their "
                 "intervals can lie above the full-sample value.",
      "function": plot_networks, "inputs": STORE},
-    {"id": "tbl-alignment-networks", "title": "Two trained networks at matching blocks",
+    {"kind": "table", "id": "tbl-alignment-networks", "title": "Two trained networks at matching blocks",
      "caption": "Group alignment: value [95 % bootstrap interval] for raw neurons and SAE latents, and the paired-"
                 "bootstrap interval of their difference.",
      "function": networks_table, "inputs": STORE},
-    {"id": "fig-alignment-cross-blocks", "title": "Two trained networks across blocks",
+    {"kind": "figure", "id": "fig-alignment-cross-blocks", "title": "Two trained networks across blocks",
      "caption": "Group alignment: debiased CKA between every block of the toy network and every block of its twin, "
                 "raw and SAE latents, and the SAE − raw difference (marked where its 95 % bootstrap interval "
                 "excludes 0).",
      "function": plot_cross_blocks, "inputs": STORE},
-    {"id": "tbl-alignment-closed-form", "title": "Closed forms vs simulation",
+    {"kind": "table", "id": "tbl-alignment-closed-form", "title": "Closed forms vs simulation",
      "caption": "Each closed form beside the Monte Carlo mean and 95 % t-interval over draws; agrees: |difference| "
                 "≤ t(0.1 %, draws − 1) standard errors + 0.005 (the closed forms are ratios of expectations).",
      "function": closed_form_vs_simulation_table},

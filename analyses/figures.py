@@ -19,15 +19,10 @@ import xarray as xr
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analyses import stats
+from analyses import criteria, stats
 
 TAPS = ("I", "B", "O")
 GRID_ROWS = ("FZ neuron", "FZ channel", "top 9")
-CRITERION_WORDS = {  # the criteria as a reader knows them, not by their code names
-    "naturally": "first paper's criteria (mix and up)",
-    "interpreting": "three criteria (mix, up and down)",
-    "interpreting_without_mix": "up and down criteria",
-}
 SKIP_COLOR, OVERWRITE_COLOR = "tab:blue", "tab:red"
 NOT_COMPUTED_GRAY = 0.85
 MIX_CLAMP = 5.0  # repro.metrics clamps M here when the store does not record its own clamp
@@ -53,7 +48,9 @@ def unit_id(block: str, channel: int) -> str:
 
 
 def criterion_words(criterion: str) -> str:
-    return CRITERION_WORDS.get(criterion, f"{criterion} criterion")
+    """The criterion as a reader knows it, not by its code name."""
+    found = criteria.CRITERIA.get(criterion)
+    return found.words if found else f"{criterion} criterion"
 
 
 def fz_and_imagenet(metrics: xr.Dataset, block: str, criterion: str = "interpreting") -> list[int]:

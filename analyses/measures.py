@@ -12,13 +12,15 @@ import xarray as xr
 
 from analyses import ablation as ablation_analysis
 from analyses import figures, noise, stats
+from analyses.criteria import MIX_HIGH, MIX_LOW
+from analyses.levels import Level
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """What a qualitative measure found: ``holds``, ``weakly`` (right direction, not significant or not
-    everywhere) or ``fails``, with a one-line summary of the numbers."""
-    level: str
+    """What a qualitative measure found: a ``Level`` (holds, holds weakly: the right direction, not
+    significant or not everywhere, or fails), with a one-line summary of the numbers."""
+    level: Level
     summary: str
 
     def __str__(self) -> str:
@@ -27,10 +29,6 @@ class Evidence:
 
 class MissingInput(Exception):
     """The store lacks what a claim measures (a group, a block, a condition)."""
-
-
-
-MIX_LOW, MIX_HIGH = 2 / 3, 3 / 2  # the mix criterion's bounds (both papers)
 
 
 def _block(dataset: xr.Dataset, block: str) -> str:
@@ -102,7 +100,7 @@ def top_mix_set(metrics: xr.Dataset, block: str, count: int = 3) -> list[int]:
 def no_invariant(metrics: xr.Dataset, blocks: Sequence[str], criterion: str, few: int = 2) -> Evidence:
     """None of ``blocks`` has a passing channel (weakly: each has at most ``few``)."""
     counts = {block: invariant_count(metrics, block, criterion) for block in blocks}
-    level = "holds" if not any(counts.values()) else "weakly" if max(counts.values()) <= few else "fails"
+    level = Level.HOLDS if not any(counts.values()) else Level.WEAKLY if max(counts.values()) <= few else Level.FAILS
     return Evidence(level, ", ".join(f"{block}: {count}" for block, count in counts.items()))
 
 
@@ -110,7 +108,7 @@ def with_invariant(metrics: xr.Dataset, blocks: Sequence[str], criterion: str) -
     """Every one of ``blocks`` has a passing channel (weakly: all but one)."""
     counts = {block: invariant_count(metrics, block, criterion) for block in blocks}
     empty = sum(count == 0 for count in counts.values())
-    level = "holds" if empty == 0 else "weakly" if empty == 1 else "fails"
+    level = Level.HOLDS if empty == 0 else Level.WEAKLY if empty == 1 else Level.FAILS
     return Evidence(level, ", ".join(f"{block}: {count}" for block, count in counts.items()))
 
 
@@ -125,8 +123,8 @@ def overwrite_fraction(metrics: xr.Dataset, block: str) -> float:
 def overwrite_skew(metrics: xr.Dataset, blocks: Sequence[str]) -> Evidence:
     """Most channels of every block are overwrite (M < 1); weakly: on average over the blocks."""
     fractions = {block: overwrite_fraction(metrics, block) for block in blocks}
-    level = ("holds" if min(fractions.values()) > 0.5 else
-             "weakly" if np.mean(list(fractions.values())) > 0.5 else "fails")
+    level = (Level.HOLDS if min(fractions.values()) > 0.5 else
+             Level.WEAKLY if np.mean(list(fractions.values())) > 0.5 else Level.FAILS)
     return Evidence(level, "overwrite share " + ", ".join(f"{b}: {f:.0%}" for b, f in fractions.items()))
 
 
@@ -134,8 +132,8 @@ def less_skewed(metrics: xr.Dataset, simple: Sequence[str], downsample: Sequence
     """Every simple block has a smaller overwrite share than every downsample block (weakly: on average)."""
     simple_share = {block: overwrite_fraction(metrics, block) for block in simple}
     down_share = {block: overwrite_fraction(metrics, block) for block in downsample}
-    level = ("holds" if max(simple_share.values()) < min(down_share.values()) else
-             "weakly" if np.mean(list(simple_share.values())) < np.mean(list(down_share.values())) else "fails")
+    level = (Level.HOLDS if max(simple_share.values()) < min(down_share.values()) else
+             Level.WEAKLY if np.mean(list(simple_share.values())) < np.mean(list(down_share.values())) else Level.FAILS)
     shares = {**simple_share, **down_share}
     return Evidence(level, "overwrite share " + ", ".join(f"{b}: {f:.0%}" for b, f in shares.items()))
 
@@ -146,7 +144,7 @@ def lowest_bin_share(metrics: xr.Dataset, block: str, bin_high: float, all_share
     mix = _mix(metrics, block)
     lowest = mix[mix < bin_high]
     share, nonzero = float(np.mean(mix < bin_high)), float(np.mean(lowest > 0)) if len(lowest) else 0.0
-    level = "holds" if share >= all_share else "weakly" if share >= most_share else "fails"
+    level = Level.HOLDS if share >= all_share else Level.WEAKLY if share >= most_share else Level.FAILS
     return Evidence(level, f"{share:.0%} of channels below {bin_high}; {nonzero:.0%} of those non-zero")
 
 
@@ -158,7 +156,7 @@ def weights_fall_with_mix(metrics: xr.Dataset, block: str, alpha: float) -> Evid
         raise MissingInput(f"block {block}'s weight correlations are undefined (constant or missing weights)")
     negative = all(rho < 0 for rho, _ in found.values())
     significant = all(rho < 0 and p < alpha for rho, p in found.values())
-    level = "holds" if significant else "weakly" if negative else "fails"
+    level = Level.HOLDS if significant else Level.WEAKLY if negative else Level.FAILS
     return Evidence(level, "; ".join(f"{name}: rho {rho:.2f}, p {p:.1e}" for name, (rho, p) in found.items()))
 
 
@@ -171,7 +169,7 @@ def overwrite_inhibited(metrics: xr.Dataset, responses: xr.Dataset, block: str, 
     """B_c(X_I) is lower for overwrite than for skip channels, significantly by one-way ANOVA."""
     result = stats.activation_mix(metrics, responses, [_block(metrics, block)]).loc[block]
     lower = result["mean_overwrite"] < result["mean_skip"]
-    level = "holds" if lower and result["p"] < alpha else "weakly" if lower else "fails"
+    level = Level.HOLDS if lower and result["p"] < alpha else Level.WEAKLY if lower else Level.FAILS
     return Evidence(level, _anova_summary(result))
 
 
@@ -184,9 +182,9 @@ def tuning_difference(metrics: xr.Dataset, block: str, alpha: float, significant
     more_negative = result["mean_overwrite"] < result["mean_skip"]
     is_significant = bool(result["p"] < alpha)
     if significant:
-        level = "holds" if more_negative and is_significant else "weakly" if more_negative else "fails"
+        level = Level.HOLDS if more_negative and is_significant else Level.WEAKLY if more_negative else Level.FAILS
     else:
-        level = "holds" if not is_significant else "weakly" if not more_negative else "fails"
+        level = Level.HOLDS if not is_significant else Level.WEAKLY if not more_negative else Level.FAILS
     return Evidence(level, _anova_summary(result))
 
 
@@ -200,7 +198,7 @@ def few_without_mix(metrics: xr.Dataset, blocks: Sequence[str], few_percent: flo
     """Without the mix criterion, at most ``few_percent`` % of each block's channels pass (weakly: twice that)."""
     percents = percents_without_mix(metrics, blocks)
     worst = max(percents.values())
-    level = "holds" if worst <= few_percent else "weakly" if worst <= 2 * few_percent else "fails"
+    level = Level.HOLDS if worst <= few_percent else Level.WEAKLY if worst <= 2 * few_percent else Level.FAILS
     return Evidence(level, ", ".join(f"{b}: {p:.1f}%" for b, p in percents.items()))
 
 
@@ -210,8 +208,8 @@ def appreciable_without_mix(metrics: xr.Dataset, block: str, neighbours: Sequenc
     neighbours (weakly: some, fewer than its neighbours)."""
     percents = percents_without_mix(metrics, [block, *neighbours])
     below = all(percents[block] < percents[neighbour] for neighbour in neighbours)
-    level = ("holds" if below and percents[block] >= appreciable_percent else
-             "weakly" if below and percents[block] > 0 else "fails")
+    level = (Level.HOLDS if below and percents[block] >= appreciable_percent else
+             Level.WEAKLY if below and percents[block] > 0 else Level.FAILS)
     return Evidence(level, ", ".join(f"{b}: {p:.1f}%" for b, p in percents.items()))
 
 
@@ -223,7 +221,7 @@ def named_in_top_scale_metric(metrics: xr.Dataset, block: str, named: Sequence[i
     tops = per_seed(metrics, lambda one: stats.top_by_scale_metric(one, block, count, criterion))
     top = list(tops)
     passing = set(stats.invariant_channels(stats.first_seed(metrics), block, criterion))
-    level = "holds" if set(named) <= set(top) else "weakly" if set(named) <= passing else "fails"
+    level = Level.HOLDS if set(named) <= set(top) else Level.WEAKLY if set(named) <= passing else Level.FAILS
     return Evidence(level, f"store top {count}: {' '.join(map(str, top)) or 'none'}; "
                            f"named passing: {' '.join(str(c) for c in named if c in passing) or 'none'}; "
                            f"top-{count} SM {floor_of(tops).describe()}")
@@ -239,7 +237,7 @@ def spectrum_positions(metrics: xr.Dataset, block: str, overwrite: int, mix: int
     values = {kind: float(ratios[channel]) for kind, channel in named.items()}
     placed = (values["overwrite"] <= MIX_LOW and MIX_LOW < values["mix"] < MIX_HIGH and values["skip"] >= MIX_HIGH)
     ordered = values["overwrite"] < values["mix"] < values["skip"]
-    level = "holds" if placed else "weakly" if ordered else "fails"
+    level = Level.HOLDS if placed else Level.WEAKLY if ordered else Level.FAILS
     return Evidence(level, ", ".join(f"{kind} channel {channel}: M {values[kind]:.2f}" for kind, channel in named.items()))
 
 
@@ -261,7 +259,7 @@ def ratio_below_no_scale(ablation: xr.Dataset, block: str) -> Evidence:
     scaled = ratios["mean"].sel(scale=ratios["scale"] > 0).values
     if not np.isfinite(scaled).any() or not np.isfinite(base):
         raise MissingInput(f"block {block}'s ablation is not finished")
-    level = "holds" if (scaled < base).all() else "weakly" if np.nanmean(scaled) < base else "fails"
+    level = Level.HOLDS if (scaled < base).all() else Level.WEAKLY if np.nanmean(scaled) < base else Level.FAILS
     return Evidence(level, f"no-scale ratio {base:.4f}; scaled " + ", ".join(f"{r:.4f}" for r in scaled))
 
 

@@ -23,12 +23,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from analyses import stats
+from analyses import criteria, stats
 
 # The lists the papers publish per block: criterion sets, the 3 mixes closest to 1 (A.4), the top channels
 # by scale metric among those passing the "interpreting" criterion (Fig. 6).
 KINDS = ("criterion", "top_mix", "top_sm")
-CRITERIA = ("naturally", "interpreting", "interpreting_without_mix", "mix_ok", "up_ok", "down_ok")
 TOP_N = 3
 
 
@@ -108,7 +107,9 @@ def floors_table(metrics: xr.Dataset, blocks: Sequence[str] | None = None, stimu
     """Per block and list (each criterion's set, top-3 mixes, top-3 by SM): seeds, the seed-to-seed
     Jaccard median and range, and the mean list length."""
     rows = []
-    lists = [("criterion", c) for c in CRITERIA] + [("top_mix", "top-3 mix"), ("top_sm", "top-3 SM")]
+    # Every criterion of the registry, then each single test.
+    lists = ([("criterion", c) for c in (*criteria.CRITERIA, *criteria.FLAGS)]
+             + [("top_mix", "top-3 mix"), ("top_sm", "top-3 SM")])
     for block in blocks or stats.blocks_of(metrics):
         for kind, name in lists:
             per_seed = seed_lists(metrics, block, kind, name if kind == "criterion" else "naturally", stimulus_set)

@@ -11,10 +11,10 @@ Conventions:
   criterion is asked for, ``"both"`` means passing with both stimulus sets (appendix A.3); channels are
   then ranked by their FZ scale metric, as in the paper. A dataset already narrowed to one stimulus
   set (no ``stimulus_set`` dim) is used as it is.
-* ``criterion`` is one of :data:`CRITERIA` — ``"naturally"`` (mix ∧ up, paper "Naturally computed scale
-  invariance"), ``"interpreting"`` (mix ∧ up ∧ down, paper "Interpreting the residual stream"),
-  ``"interpreting_without_mix"`` (up ∧ down, its Fig. 5 yellow bars) — or the name of any boolean
-  metrics variable (``"mix_ok"``, ``"invariant_naturally"``, ...).
+* ``criterion`` is a name in the registry ``analyses.criteria.CRITERIA`` — ``"naturally"`` (mix ∧ up, paper
+  "Naturally computed scale invariance"), ``"interpreting"`` (mix ∧ up ∧ down, paper "Interpreting the
+  residual stream"), ``"interpreting_without_mix"`` (up ∧ down, its Fig. 5 yellow bars) — or the name of
+  any boolean metrics variable (``"mix_ok"``, ``"invariant_naturally"``, ...).
 * Skip channels have M ≥ 1, overwrite channels M < 1.
 
 Example::
@@ -34,11 +34,8 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-CRITERIA = {
-    "naturally": ("mix_ok", "up_ok"),
-    "interpreting": ("mix_ok", "up_ok", "down_ok"),
-    "interpreting_without_mix": ("up_ok", "down_ok"),
-}
+from analyses.criteria import CRITERIA
+
 MIX_BINS = np.arange(0, 5.25, 0.25)  # the paper's Fig. 2: 0 to 5 at 0.25
 MIN_SPEARMAN_PAIRS = 3
 
@@ -125,15 +122,11 @@ def per_channel(metrics_ds: xr.Dataset, name: str, block: str, stimulus_set: str
     return pd.Series(np.asarray(values), index=pd.Index(channels, name="channel"), name=name)
 
 
-# The second paper's set under the code's reading (``metrics.interpreting_criterion = "mix_up"``): down dropped.
-CODE_INTERPRETING = ("mix_ok", "up_ok")
-
-
 def criterion_flags(metrics_ds: xr.Dataset, criterion: str) -> tuple[str, ...]:
-    """The flags a criterion ANDs; "interpreting" follows the reading the metrics were made under."""
-    if criterion == "interpreting" and metrics_ds.attrs.get("interpreting_criterion") == "mix_up":
-        return CODE_INTERPRETING
-    return CRITERIA.get(criterion, (criterion,))
+    """The flags a criterion ANDs, under the reading the metrics were made under (their attrs); a boolean
+    variable's name is itself."""
+    found = CRITERIA.get(criterion)
+    return found.flags_under(metrics_ds.attrs) if found else (criterion,)
 
 
 def passing(metrics_ds: xr.Dataset, block: str, criterion: str = "naturally", stimulus_set: str = "fz") -> pd.Series:

@@ -34,9 +34,11 @@ import click
 import pandas as pd
 
 import repro
+from analyses import measures
+from analyses.levels import Level
 from repro import resources as repro_resources
 from repro.hashing import digest
-from report import outcomes, readings, render, rules, spec, units, verify
+from report import outcomes, readings, reference, render, rules, spec, units, verify
 from report.loader import Loader
 
 SITE = render.SITE
@@ -144,9 +146,7 @@ def _named(value: Any) -> Any:
 
 
 def _outputs(entry: spec.Figure | spec.Table) -> dict[str, str]:
-    folder = "figures" if entry.kind == "figure" else "tables"
-    suffixes = ("png", "svg", "cells.json") if entry.kind == "figure" else ("csv", "md", "outcome.txt")
-    return {suffix: f"{folder}/{entry.id}.{suffix}" for suffix in suffixes}
+    return {suffix: f"{entry.folder}/{entry.id}.{suffix}" for suffix in entry.suffixes}
 
 
 def _format_cell(value: Any) -> str:
@@ -169,7 +169,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def _save(result: Any, entry: spec.Figure | spec.Table, out_dir: Path) -> dict[str, str]:
     files = _outputs(entry)
-    if entry.kind == "figure":
+    if isinstance(entry, spec.Figure):
         result.savefig(out_dir / files["png"], dpi=100)
         result.savefig(out_dir / files["svg"])
         empty = getattr(result, "empty_message", None)
@@ -232,12 +232,11 @@ def numbers(artifacts: Sequence[Artifact], out_dir: Path) -> dict[str, str]:
         entry = artifact.entry
         if not artifact.ok or artifact.empty(out_dir):
             continue
-        if entry.kind == "figure" and entry.paper_figure != "—" and entry.chapter in PAPER_CHAPTERS:
+        if isinstance(entry, spec.Figure) and entry.paper_figure != "—" and entry.chapter in PAPER_CHAPTERS:
             labels[entry.id] = entry.paper_figure
             continue
-        kind = "Figure" if entry.kind == "figure" else "Table"
-        counts[(entry.chapter, kind)] = counts.get((entry.chapter, kind), 0) + 1
-        labels[entry.id] = f"{kind} {counts[(entry.chapter, kind)]}"
+        counts[(entry.chapter, entry.label)] = counts.get((entry.chapter, entry.label), 0) + 1
+        labels[entry.id] = f"{entry.label} {counts[(entry.chapter, entry.label)]}"
     return labels
 
 
@@ -342,11 +341,11 @@ def entry_markdown(artifact: Artifact, results: Sequence[verify.Result], context
     if artifact.empty(out_dir):
         return placeholder_markdown(Artifact(artifact.entry, "missing", artifact.empty(out_dir)))
     entry, label = artifact.entry, labels[artifact.entry.id]
-    paper = (f" (paper {entry.paper_figure})" if entry.kind == "table" and entry.paper_figure != "—" else "")
+    paper = (f" (paper {entry.paper_figure})" if isinstance(entry, spec.Table) and entry.paper_figure != "—" else "")
     caption = _link_figure_mentions(_inline(entry.caption), entry.chapter, labels, entries)
     # The heading stays outside the div: pandoc's table of contents lists top-level headings only.
     lines = ["#" * level + f" {label} · {_inline(entry.title)}{paper}", "", f"::: {{#{anchor(entry.id)} .entry}}"]
-    if entry.kind == "figure":
+    if isinstance(entry, spec.Figure):
         lines += [figure_html(artifact, label, out_dir), f"[**{label}.** {caption}]{{.caption}}", "",
                   f"[SVG]({artifact.files['svg']})", ""]
     else:
@@ -416,7 +415,8 @@ def comparability_note(context: StoreContext) -> str:
     """The store-wide reason claims are not comparable, stated once per page."""
     return ("" if context.comparable else
             f"**Not comparable with the paper:** {_inline(context.why_not)}. Each claim below shows its grey badge "
-            "and, beside it, what its rule gives on this store's own numbers (holds, holds weakly, fails).\n")
+            "and, beside it, what its rule gives on this store's own numbers ("
+            + ", ".join(level.words for level in Level) + ").\n")
 
 
 def chapter_qmd(chapter: str, artifacts: Sequence[Artifact], results: Sequence[verify.Result],
@@ -428,7 +428,7 @@ def chapter_qmd(chapter: str, artifacts: Sequence[Artifact], results: Sequence[v
     counts = verify.summary(claims)
     first = {}
     for artifact in mine:  # one link per figure number
-        if artifact.entry.id in labels and artifact.entry.kind == "figure":
+        if artifact.entry.id in labels and isinstance(artifact.entry, spec.Figure):
             first.setdefault(labels[artifact.entry.id], artifact.entry.id)
     figure_refs = ", ".join(f"[{label}](#{anchor(entry_id)})" for label, entry_id in first.items())
     parts = [front_matter(spec.CHAPTERS[chapter][1]),
@@ -452,16 +452,14 @@ def _groups_table(store) -> str:
     return "\n".join(rows) + "\n"
 
 
-OWN_LEVELS = (("hold", rules.VERIFIED), ("hold weakly", rules.WITHIN_NOISE), ("fail", rules.DEVIATES))
-
-
 def _level_counts(results: Sequence[verify.Result]) -> str:
-    """"hold for 3, hold weakly for 1, fail for 2 (failing: ...)" over the results' own outcomes."""
-    shown = {word: [r for r in results if (r.outcome.own or r.outcome.badge) == name] for word, name in OWN_LEVELS}
-    failing = [r.claim.id.removeprefix("claim-") for r in shown["fail"]]
+    """How many of the results' own outcomes hold, hold weakly and fail, naming the failing ones."""
+    shown = {level: [r for r in results if (r.outcome.own or r.outcome.badge) == badge]
+             for level, badge in rules.BADGE_OF_LEVEL.items()}
+    failing = [r.claim.id.removeprefix("claim-") for r in shown[Level.FAILS]]
     listed = ", ".join(failing[:6]) + (f" and {len(failing) - 6} more" if len(failing) > 6 else "")
     unmeasured = len(results) - sum(len(found) for found in shown.values())
-    return (", ".join(f"{word} for {len(found)}" for word, found in shown.items())
+    return (", ".join(f"{level.plural} for {len(found)}" for level, found in shown.items())
             + (f" (failing: {listed})" if failing else "")
             + (f"; {unmeasured} cannot be measured on this store" if unmeasured else ""))
 
@@ -478,7 +476,8 @@ def store_summary(results: Sequence[verify.Result], context: StoreContext) -> st
                          f"this store's own numbers, the rules {_level_counts(ruled)}; of its {len(numbers_)} "
                          f"published channel lists and numbers, this store's {_level_counts(numbers_)}.")
     counts = {r.claim.args["block"]: r.outcome.measured for r in results
-              if r.claim.id.startswith("claim-naturally-count-") and r.outcome.measured is not None}
+              if r.claim.paper == "naturally" and r.claim.measure is measures.invariant_count
+              and r.outcome.measured is not None}
     if counts:
         sentences.append("Channels passing mix and up per block: "
                          + ", ".join(f"{block} {count}" for block, count in counts.items()) + ".")
@@ -551,16 +550,14 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
              "How every number is computed, and where the authors' code differs from the papers: "
              f"[{METHOD_PAGE[1].lower()}]({METHOD_PAGE[0]}.qmd) (`docs/method.md`).\n",
              *_reference_section(results),
-             reading_section(store, context, compare),
-             "## Default taps and reference-compatibility (aliased) taps\n"]
-    if not store.has("metrics_aliased"):
-        parts.append(_aliased_how_to(context))
+             reading_section(store, context, compare)]
     store_entries = [artifact for artifact in artifacts if artifact.entry.chapter == "store"]
-    aliased = [artifact for artifact in store_entries if "aliased" in artifact.entry.id]
-    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3) for artifact in aliased]
-    parts.append("## FZ seeds and convergence\n")
-    parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3)
-              for artifact in store_entries if artifact not in aliased]
+    for section, heading in spec.STORE_SECTIONS.items():
+        parts.append(f"## {heading}\n")
+        if section == spec.ALIASED_SECTION and not store.has("metrics_aliased"):
+            parts.append(_aliased_how_to(context))
+        parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3)
+                  for artifact in store_entries if artifact.entry.section == section]
     return "\n".join(parts)
 
 
@@ -630,7 +627,7 @@ def build(store, out_dir, how: str | None = None, keep_going: bool = False, comp
     for folder in ("figures", "tables"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     context = StoreContext.of(store)
-    results = verify.evaluate(store, spec.claims_for(str(store.attrs.get("profile_name", ""))))
+    results = verify.evaluate(store, reference.claims_for(str(store.attrs.get("profile_name", ""))))
     cache = _load_cache(out_dir)
     loader = Loader(store)
     entries = [*spec.FIGURES, *spec.FIGURES_ALIGNMENT]

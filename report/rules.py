@@ -20,11 +20,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from analyses.levels import Level
 from analyses.measures import Evidence, floor_of, seed_lists
 
 VERIFIED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE = "verified", "within noise", "deviates", "not comparable"
 BADGES = (VERIFIED, WITHIN_NOISE, DEVIATES, NOT_COMPARABLE)
-OWN_WORDS = {VERIFIED: "holds", WITHIN_NOISE: "holds weakly", DEVIATES: "fails"}
+# A qualitative rule's level as a badge; the badge a store's own numbers give, as the level it shows.
+BADGE_OF_LEVEL = {Level.HOLDS: VERIFIED, Level.WEAKLY: WITHIN_NOISE, Level.FAILS: DEVIATES}
+LEVEL_OF_BADGE = {badge: level for level, badge in BADGE_OF_LEVEL.items()}
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class Outcome:
 
     @property
     def own_words(self) -> str:
-        return OWN_WORDS.get(self.own, "")
+        level = LEVEL_OF_BADGE.get(self.own)
+        return level.words if level else ""
 
 
 def _tolerance(published: float, absolute: float, relative: float) -> float:
@@ -109,16 +113,14 @@ def recall_of(published: Sequence[int], measured: Sequence[int], verified: float
 
 def qualitative(published: str, measured: Evidence) -> Outcome:
     """A qualitative claim: the measure's evidence decides."""
-    badge = {"holds": VERIFIED, "weakly": WITHIN_NOISE, "fails": DEVIATES}[measured.level]
+    badge = BADGE_OF_LEVEL[Level(measured.level)]
     return Outcome(badge, measured, measured.summary)
 
 
 def same_level(published: str, measured: Evidence) -> Outcome:
     """A qualitative rule's outcome against a reference run's outcome of the same rule: the same level is
-    verified, a step apart (holds / weakly / fails) within noise, two steps apart deviates."""
-    order = ("holds", "weakly", "fails")
-    steps = abs(order.index(measured.level) - order.index(published))
-    badge = (VERIFIED, WITHIN_NOISE, DEVIATES)[steps]
+    verified, a step apart (holds / holds weakly / fails) within noise, two steps apart deviates."""
+    badge = (VERIFIED, WITHIN_NOISE, DEVIATES)[Level(measured.level).steps_from(published)]
     return Outcome(badge, measured, f"the store: {measured.level}, the reference run: {published}; {measured.summary}")
 
 

@@ -9,7 +9,8 @@
   tolerance, and the figures/tables it backs.
 
 Pure data: nothing here opens a store. The builder (``report.builder``) and the verifier (``report.verify``,
-given ``CLAIMS``) only walk these lists.
+given ``CLAIMS``) only walk these lists; ``report.reference`` adds a profile's claims against its own
+reference run.
 """
 from __future__ import annotations
 
@@ -63,18 +64,33 @@ class _Entry:
     inputs: Mapping[str, Selection]
     args: Mapping[str, Any] = field(default_factory=dict)
     comparable_only: bool = False  # the paper's own channel choices: shown only where its numbers compare
+    section: str = ""  # the part of its chapter's page it is shown in (``STORE_SECTIONS`` on the store page)
 
 
 @dataclass(frozen=True)
 class Figure(_Entry):
     """An entry whose function returns a matplotlib figure."""
     kind: ClassVar[str] = "figure"
+    label: ClassVar[str] = "Figure"  # its numbered label: "Figure 2"
+    folder: ClassVar[str] = "figures"
+    suffixes: ClassVar[tuple[str, ...]] = ("png", "svg", "cells.json")
 
 
 @dataclass(frozen=True)
 class Table(_Entry):
     """An entry whose function returns a pandas table."""
     kind: ClassVar[str] = "table"
+    label: ClassVar[str] = "Table"
+    folder: ClassVar[str] = "tables"
+    suffixes: ClassVar[tuple[str, ...]] = ("csv", "md", "outcome.txt")
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A claim's requirement: the store is of ``profile`` (made with weights of this hash, where known), the
+    profile whose reference run (``report.reference``) published the number."""
+    profile: str
+    weights_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +107,7 @@ class Claim:
     tolerance: Mapping[str, Any] = field(default_factory=dict)
     backs: tuple[str, ...] = ()
     source: str = "paper"
-    requires: tuple[str, ...] = ("paper_setup",)
+    requires: tuple[str | ReferenceRun, ...] = ("paper_setup",)
 
 
 # ---------------------------------------------------------------- store selections
@@ -192,57 +208,69 @@ def _grids_showing(block: str) -> tuple[str, ...]:
                                                ("fig-naturally-4", _FIG4_BLOCKS)) if block in blocks)
 
 
-def _bid(block: str) -> str:
+def block_id(block: str) -> str:
+    """A block in a claim id: "2.1" → "2-1"."""
     return block.replace(".", "-")
 
 
 CLAIMS_NATURALLY = [
-    *[Claim(f"claim-naturally-invariant-{_bid(b)}", "naturally", NC["invariant_channels"]["where"],
-            f"Scale-invariant channels (mix AND up) of block {b}", NC["invariant_channels"][b], m.invariant_set,
-            {"metrics": METRICS_FZ_SEEDS}, r.set_overlap, {"block": b, "criterion": "naturally"}, SET_TOLERANCE,
-            ("tbl-naturally-counts", *_grids_showing(b)))
+    *[Claim(id=f"claim-naturally-invariant-{block_id(b)}", paper="naturally",
+            where=NC["invariant_channels"]["where"], text=f"Scale-invariant channels (mix AND up) of block {b}",
+            published=NC["invariant_channels"][b], measure=m.invariant_set, inputs={"metrics": METRICS_FZ_SEEDS},
+            rule=r.set_overlap, args={"block": b, "criterion": "naturally"}, tolerance=SET_TOLERANCE,
+            backs=("tbl-naturally-counts", *_grids_showing(b)))
       for b in BLOCKS],
-    *[Claim(f"claim-naturally-count-{_bid(b)}", "naturally", NC["invariant_counts"]["where"],
-            f"Number of scale-invariant channels in block {b}", NC["invariant_counts"][b], m.invariant_count,
-            {"metrics": METRICS_FZ}, r.number_close, {"block": b, "criterion": "naturally"},
-            COUNT_TOLERANCE, ("tbl-naturally-counts",))
+    *[Claim(id=f"claim-naturally-count-{block_id(b)}", paper="naturally", where=NC["invariant_counts"]["where"],
+            text=f"Number of scale-invariant channels in block {b}", published=NC["invariant_counts"][b],
+            measure=m.invariant_count, inputs={"metrics": METRICS_FZ}, rule=r.number_close,
+            args={"block": b, "criterion": "naturally"}, tolerance=COUNT_TOLERANCE, backs=("tbl-naturally-counts",))
       for b in BLOCKS],
-    *[Claim(f"claim-naturally-percent-{_bid(b)}", "naturally", NC["invariant_percent"]["where"],
-            f"Percent of block {b}'s channels that are scale invariant", NC["invariant_percent"][b],
-            m.invariant_percent, {"metrics": METRICS_FZ}, r.number_close,
-            {"block": b, "criterion": "naturally"}, PERCENT_TOLERANCE, ("tbl-naturally-counts",))
+    *[Claim(id=f"claim-naturally-percent-{block_id(b)}", paper="naturally", where=NC["invariant_percent"]["where"],
+            text=f"Percent of block {b}'s channels that are scale invariant", published=NC["invariant_percent"][b],
+            measure=m.invariant_percent, inputs={"metrics": METRICS_FZ}, rule=r.number_close,
+            args={"block": b, "criterion": "naturally"}, tolerance=PERCENT_TOLERANCE,
+            backs=("tbl-naturally-counts",))
       for b in NC["invariant_percent"] if b in BLOCKS],
-    *[Claim(f"claim-naturally-exemplary-{_bid(b)}", "naturally", NC["exemplary_channels"]["where"],
-            f"The paper's exemplary channels of block {b} pass the criteria", NC["exemplary_channels"][b],
-            m.invariant_set, {"metrics": METRICS_FZ_SEEDS}, r.recall_of, {"block": b, "criterion": "naturally"},
+    *[Claim(id=f"claim-naturally-exemplary-{block_id(b)}", paper="naturally",
+            where=NC["exemplary_channels"]["where"],
+            text=f"The paper's exemplary channels of block {b} pass the criteria",
+            published=NC["exemplary_channels"][b], measure=m.invariant_set, inputs={"metrics": METRICS_FZ_SEEDS},
+            rule=r.recall_of, args={"block": b, "criterion": "naturally"},
             backs=("fig-naturally-1", "fig-naturally-1-published"))
       for b in ("2.1", "3.1")],
-    Claim("claim-naturally-no-invariant", "naturally", NC["no_invariant_blocks"]["where"], NC["no_invariant_blocks"]["text"],
-          "none in " + ", ".join(NC["no_invariant_blocks"]["blocks"]), m.no_invariant, {"metrics": METRICS_FZ},
-          r.qualitative, {"blocks": NC["no_invariant_blocks"]["blocks"], "criterion": "naturally"},
+    Claim(id="claim-naturally-no-invariant", paper="naturally", where=NC["no_invariant_blocks"]["where"],
+          text=NC["no_invariant_blocks"]["text"],
+          published="none in " + ", ".join(NC["no_invariant_blocks"]["blocks"]), measure=m.no_invariant,
+          inputs={"metrics": METRICS_FZ}, rule=r.qualitative,
+          args={"blocks": NC["no_invariant_blocks"]["blocks"], "criterion": "naturally"},
           backs=("tbl-naturally-counts",)),
-    *[Claim(f"claim-naturally-ablation-{_bid(b)}", "naturally", NC["ablation_ratio_below_no_scale"]["where"],
-            f"Block {b}: " + NC["ablation_ratio_below_no_scale"]["text"], "below at every scale",
-            m.ratio_below_no_scale, {"ablation": ABLATION}, r.qualitative, {"block": b},
+    *[Claim(id=f"claim-naturally-ablation-{block_id(b)}", paper="naturally",
+            where=NC["ablation_ratio_below_no_scale"]["where"],
+            text=f"Block {b}: " + NC["ablation_ratio_below_no_scale"]["text"], published="below at every scale",
+            measure=m.ratio_below_no_scale, inputs={"ablation": ABLATION}, rule=r.qualitative, args={"block": b},
             backs=("fig-naturally-2", "tbl-naturally-ablation"))
       for b in NC["ablation_ratio_below_no_scale"]["blocks"]],
-    Claim("claim-naturally-unablated-accuracy", "naturally", NC["unablated_accuracy"]["where"],
-          NC["unablated_accuracy"]["text"], NC["unablated_accuracy"]["value"], m.unablated_accuracy,
-          {"ablation": ABLATION}, r.number_close, tolerance=TOP1_TOLERANCE, backs=("tbl-naturally-ablation",),
-          source=NC["unablated_accuracy"]["source"]),
-    *[Claim(f"claim-naturally-code-no-scale-{_bid(b)}", "naturally", NC["ablation_invariant_accuracy"]["where"],
-            f"Block {b}: top-1 % with the invariant channels ablated, no scale transform",
-            {0.0: NC["ablation_invariant_accuracy"][b]["no_scale"]}, m.invariant_accuracies,
-            {"ablation": ABLATION}, r.accuracies_close, {"block": b, "scales": (0.0,)}, ABLATED_TOP1_TOLERANCE,
-            ("tbl-naturally-ablation", "fig-naturally-2"), NC["ablation_invariant_accuracy"]["source"])
+    Claim(id="claim-naturally-unablated-accuracy", paper="naturally", where=NC["unablated_accuracy"]["where"],
+          text=NC["unablated_accuracy"]["text"], published=NC["unablated_accuracy"]["value"],
+          measure=m.unablated_accuracy, inputs={"ablation": ABLATION}, rule=r.number_close, tolerance=TOP1_TOLERANCE,
+          backs=("tbl-naturally-ablation",), source=NC["unablated_accuracy"]["source"]),
+    *[Claim(id=f"claim-naturally-code-no-scale-{block_id(b)}", paper="naturally",
+            where=NC["ablation_invariant_accuracy"]["where"],
+            text=f"Block {b}: top-1 % with the invariant channels ablated, no scale transform",
+            published={0.0: NC["ablation_invariant_accuracy"][b]["no_scale"]}, measure=m.invariant_accuracies,
+            inputs={"ablation": ABLATION}, rule=r.accuracies_close, args={"block": b, "scales": (0.0,)},
+            tolerance=ABLATED_TOP1_TOLERANCE, backs=("tbl-naturally-ablation", "fig-naturally-2"),
+            source=NC["ablation_invariant_accuracy"]["source"])
       for b in ("2.1", "3.1")],
-    *[Claim(f"claim-naturally-code-scaled-{_bid(b)}", "naturally", NC["ablation_invariant_accuracy"]["where"],
-            f"Block {b}: top-1 % with the invariant channels ablated, scales 10-50 % (code's definition)",
-            dict(zip(NC["ablation_invariant_accuracy"]["scales"], NC["ablation_invariant_accuracy"][b]["scaled"])),
-            m.invariant_accuracies, {"ablation": ABLATION}, r.accuracies_close,
-            {"block": b, "scales": tuple(NC["ablation_invariant_accuracy"]["scales"])}, ABLATED_TOP1_TOLERANCE,
-            ("tbl-naturally-ablation", "fig-naturally-2"), NC["ablation_invariant_accuracy"]["source"],
-            ("paper_setup", "code_scales"))
+    *[Claim(id=f"claim-naturally-code-scaled-{block_id(b)}", paper="naturally",
+            where=NC["ablation_invariant_accuracy"]["where"],
+            text=f"Block {b}: top-1 % with the invariant channels ablated, scales 10-50 % (code's definition)",
+            published=dict(zip(NC["ablation_invariant_accuracy"]["scales"],
+                               NC["ablation_invariant_accuracy"][b]["scaled"])),
+            measure=m.invariant_accuracies, inputs={"ablation": ABLATION}, rule=r.accuracies_close,
+            args={"block": b, "scales": tuple(NC["ablation_invariant_accuracy"]["scales"])},
+            tolerance=ABLATED_TOP1_TOLERANCE, backs=("tbl-naturally-ablation", "fig-naturally-2"),
+            source=NC["ablation_invariant_accuracy"]["source"], requires=("paper_setup", "code_scales"))
       for b in ("2.1", "3.1")],
 ]
 
@@ -338,178 +366,141 @@ FIGURES_INTERPRETING = [
 
 _A3 = IR["fz_and_imagenet"]
 CLAIMS_INTERPRETING = [
-    Claim("claim-interpreting-spectrum-examples", "interpreting", IR["fig1a_spectrum_examples"]["where"],
-          IR["fig1a_spectrum_examples"]["text"], "overwrite 38, mix 19, skip 25", m.spectrum_positions,
-          {"metrics": METRICS_FZ}, r.qualitative,
-          {k: IR["fig1a_spectrum_examples"][k] for k in ("block", "overwrite", "mix", "skip")},
+    Claim(id="claim-interpreting-spectrum-examples", paper="interpreting",
+          where=IR["fig1a_spectrum_examples"]["where"], text=IR["fig1a_spectrum_examples"]["text"],
+          published="overwrite 38, mix 19, skip 25", measure=m.spectrum_positions, inputs={"metrics": METRICS_FZ},
+          rule=r.qualitative,
+          args={k: IR["fig1a_spectrum_examples"][k] for k in ("block", "overwrite", "mix", "skip")},
           backs=("fig-interpreting-1a", "fig-interpreting-1-published")),
-    Claim("claim-interpreting-fig1b-invariant", "interpreting", IR["fig1b_invariant_examples"]["where"],
-          IR["fig1b_invariant_examples"]["text"] + " They pass all three criteria.",
-          IR["fig1b_invariant_examples"]["channels"], m.invariant_set, {"metrics": METRICS_FZ}, r.recall_of,
-          {"block": "3.1", "criterion": "interpreting"},
+    Claim(id="claim-interpreting-fig1b-invariant", paper="interpreting",
+          where=IR["fig1b_invariant_examples"]["where"],
+          text=IR["fig1b_invariant_examples"]["text"] + " They pass all three criteria.",
+          published=IR["fig1b_invariant_examples"]["channels"], measure=m.invariant_set,
+          inputs={"metrics": METRICS_FZ}, rule=r.recall_of, args={"block": "3.1", "criterion": "interpreting"},
           backs=("fig-interpreting-1b", "fig-interpreting-1-published")),
-    Claim("claim-interpreting-overwrite-skew", "interpreting", IR["overwrite_skew"]["where"], IR["overwrite_skew"]["text"],
-          "M < 1 dominates in " + ", ".join(IR["overwrite_skew"]["blocks"]), m.overwrite_skew, {"metrics": METRICS_FZ},
-          r.qualitative, {"blocks": IR["overwrite_skew"]["blocks"]}, backs=("fig-interpreting-2",)),
-    Claim("claim-interpreting-simple-less-skewed", "interpreting", IR["simple_blocks_less_skewed"]["where"],
-          IR["simple_blocks_less_skewed"]["text"], "simple < downsample overwrite share", m.less_skewed,
-          {"metrics": METRICS_FZ}, r.qualitative,
-          {k: IR["simple_blocks_less_skewed"][k] for k in ("simple", "downsample")}, backs=("fig-interpreting-2",)),
-    Claim("claim-interpreting-final-block-lowest-bin", "interpreting", IR["final_block_lowest_bin"]["where"],
-          IR["final_block_lowest_bin"]["text"], "all channels in [0, 0.25)", m.lowest_bin_share,
-          {"metrics": METRICS_FZ}, r.qualitative, {k: IR["final_block_lowest_bin"][k] for k in ("block", "bin_high")},
+    Claim(id="claim-interpreting-overwrite-skew", paper="interpreting", where=IR["overwrite_skew"]["where"],
+          text=IR["overwrite_skew"]["text"],
+          published="M < 1 dominates in " + ", ".join(IR["overwrite_skew"]["blocks"]), measure=m.overwrite_skew,
+          inputs={"metrics": METRICS_FZ}, rule=r.qualitative, args={"blocks": IR["overwrite_skew"]["blocks"]},
           backs=("fig-interpreting-2",)),
-    *[Claim(f"claim-interpreting-weights-{_bid(b)}", "interpreting", IR["skip_weights_smaller"]["where"],
-            f"Block {b}: " + IR["skip_weights_smaller"]["text"], "rho < 0, p < 0.05", m.weights_fall_with_mix,
-            {"metrics": METRICS_FZ}, r.qualitative,
-            {"block": b, "alpha": ALPHA},
+    Claim(id="claim-interpreting-simple-less-skewed", paper="interpreting",
+          where=IR["simple_blocks_less_skewed"]["where"], text=IR["simple_blocks_less_skewed"]["text"],
+          published="simple < downsample overwrite share", measure=m.less_skewed, inputs={"metrics": METRICS_FZ},
+          rule=r.qualitative, args={k: IR["simple_blocks_less_skewed"][k] for k in ("simple", "downsample")},
+          backs=("fig-interpreting-2",)),
+    Claim(id="claim-interpreting-final-block-lowest-bin", paper="interpreting",
+          where=IR["final_block_lowest_bin"]["where"], text=IR["final_block_lowest_bin"]["text"],
+          published="all channels in [0, 0.25)", measure=m.lowest_bin_share, inputs={"metrics": METRICS_FZ},
+          rule=r.qualitative, args={k: IR["final_block_lowest_bin"][k] for k in ("block", "bin_high")},
+          backs=("fig-interpreting-2",)),
+    *[Claim(id=f"claim-interpreting-weights-{block_id(b)}", paper="interpreting",
+            where=IR["skip_weights_smaller"]["where"], text=f"Block {b}: " + IR["skip_weights_smaller"]["text"],
+            published="rho < 0, p < 0.05", measure=m.weights_fall_with_mix, inputs={"metrics": METRICS_FZ},
+            rule=r.qualitative, args={"block": b, "alpha": ALPHA},
             backs=("fig-interpreting-3", "tbl-interpreting-spearman"))
       for b in IR["skip_weights_smaller"]["blocks"]],
-    *[Claim(f"claim-interpreting-inhibition-{_bid(b)}", "interpreting", IR["overwrite_inhibition"]["where"],
-            f"Block {b}: " + IR["overwrite_inhibition"]["text"], "overwrite < skip, p < 0.05", m.overwrite_inhibited,
-            {"metrics": METRICS_FZ, "responses": RESPONSES}, r.qualitative, {"block": b, "alpha": ALPHA},
-            backs=("fig-interpreting-4", "tbl-interpreting-activation-anova"))
+    *[Claim(id=f"claim-interpreting-inhibition-{block_id(b)}", paper="interpreting",
+            where=IR["overwrite_inhibition"]["where"], text=f"Block {b}: " + IR["overwrite_inhibition"]["text"],
+            published="overwrite < skip, p < 0.05", measure=m.overwrite_inhibited,
+            inputs={"metrics": METRICS_FZ, "responses": RESPONSES}, rule=r.qualitative,
+            args={"block": b, "alpha": ALPHA}, backs=("fig-interpreting-4", "tbl-interpreting-activation-anova"))
       for b in IR["overwrite_inhibition"]["blocks"]],
-    *[Claim(f"claim-interpreting-tuning-{_bid(b)}", "interpreting", IR["tuning_correlation"]["where"],
-            f"Block {b}: " + IR["tuning_correlation"]["text"],
-            "overwrite more negative, p < 0.05" if significant else "no significant difference",
-            m.tuning_difference, {"metrics": METRICS_FZ}, r.qualitative,
-            {"block": b, "alpha": ALPHA, "significant": significant},
+    *[Claim(id=f"claim-interpreting-tuning-{block_id(b)}", paper="interpreting",
+            where=IR["tuning_correlation"]["where"], text=f"Block {b}: " + IR["tuning_correlation"]["text"],
+            published="overwrite more negative, p < 0.05" if significant else "no significant difference",
+            measure=m.tuning_difference, inputs={"metrics": METRICS_FZ}, rule=r.qualitative,
+            args={"block": b, "alpha": ALPHA, "significant": significant},
             backs=("fig-interpreting-4", "tbl-interpreting-tuning-anova"))
       for significant, key in ((True, "significant"), (False, "not_significant"))
       for b in IR["tuning_correlation"][key]],
-    Claim("claim-interpreting-with-invariant", "interpreting", IR["invariant_blocks"]["where"],
-          "Blocks 1.1, 2.0, 2.1 and 3.1 have channels meeting all three criteria.",
-          "present in " + ", ".join(IR["invariant_blocks"]["with_invariant"]), m.with_invariant,
-          {"metrics": METRICS_FZ}, r.qualitative,
-          {"blocks": IR["invariant_blocks"]["with_invariant"], "criterion": "interpreting"},
+    Claim(id="claim-interpreting-with-invariant", paper="interpreting", where=IR["invariant_blocks"]["where"],
+          text="Blocks 1.1, 2.0, 2.1 and 3.1 have channels meeting all three criteria.",
+          published="present in " + ", ".join(IR["invariant_blocks"]["with_invariant"]), measure=m.with_invariant,
+          inputs={"metrics": METRICS_FZ}, rule=r.qualitative,
+          args={"blocks": IR["invariant_blocks"]["with_invariant"], "criterion": "interpreting"},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
-    Claim("claim-interpreting-without-invariant", "interpreting", IR["invariant_blocks"]["where"],
-          "Zero channels meet all three criteria in blocks 3.0, 4.0 and 4.1.",
-          "none in " + ", ".join(IR["invariant_blocks"]["without_invariant"]), m.no_invariant,
-          {"metrics": METRICS_FZ}, r.qualitative,
-          {"blocks": IR["invariant_blocks"]["without_invariant"], "criterion": "interpreting"},
+    Claim(id="claim-interpreting-without-invariant", paper="interpreting", where=IR["invariant_blocks"]["where"],
+          text="Zero channels meet all three criteria in blocks 3.0, 4.0 and 4.1.",
+          published="none in " + ", ".join(IR["invariant_blocks"]["without_invariant"]), measure=m.no_invariant,
+          inputs={"metrics": METRICS_FZ}, rule=r.qualitative,
+          args={"blocks": IR["invariant_blocks"]["without_invariant"], "criterion": "interpreting"},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
-    Claim("claim-interpreting-without-mix-few", "interpreting", IR["without_mix_criterion"]["where"],
-          "Without the mix criterion only a few channels pass in 4.0 and 4.1.",
-          f"at most {FEW_PERCENT:g}% (our reading of 'a few')", m.few_without_mix, {"metrics": METRICS_FZ},
-          r.qualitative, {"blocks": IR["without_mix_criterion"]["few_blocks"], "few_percent": FEW_PERCENT},
+    Claim(id="claim-interpreting-without-mix-few", paper="interpreting", where=IR["without_mix_criterion"]["where"],
+          text="Without the mix criterion only a few channels pass in 4.0 and 4.1.",
+          published=f"at most {FEW_PERCENT:g}% (our reading of 'a few')", measure=m.few_without_mix,
+          inputs={"metrics": METRICS_FZ}, rule=r.qualitative,
+          args={"blocks": IR["without_mix_criterion"]["few_blocks"], "few_percent": FEW_PERCENT},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
-    Claim("claim-interpreting-without-mix-appreciable", "interpreting", IR["without_mix_criterion"]["where"],
-          "Without the mix criterion 3.0 has an appreciable percentage, substantially less than 2.1 and 3.1.",
-          f"at least {APPRECIABLE_PERCENT:g}% (our reading of 'appreciable'), below its neighbours",
-          m.appreciable_without_mix, {"metrics": METRICS_FZ}, r.qualitative,
-          {"block": IR["without_mix_criterion"]["appreciable_block"],
-           "neighbours": IR["without_mix_criterion"]["neighbours"], "appreciable_percent": APPRECIABLE_PERCENT},
+    Claim(id="claim-interpreting-without-mix-appreciable", paper="interpreting",
+          where=IR["without_mix_criterion"]["where"],
+          text="Without the mix criterion 3.0 has an appreciable percentage, substantially less than 2.1 and 3.1.",
+          published=f"at least {APPRECIABLE_PERCENT:g}% (our reading of 'appreciable'), below its neighbours",
+          measure=m.appreciable_without_mix, inputs={"metrics": METRICS_FZ}, rule=r.qualitative,
+          args={"block": IR["without_mix_criterion"]["appreciable_block"],
+                "neighbours": IR["without_mix_criterion"]["neighbours"], "appreciable_percent": APPRECIABLE_PERCENT},
           backs=("fig-interpreting-5", "tbl-interpreting-percent")),
-    *[Claim(f"claim-interpreting-top-sm-{_bid(b)}", "interpreting", IR["top_scale_metric"]["where"],
-            f"Block {b}: channels {', '.join(map(str, IR['top_scale_metric'][b]))} are among the top 3 by scale metric.",
-            IR["top_scale_metric"][b], m.named_in_top_scale_metric, {"metrics": METRICS_FZ_SEEDS}, r.qualitative,
-            {"block": b, "named": IR["top_scale_metric"][b], "count": 3, "criterion": "interpreting"},
+    *[Claim(id=f"claim-interpreting-top-sm-{block_id(b)}", paper="interpreting",
+            where=IR["top_scale_metric"]["where"],
+            text=f"Block {b}: channels {', '.join(map(str, IR['top_scale_metric'][b]))} are among the top 3 by scale metric.",
+            published=IR["top_scale_metric"][b], measure=m.named_in_top_scale_metric,
+            inputs={"metrics": METRICS_FZ_SEEDS}, rule=r.qualitative,
+            args={"block": b, "named": IR["top_scale_metric"][b], "count": 3, "criterion": "interpreting"},
             backs=("fig-interpreting-6", "tbl-interpreting-top-sm"))
       for b in IR["top_scale_metric"] if b in BLOCKS],
-    *[Claim(f"claim-interpreting-a3-{_bid(b)}", "interpreting", _A3["where"],
-            f"Block {b}: channels passing both the FZ and the ImageNet criteria", _A3[b], m.fz_imagenet_set,
-            {"metrics": METRICS_BOTH_SEEDS}, r.set_overlap, {"block": b}, SET_TOLERANCE,
-            ("fig-interpreting-7", "fig-interpreting-7-agreement", "tbl-interpreting-a3"))
+    *[Claim(id=f"claim-interpreting-a3-{block_id(b)}", paper="interpreting", where=_A3["where"],
+            text=f"Block {b}: channels passing both the FZ and the ImageNet criteria", published=_A3[b],
+            measure=m.fz_imagenet_set, inputs={"metrics": METRICS_BOTH_SEEDS}, rule=r.set_overlap, args={"block": b},
+            tolerance=SET_TOLERANCE,
+            backs=("fig-interpreting-7", "fig-interpreting-7-agreement", "tbl-interpreting-a3"))
       for b in BLOCKS],
-    *[Claim(f"claim-interpreting-a4-{_bid(b)}", "interpreting", IR["top_mixes"]["where"],
-            f"Block {b}: the 3 channels with M closest to 1", IR["top_mixes"][b], m.top_mix_set,
-            {"metrics": METRICS_FZ_SEEDS}, r.set_overlap, {"block": b}, TOP3_TOLERANCE,
-            ("fig-interpreting-8", "tbl-interpreting-a4"))
+    *[Claim(id=f"claim-interpreting-a4-{block_id(b)}", paper="interpreting", where=IR["top_mixes"]["where"],
+            text=f"Block {b}: the 3 channels with M closest to 1", published=IR["top_mixes"][b],
+            measure=m.top_mix_set, inputs={"metrics": METRICS_FZ_SEEDS}, rule=r.set_overlap, args={"block": b},
+            tolerance=TOP3_TOLERANCE, backs=("fig-interpreting-8", "tbl-interpreting-a4"))
       for b in BLOCKS],
 ]
 
-# ---------------------------------------------------------------- this store: default vs aliased taps
+# ---------------------------------------------------------------- this store: default vs aliased taps, seeds
+
+# The store page's sections, in its order: its heading by key.
+ALIASED_SECTION, SEEDS_SECTION = "aliased", "seeds"
+STORE_SECTIONS = {ALIASED_SECTION: "Default taps and reference-compatibility (aliased) taps",
+                  SEEDS_SECTION: "FZ seeds and convergence"}
 
 FIGURES_STORE = [
     Figure("fig-fz-convergence", "store", "—", "FZ convergence per block",
            "Each FZ's objective (the maximized center value) every fz.trace_every steps, over its last traced value; "
            "median over channels and seeds per tap, 25-75 % band. A curve still rising at the last step has not "
            "converged (benchmarks/fz_convergence.py measures the recipe against 4x the steps).",
-           convergence.convergence_figure, {"fz": Selection("fz", seeds=True)}),
+           convergence.convergence_figure, {"fz": Selection("fz", seeds=True)}, section=SEEDS_SECTION),
     Table("tbl-seed-noise", "store", "—", "Seed noise floors of the channel lists",
           "Per block and list (each criterion's channel set, the top-3 mixes, the top-3 by scale metric among the "
           "channels passing all three criteria): each list computed on one FZ seed alone, and the Jaccard index "
           "of every pair of seeds (median, low, high). A set claim is within noise when its overlap with the "
           "reference is at least the low end. With one seed the floor is unknown (NaN).",
-          noise.floors_table, {"metrics": Selection("metrics", {"stimulus_set": "fz"}, seeds=True)}),
+          noise.floors_table, {"metrics": Selection("metrics", {"stimulus_set": "fz"}, seeds=True)},
+          section=SEEDS_SECTION),
     Table("tbl-aliased", "store", "—", "Invariant channels with default and aliased taps, against seed noise",
           "Per block and criterion: scale-invariant channels with the true (default) taps (median over FZ seeds) and "
           "with FZs made for Lucent's aliased taps (B and pre-ReLU taps read as the post-ReLU block output; the "
           "authors' FZs), the Jaccard of the aliased set with each true-tap seed's set, and the true taps' own "
           "seed-to-seed Jaccard (median and range). beyond_noise: even the best aliased-vs-true overlap is below "
           "the lowest seed-to-seed overlap, so the trap changes the set more than the seed does.",
-          noise.aliased_against_seed_noise, ALIASED_SEED_INPUTS),
+          noise.aliased_against_seed_noise, ALIASED_SEED_INPUTS, section=ALIASED_SECTION),
     Figure("fig-aliased-mix", "store", "—", "Mix ratio with default and aliased taps",
            "Each channel's mix ratio with the default taps against the aliased taps, per block.",
-           fg.aliased_mix_scatter, ALIASED_INPUTS),
+           fg.aliased_mix_scatter, ALIASED_INPUTS, section=ALIASED_SECTION),
 ]
 
 FIGURES = [*FIGURES_STORE, *FIGURES_NATURALLY, *FIGURES_INTERPRETING]
 CLAIMS = [*CLAIMS_NATURALLY, *CLAIMS_INTERPRETING]
 
 
-# ---------------------------------------------------------------- a profile's own reference run
-
-
-def reference_claims(reference: Mapping) -> list[Claim]:
-    """The papers' claim rules applied to a reference run's numbers (``repro.reference``): channel sets by
-    overlap against the store's seed noise, counts by tolerance, top-3 mixes by overlap."""
-    profile = str(reference["profile"])
-    where = f"data/published/{profile}.toml"
-    need = (f"reference:{profile}:{reference.get('weights_sha256', '')}",)
-    claims = []
-    for block, entry in reference.get("blocks", {}).items():
-        for criterion, words in (("naturally", "mix AND up"), ("interpreting", "mix AND up AND down")):
-            numbers = entry[criterion]
-            claims += [
-                Claim(f"claim-reference-{criterion}-{_bid(block)}", "reference", where,
-                      f"Block {block}: channels passing {words} in the reference run", list(numbers["channels"]),
-                      m.invariant_set, {"metrics": METRICS_FZ_SEEDS}, r.set_overlap,
-                      {"block": block, "criterion": criterion}, SET_TOLERANCE, source="reference", requires=need),
-                Claim(f"claim-reference-{criterion}-count-{_bid(block)}", "reference", where,
-                      f"Block {block}: number of channels passing {words}", numbers["count"], m.invariant_count,
-                      {"metrics": METRICS_FZ}, r.number_close, {"block": block, "criterion": criterion},
-                      COUNT_TOLERANCE, source="reference", requires=need)]
-        claims.append(Claim(f"claim-reference-top-mixes-{_bid(block)}", "reference", where,
-                            f"Block {block}: the 3 channels with M closest to 1", list(entry["top_mixes"]),
-                            m.top_mix_set, {"metrics": METRICS_FZ_SEEDS}, r.set_overlap, {"block": block},
-                            TOP3_TOLERANCE, source="reference", requires=need))
-    for block, entry in reference.get("ablation", {}).items():
-        claims.append(Claim(f"claim-reference-ablation-{_bid(block)}", "reference", where,
-                            f"Block {block}: mean accuracy ratio (invariant / random sets) at every scale",
-                            dict(zip(entry["scales"], entry["mean_ratio"])), m.ablation_ratios,
-                            {"ablation": ABLATION}, r.accuracies_close, {"block": block}, RATIO_TOLERANCE,
-                            source="reference", requires=need))
-    by_id = {claim.id: claim for claim in CLAIMS}
-    for claim_id, level in reference.get("rules", {}).items():
-        if claim_id in by_id:
-            paper = by_id[claim_id]
-            claims.append(Claim(f"claim-reference-rule-{claim_id.removeprefix('claim-')}", "reference", where,
-                                f"{paper.text} (the papers' rule on the reference run: {level})", level,
-                                paper.measure, paper.inputs, r.same_level, paper.args, source="reference",
-                                requires=need))
-    return claims
-
-
-def reference_for(profile_name: str) -> dict | None:
-    from repro import reference
-
-    return reference.load(reference.path_for(profile_name)) if profile_name else None
-
-
-def claims_for(profile_name: str) -> list[Claim]:
-    """The papers' claims, and the profile's own reference claims when it has a reference file."""
-    reference = reference_for(profile_name)
-    return CLAIMS + (reference_claims(reference) if reference else [])
-
-
 # ---------------------------------------------------------------- third chapter: superposition and alignment
 
 def _alignment_entry(item: Mapping[str, Any]) -> Figure | Table:
-    """One of ``analyses.alignment_figures.FIGURES``: tables are labelled ``tbl-``."""
-    kind = Table if item["id"].startswith("tbl-") else Figure
+    """One of ``analyses.alignment_figures.FIGURES``, as the type its kind names."""
+    kind = {entry_type.kind: entry_type for entry_type in (Figure, Table)}[item["kind"]]
     inputs = {name: Selection(group, optional=item.get("optional", False))
               for name, group in item.get("inputs", {}).items()}
     return kind(item["id"], "alignment", item.get("paper_figure", "—"), item["title"], item["caption"],

@@ -19,16 +19,26 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 
-from analyses import figures, stats
+from analyses import criteria, figures, stats
 from repro.hashing import digest
 
 FOLDER = "units"
 GROUPS = ("fz", "fz_channel", "natural", "image_cache", "metrics")
 OBJECTIVES = (("neuron", "FZ, center neuron"), ("channel", "FZ, whole channel"))
-METRIC_ORDER = ("mix", "scale_metric", "up_delta", "down_delta", "mix_ok", "up_ok", "down_ok", "invariant_naturally",
-                "invariant_interpreting", "failed_fz", "bn2_weight_abs", "conv2_weight_mean_abs", "tuning_rho")
-BLOCK_COLUMNS = (("mix", "M"), ("scale_metric", "SM"), ("mix_ok", "mix"), ("up_ok", "up"), ("down_ok", "down"),
-                 ("invariant_naturally", "invariant (mix, up)"), ("invariant_interpreting", "invariant (mix, up, down)"))
+
+
+def metric_order() -> tuple[str, ...]:
+    """The unit page's metrics in this order (others after them, by name); criteria from the registry."""
+    return ("mix", "scale_metric", "up_delta", "down_delta", *criteria.FLAGS, *criteria.stored_columns(), "failed_fz",
+            "bn2_weight_abs", "conv2_weight_mean_abs", "tuning_rho")
+
+
+def block_columns() -> tuple[tuple[str, str], ...]:
+    """(variable, heading) of a block page's table: M, SM, each test and each stored criterion."""
+    return (("mix", "M"), ("scale_metric", "SM"), *((flag, flag.removesuffix("_ok")) for flag in criteria.FLAGS),
+            *((criterion.column, f"invariant ({', '.join(criterion.tests)})") for criterion in criteria.stored()))
+
+
 SORT_SCRIPT = """document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEventListener("click", () => {
   const table = th.closest("table"), body = table.tBodies[0];
   const ascending = th.getAttribute("aria-sort") !== "ascending";
@@ -91,7 +101,8 @@ def metric_rows(metrics: xr.Dataset, block: str, channel: int) -> list[tuple[str
     """(variable, [value per stimulus set]) for every metrics variable of the unit."""
     sets = [str(s) for s in metrics["stimulus_set"].values] if "stimulus_set" in metrics.dims else [""]
     rows = []
-    names = sorted(metrics.data_vars, key=lambda n: (METRIC_ORDER.index(n) if n in METRIC_ORDER else len(METRIC_ORDER), n))
+    order = metric_order()
+    names = sorted(metrics.data_vars, key=lambda n: (order.index(n) if n in order else len(order), n))
     for name in names:
         variable = metrics[name]
         if "channel" not in variable.dims or name == "valid":
@@ -221,7 +232,7 @@ def unit_page(unit: str, names: dict, seeds: Sequence, metrics: xr.Dataset, show
 
 
 def block_page(block: str, metrics: xr.Dataset, channels: Sequence[int], pages) -> str:
-    columns = [(name, words) for name, words in BLOCK_COLUMNS if name in metrics]
+    columns = [(name, words) for name, words in block_columns() if name in metrics]
     has_seeds = "seed" in metrics.dims
     frequency = " (frequency)" if has_seeds else ""
     header = "<tr><th>unit</th>" + "".join(f"<th>{words}{frequency if metrics[name].dtype == bool else ''}</th>"

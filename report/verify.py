@@ -17,6 +17,7 @@ import xarray as xr
 from analyses.measures import MissingInput
 from report.loader import Loader
 from report.rules import BADGES, DEVIATES, NOT_COMPARABLE, Outcome
+from report.spec import ReferenceRun
 from repro.model import IMAGENET_FILE_SHA256_PREFIX
 
 IMAGENET_WEIGHTS = "imagenet"
@@ -78,7 +79,7 @@ def comparability(attrs: Mapping) -> tuple[bool, str]:
     return not reasons, "; ".join(reasons)
 
 
-def requirement_failures(requires: Sequence[str], attrs: Mapping, ablation_attrs: Mapping | None = None) -> list[str]:
+def requirement_failures(requires: Sequence, attrs: Mapping, ablation_attrs: Mapping | None = None) -> list[str]:
     """Short reasons a claim with these requirements cannot be compared on this store (the store-wide
     reason in full is ``comparability``'s)."""
     reasons = []
@@ -88,11 +89,10 @@ def requirement_failures(requires: Sequence[str], attrs: Mapping, ablation_attrs
         if profile_differences(attrs):
             reasons.append(f"profile {attrs.get('profile_name', '')!r} differs from the paper's")
     for need in requires:
-        if need.startswith("reference:"):
-            _, profile, weights = need.split(":", 2)
-            if attrs.get("profile_name") != profile:
-                reasons.append(f"the reference is profile {profile!r}'s; this store is {attrs.get('profile_name')!r}")
-            elif weights and attrs.get("weights_sha256") and attrs.get("weights_sha256") != weights:
+        if isinstance(need, ReferenceRun):
+            if attrs.get("profile_name") != need.profile:
+                reasons.append(f"the reference is profile {need.profile!r}'s; this store is {attrs.get('profile_name')!r}")
+            elif need.weights_sha256 and attrs.get("weights_sha256") and attrs.get("weights_sha256") != need.weights_sha256:
                 reasons.append("the reference was made with other weights")
     if "code_scales" in requires:
         definition = _setting(store_profile(attrs), "ablation.scale_definition")
@@ -133,7 +133,7 @@ def evaluate_claim(claim, inputs: Mapping[str, xr.Dataset | None], attrs: Mappin
     return claim.rule(claim.published, measured, **claim.tolerance)
 
 
-def claim_reasons(requires: Sequence[str], attrs: Mapping, ablation_attrs: Mapping | None = None) -> list[str]:
+def claim_reasons(requires: Sequence, attrs: Mapping, ablation_attrs: Mapping | None = None) -> list[str]:
     """The reasons a claim cannot be compared beyond the store-wide one (weights, profile)."""
     return requirement_failures([need for need in requires if need != "paper_setup"], attrs, ablation_attrs)
 

@@ -55,6 +55,7 @@ import xarray as xr
 from PIL import Image
 from tqdm import tqdm
 
+from analyses import criteria
 from repro import device as devices
 from repro import images, profiles, stimulus
 from repro.errors import UserError
@@ -66,7 +67,6 @@ from repro.store import Store, labels, provenance
 
 GROUP = "ablation"
 CONDITIONS = ("none", "invariant", "random")
-CRITERIA = {"naturally": "invariant_naturally", "interpreting": "invariant_interpreting"}
 SCALE_DEFINITIONS = ("paper", "code")
 ABLATIONS = ("mean", "zero")
 Row = tuple[str, int]  # a condition set's label: (condition, number), the number a trial or, screening, a draw
@@ -116,8 +116,9 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        if self.criterion not in CRITERIA:
-            raise UserError(f"ablation.criterion {self.criterion!r}: expected one of {', '.join(CRITERIA)}")
+        stored = [criterion.name for criterion in criteria.stored()]  # those with a robust label to ablate
+        if self.criterion not in stored:
+            raise UserError(f"ablation.criterion {self.criterion!r}: expected one of {', '.join(stored)}")
         if self.scale_definition not in SCALE_DEFINITIONS:
             raise UserError(f"ablation.scale_definition {self.scale_definition!r}: expected paper or code")
         if self.ablation not in ABLATIONS:
@@ -379,7 +380,7 @@ def _metrics_invariant(metrics: xr.Dataset | None, block: str, layout: TapLayout
         raise UserError(f"no channel set for block {block}: run `repro metrics` first, or pass "
                         f"--channels {block}=LIST (and --blocks to choose which blocks to ablate)")
     # With several FZ seeds the set is the robust one: channels passing in enough seeds, not in one.
-    name = CRITERIA[settings.criterion] + ("_robust" if "seed" in metrics.dims else "")
+    name = criteria.CRITERIA[settings.criterion].column + ("_robust" if "seed" in metrics.dims else "")
     flags = metrics[name].sel(block=block, stimulus_set=settings.stimulus_set)
     invariant = flags.values.astype(bool)[:layout.width(block)]
     return [c for c in _metrics_valid(metrics, block, layout) if invariant[c]]

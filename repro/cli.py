@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from analyses import criteria
 from repro import profiles
 from repro.objectives import OBJECTIVES
 from repro.errors import UserError
@@ -264,7 +265,8 @@ def metrics(store_path, weights, device_name, reading):
 @executor_options
 @click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's).")
 @click.option("--blocks", help="Blocks to ablate, e.g. 2.1,3.1 (default: the profile's).")
-@click.option("--criterion", type=click.Choice(["naturally", "interpreting"]), help="Which paper's invariance criterion.")
+@click.option("--criterion", type=click.Choice([criterion.name for criterion in criteria.stored()]),
+              help="Which paper's invariance criterion.")
 @click.option("--channels", "channel_sets", multiple=True, help="BLOCK=LIST, e.g. 2.1=13,15,18 (instead of metrics).")
 @click.option("--trials", type=int, help="Accepted random trials per block.")
 @click.option("--ablation", type=click.Choice(["mean", "zero"]))
@@ -327,12 +329,12 @@ def report(store_path, out_dir, keep_going, compare_path):
 @click.option("--strict", is_flag=True, help="Exit non-zero on any deviation from the published numbers.")
 def verify(store_path, strict):
     """Print the claims table: each published number against the store's."""
-    from report import spec
+    from report import reference
     from report import verify as verify_claims
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    deviations = verify_claims.print_claims(store, spec.claims_for(str(store.attrs.get("profile_name", ""))))
+    deviations = verify_claims.print_claims(store, reference.claims_for(str(store.attrs.get("profile_name", ""))))
     if strict and deviations:
         raise click.exceptions.Exit(1)
 
@@ -344,7 +346,7 @@ def verify(store_path, strict):
 @click.option("--for", "judged_profile", help="The profile the numbers judge (default: the store's own).")
 def reference(store_path, out, made_by, judged_profile):
     """Write a store's numbers as its profile's reference (judged by the report with the papers' rules)."""
-    from repro import reference as reference_numbers
+    from report import reference as reference_numbers
 
     store = Store.existing(store_path)
     refuse_stale(store)

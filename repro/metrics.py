@@ -26,7 +26,8 @@ center value for channel c when shown source tap ``source``'s stimulus for chann
 * ``up_delta`` = B_c(S(X̂_I)) − ReLU(B_c(X̂_I)), ``up_ok`` = up_delta > 0.
 * ``down_delta`` = I_c(S⁻¹(X̂_B)) − ReLU(I_c(X̂_B)), ``down_ok`` = down_delta > 0.
 * ``scale_metric`` = up_delta / B_c(X̂_B) + down_delta / I_c(X̂_I).
-* ``invariant_naturally`` = mix ∧ up; ``invariant_interpreting`` = mix ∧ up ∧ down.
+* ``invariant_<name>`` per stored criterion of ``analyses.criteria``: ``invariant_naturally`` = mix ∧ up;
+  ``invariant_interpreting`` = mix ∧ up ∧ down.
 
 That is the paper's reading. The authors' code differs in items 2-5 and 7 of docs/method.md's list, each a setting
 of the ``metrics`` table (``repro.reading``): ``delta_relu = "both"`` ReLUs the scaled term too;
@@ -53,7 +54,7 @@ weight and tuning columns; a rerun skips done units.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -65,6 +66,7 @@ import xarray as xr
 from scipy import stats
 from torch import nn
 
+from analyses import criteria
 from repro import device as devices
 from repro import fz as fz_stage
 from repro import images as imgs
@@ -87,8 +89,8 @@ class FailedFZWarning(UserWarning):
 
 @dataclass(frozen=True)
 class MixSettings:
-    low: float = 2 / 3
-    high: float = 1.5
+    low: float = criteria.MIX_LOW
+    high: float = criteria.MIX_HIGH
     clamp: float = 5.0
     # The reading items (docs/method.md, "Where the authors' code differs from the papers"); paper's by default.
     delta_relu: str = "unscaled"
@@ -159,11 +161,6 @@ DIRECTIONS = {
     "delta": lambda delta, norm: delta > 0,
     "normalised": lambda delta, norm: _ratio(delta, norm) > 0,
 }
-# The second paper's invariant set from the mix, up and down flags.
-INTERPRETING = {
-    "mix_up_down": lambda mix_ok, up_ok, down_ok: mix_ok & up_ok & down_ok,
-    "mix_up": lambda mix_ok, up_ok, down_ok: mix_ok & up_ok,
-}
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -199,16 +196,14 @@ def channel_metrics(response: xr.DataArray, settings: MixSettings,
     mix_ok = (settings.low < mix) & (mix < settings.high) & ~failed_fz
     direction = DIRECTIONS[settings.direction]
     up_ok, down_ok = direction(up_delta, up_norm), direction(down_delta, down_norm)
+    flags = dict(zip(criteria.FLAGS, (mix_ok, up_ok, down_ok)))
     columns = {
         "mix": mix.astype(np.float32),
         "up_delta": up_delta.astype(np.float32),
         "down_delta": down_delta.astype(np.float32),
         "scale_metric": scale_metric.astype(np.float32),
-        "mix_ok": mix_ok,
-        "up_ok": up_ok,
-        "down_ok": down_ok,
-        "invariant_naturally": mix_ok & up_ok,
-        "invariant_interpreting": INTERPRETING[settings.interpreting_criterion](mix_ok, up_ok, down_ok),
+        **flags,
+        **{criterion.column: criterion.passes(flags, asdict(settings)) for criterion in criteria.stored()},
         "failed_fz": failed_fz,
     }
     return xr.Dataset({name: ("channel", data) for name, data in columns.items()},
@@ -464,10 +459,17 @@ def responses_template(inputs: Inputs) -> xr.Dataset:
 
 
 PER_SET_FLOATS = ("mix", "up_delta", "down_delta", "scale_metric")
-PER_SET_FLAGS = ("mix_ok", "up_ok", "down_ok", "invariant_naturally", "invariant_interpreting", "failed_fz")
 PER_CHANNEL_FLOATS = ("bn2_weight_abs", "conv2_weight_mean_abs", "tuning_rho")
-# The flags whose pass frequency over seeds is stored (``<flag>_frequency``) with a robust label (``<flag>_robust``).
-CRITERION_FLAGS = ("mix_ok", "up_ok", "down_ok", "invariant_naturally", "invariant_interpreting")
+
+
+def criterion_flags() -> tuple[str, ...]:
+    """The flags whose pass frequency over seeds is stored (``<flag>_frequency``) with a robust label
+    (``<flag>_robust``): each test and each stored criterion (``analyses.criteria``)."""
+    return criteria.FLAGS + criteria.stored_columns()
+
+
+def per_set_flags() -> tuple[str, ...]:
+    return criterion_flags() + ("failed_fz",)
 
 
 def metrics_template(inputs: Inputs) -> xr.Dataset:
@@ -480,12 +482,12 @@ def metrics_template(inputs: Inputs) -> xr.Dataset:
     variables = {}
     for name in PER_SET_FLOATS:
         variables[name] = (seed_dims, da.full(per_seed, np.nan, dtype=np.float32, chunks=(1, 1, n_channels, 1)))
-    for name in PER_SET_FLAGS:
+    for name in per_set_flags():
         variables[name] = (seed_dims, da.zeros(per_seed, dtype=bool, chunks=(1, 1, n_channels, 1)))
-    for name in CRITERION_FLAGS + ("failed_fz",):
+    for name in per_set_flags():
         variables[f"{name}_frequency"] = (set_dims, da.full(per_set, np.nan, dtype=np.float32,
                                                             chunks=(1, n_channels, 1)))
-    for name in CRITERION_FLAGS:
+    for name in criterion_flags():
         variables[f"{name}_robust"] = (set_dims, da.zeros(per_set, dtype=bool, chunks=(1, n_channels, 1)))
     for name in PER_CHANNEL_FLOATS:
         variables[name] = (("block", "channel"), da.full(per_channel, np.nan, dtype=np.float32, chunks=(1, n_channels)))
@@ -518,11 +520,11 @@ def metrics_part(seed: int, block: str, stimulus_set: str, metrics: xr.Dataset) 
 def seed_frequencies(per_seed: xr.Dataset, valid: np.ndarray, robust_fraction: float) -> xr.Dataset:
     """Per channel: the fraction of seeds passing each criterion flag, and the robust label (fraction ≥
     ``robust_fraction``). ``per_seed`` holds one block and stimulus set: flags over (seed, channel)."""
-    columns = {}
-    for name in CRITERION_FLAGS + ("failed_fz",):
+    columns, robust = {}, criterion_flags()
+    for name in per_set_flags():
         frequency = per_seed[name].astype(np.float64).mean("seed").values
         columns[f"{name}_frequency"] = np.where(valid, frequency, np.nan).astype(np.float32)
-        if name in CRITERION_FLAGS:
+        if name in robust:
             # A small margin, so 2 of 3 seeds pass a fraction of 2/3 despite rounding.
             columns[f"{name}_robust"] = valid & (frequency >= robust_fraction - 1e-9)
     return xr.Dataset({name: ("channel", data) for name, data in columns.items()},
@@ -694,7 +696,7 @@ def _run_frequencies(store, inputs, block, stimulus_set, robust_fraction: float)
     if unit in store.done(metrics_group):
         return
     stored = store.dataset(metrics_group)
-    per_seed = stored[list(PER_SET_FLAGS)].sel(block=block, stimulus_set=stimulus_set).load()
+    per_seed = stored[list(per_set_flags())].sel(block=block, stimulus_set=stimulus_set).load()
     valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
     frequencies = seed_frequencies(per_seed, valid, robust_fraction)
     part = frequencies.expand_dims(block=labels([block]), stimulus_set=labels([stimulus_set])).transpose(

@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from analyses.criteria import CRITERIA
+from analyses.criteria import stored as stored_criteria
 from repro.errors import UserError
 from repro.objectives import OBJECTIVES
 
@@ -94,13 +96,13 @@ class MetricsSettings:
     mix_edges: str = field(metadata=choice("paper", "code"))
     top9_relu: str = field(metadata=choice("of_mean", "per_image"))
     top9_png: bool
-    interpreting_criterion: str = field(metadata=choice("mix_up_down", "mix_up"))
+    interpreting_criterion: str = field(metadata=choice(*CRITERIA["interpreting"].variants))
 
 
 @dataclass(frozen=True)
 class AblationSettings:
     blocks: tuple[str, ...]
-    criterion: str = field(metadata=choice("naturally", "interpreting"))
+    criterion: str = field(metadata=choice(*(criterion.name for criterion in stored_criteria())))
     stimulus_set: str = field(metadata=choice("fz", "top9"))
     trials: int = field(metadata=POSITIVE)
     scales: tuple[float, ...]

@@ -7,7 +7,7 @@ import xarray as xr
 
 from analyses.measures import Evidence
 from report import rules, spec, verify
-from repro import reference
+from report import reference
 from test_report import root_attrs
 
 SCALES = [0.0, 0.1, 0.2]
@@ -31,7 +31,7 @@ def test_ablation_ratios_round_trip_and_a_shifted_store_deviates():
     by_hand = (accuracy.sel(condition="invariant", trial=0) / accuracy.sel(condition="random")).mean("trial").values
     assert numbers["3.1"]["scales"] == SCALES
     assert numbers["3.1"]["mean_ratio"] == pytest.approx(by_hand, abs=1e-6)
-    claims = [c for c in spec.reference_claims({"profile": "toy", "blocks": {}, "ablation": numbers})]
+    claims = [c for c in reference.claims({"profile": "toy", "blocks": {}, "ablation": numbers})]
     assert [c.id for c in claims] == ["claim-reference-ablation-2-1", "claim-reference-ablation-3-1"]
     same = [verify.evaluate_claim(c, {"ablation": made}, TOY) for c in claims]
     assert all(o.badge == rules.VERIFIED for o in same), same
@@ -51,7 +51,7 @@ def test_a_rule_is_judged_by_the_reference_runs_outcome_of_it(store_level, refer
 def test_reference_rule_claims_reuse_the_papers_measures():
     qualitative = [c for c in spec.CLAIMS if c.rule is rules.qualitative]
     chosen = qualitative[0]
-    claims = spec.reference_claims({"profile": "toy", "blocks": {}, "rules": {chosen.id: "fails", "claim-none": "holds"}})
+    claims = reference.claims({"profile": "toy", "blocks": {}, "rules": {chosen.id: "fails", "claim-none": "holds"}})
     assert len(claims) == 1  # an id the papers do not have is ignored
     assert claims[0].measure is chosen.measure and claims[0].inputs == chosen.inputs and claims[0].published == "fails"
-    assert claims[0].requires == ("reference:toy:",)
+    assert claims[0].requires == (spec.ReferenceRun("toy", ""),)

@@ -53,9 +53,9 @@ def test_every_group_has_the_seed_dim(stores):
     for name in ("image", "activation", "initial_objective", "final_objective", "objective_trace"):
         assert fz_group[name].dims[0] == "seed", name
     assert responses["response"].dims[0] == "seed" and responses["relu_response"].dims[0] == "seed"
-    for name in metrics.PER_SET_FLOATS + metrics.PER_SET_FLAGS:
+    for name in metrics.PER_SET_FLOATS + metrics.per_set_flags():
         assert stored[name].dims == ("seed", "block", "channel", "stimulus_set"), name
-    for name in metrics.CRITERION_FLAGS:
+    for name in metrics.criterion_flags():
         assert "seed" not in stored[f"{name}_frequency"].dims and "seed" not in stored[f"{name}_robust"].dims
     # Different seeds make different images.
     images = fz_group["image"].sel(block="1.1", tap="B").values
@@ -77,7 +77,7 @@ def test_frequencies_and_robust_labels_equal_a_count_by_hand(stores):
     fraction = stored.attrs["robust_fraction"]
     for block in BLOCKS:
         valid = stored["valid"].sel(block=block).values.astype(bool)
-        for name in metrics.CRITERION_FLAGS:
+        for name in metrics.criterion_flags():
             flags = stored[name].sel(block=block, stimulus_set="fz").values  # seed, channel
             for c in range(len(valid)):
                 frequency = stored[f"{name}_frequency"].sel(block=block, channel=c, stimulus_set="fz").item()
@@ -279,8 +279,7 @@ def stats_channels(one: xr.Dataset, block: str) -> list[int]:
 def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores, tmp_path):
     import tomllib
 
-    from report import spec
-    from repro import reference
+    from report import reference
 
     three, _ = stores
     path = reference.write(three, tmp_path / "ref.toml", "repro pipeline --profile test-three-seeds")
@@ -294,7 +293,7 @@ def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores,
         assert written["blocks"][block]["naturally"]["frequency"] == pytest.approx([flags[:, c].mean() for c in robust],
                                                                                     abs=1e-4)
     # The store that made the reference: every set and count is verified or within its own seed noise.
-    results = verify.evaluate(three, spec.reference_claims(written))
+    results = verify.evaluate(three, reference.claims(written))
     badges = {r.claim.id: r.outcome.badge for r in results}
     assert set(badges.values()) <= {rules.VERIFIED, rules.WITHIN_NOISE}, badges
     assert all("seed" in r.outcome.detail for r in results if r.claim.rule is rules.set_overlap)
@@ -307,7 +306,7 @@ def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores,
                         "count": entry[criterion]["count"] + 20, "frequency": []}
             for criterion in ("naturally", "interpreting")}
         perturbed["blocks"][block]["top_mixes"] = [c for c in range(width) if c not in entry["top_mixes"]][:3]
-    results = verify.evaluate(three, spec.reference_claims(perturbed))
+    results = verify.evaluate(three, reference.claims(perturbed))
     counts = [r for r in results if "-count-" in r.claim.id]
     assert all(r.outcome.badge == rules.DEVIATES for r in counts)
     # Sets: within noise exactly when the median Jaccard over seeds reaches the lowest seed-to-seed Jaccard.
@@ -331,10 +330,10 @@ def test_reference_from_a_store_verifies_it_and_a_perturbed_one_deviates(stores,
 
 
 def test_reference_claims_do_not_apply_to_another_profile(stores):
-    from report import spec
+    from report import reference
 
     three, _ = stores
-    claims = spec.reference_claims({"profile": "toy", "weights_sha256": "", "blocks": {
+    claims = reference.claims({"profile": "toy", "weights_sha256": "", "blocks": {
         "1.1": {"naturally": {"channels": [1], "count": 1}, "interpreting": {"channels": [1], "count": 1},
                 "top_mixes": [1, 2, 3]}}})
     results = verify.evaluate(three, claims)
@@ -465,8 +464,7 @@ def reference_store(path, sets: dict[str, list[int]], seeds=(0, 1, 2)):
 def test_the_toy_reference_file_verifies_a_store_built_from_it_and_a_perturbed_one_deviates(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from report import spec
-    from repro import reference
+    from report import reference
     from repro.cli import main
 
     blocks = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
@@ -480,16 +478,16 @@ def test_the_toy_reference_file_verifies_a_store_built_from_it_and_a_perturbed_o
     (published / "toy.toml").write_text(reference.to_toml(
         numbers, profile="toy", command="repro pipeline --profile toy-reference", store_attrs={}, seeds=[0, 1, 2, 3]))
     monkeypatch.setattr(reference, "PUBLISHED", published)
-    assert spec.reference_for("toy")["blocks"]["2.1"]["naturally"]["channels"] == sets["2.1"]
+    assert reference.of_profile("toy")["blocks"]["2.1"]["naturally"]["channels"] == sets["2.1"]
 
     # Built from the reference numbers: every reference claim is verified, through the default claim list.
     built = reference_store(tmp_path / "built.zarr", sets)
-    results = [r for r in verify.evaluate(built, spec.claims_for("toy")) if r.claim.paper == "reference"]
+    results = [r for r in verify.evaluate(built, reference.claims_for("toy")) if r.claim.paper == "reference"]
     assert len(results) == 5 * len(blocks)  # per block: two sets, two counts, the top mixes
     assert {r.outcome.badge for r in results} == {rules.VERIFIED}, [(r.claim.id, r.outcome.detail) for r in results]
     # Perturbed: other channels pass (as many of them), so the sets and top mixes deviate; counts still agree.
     perturbed = reference_store(tmp_path / "perturbed.zarr", {block: [0, 2, 5, 7] for block in blocks})
-    outcomes = {r.claim.id: r.outcome.badge for r in verify.evaluate(perturbed, spec.claims_for("toy")) if r.claim.paper == "reference"}
+    outcomes = {r.claim.id: r.outcome.badge for r in verify.evaluate(perturbed, reference.claims_for("toy")) if r.claim.paper == "reference"}
     for block in blocks:
         bid = block.replace(".", "-")
         for criterion in ("naturally", "interpreting"):

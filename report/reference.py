@@ -1,14 +1,17 @@
-"""Reference numbers of a profile's own world, from a longer run, to judge later stores against.
+"""A profile's own reference: numbers of a longer run, and the papers' claim rules that judge later stores by them.
 
 The papers' numbers apply only to a store made with their weights and settings. For another world (the toy
 profile) the reference is a store of the same profile made with more effort (more FZ seeds, more steps):
 ``repro reference --store REF.zarr --out data/published/toy.toml --command "..."`` writes its numbers, and
-the report judges any store of that profile against them with the papers' claim rules (``report.spec``):
+``claims`` turns them into claims judged with the papers' rules (``report.spec``, ``report.rules``):
 
-* per block and criterion (``naturally`` = mix ∧ up, ``interpreting`` = mix ∧ up ∧ down): the robust set
-  (channels passing in at least ``metrics.robust_fraction`` of the reference's seeds), each channel's pass
-  frequency, and the count (median over seeds);
-* per block: the 3 channels whose mix ratio is closest to 1 (median over seeds of |M − 1|).
+* per block and stored criterion (``analyses.criteria``: ``naturally`` = mix ∧ up, ``interpreting`` = mix ∧
+  up ∧ down): the robust set (channels passing in at least ``metrics.robust_fraction`` of the reference's
+  seeds), each channel's pass frequency, and the count (median over seeds), judged by overlap against the
+  store's seed noise and by tolerance;
+* per block: the 3 channels whose mix ratio is closest to 1 (median over seeds of |M − 1|);
+* per ablated block: the mean accuracy ratio (invariant / random sets) per scale;
+* the papers' qualitative rules evaluated on the reference run, each judged by the store's own outcome.
 
 The file names the profile, the command that made the reference store and the settings it differs by, so
 the reference can be remade.
@@ -24,13 +27,14 @@ from typing import Mapping
 import numpy as np
 import xarray as xr
 
-from analyses import noise, stats
+from analyses import criteria, measures, noise, stats
+from report import rules, spec
+from report.loader import Loader
 from repro import resources
 from repro.errors import UserError
 
 PUBLISHED: Path | None = None  # the shipped data/published folder unless set
 KIND = "reference"
-CRITERIA = ("naturally", "interpreting")
 
 
 def path_for(profile_name: str) -> Path:
@@ -43,7 +47,7 @@ def numbers(metrics: xr.Dataset) -> dict:
     result = {}
     for block in stats.blocks_of(metrics):
         entry = {}
-        for criterion in CRITERIA:
+        for criterion in (stored.name for stored in criteria.stored()):
             per_seed = noise.seed_lists(metrics, block, "criterion", criterion)
             counted = {}
             for channels in per_seed.values():
@@ -93,7 +97,7 @@ def to_toml(blocks: Mapping, *, profile: str, command: str, store_attrs: Mapping
              f"git_commit = {_toml_value(str(store_attrs.get('git_commit', '')))}",
              f"created = {_toml_value(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))}", ""]
     for block, entry in blocks.items():
-        for criterion in CRITERIA:
+        for criterion in (stored.name for stored in criteria.stored() if stored.name in entry):
             lines.append(f'[blocks."{block}".{criterion}]')
             lines += [f"{key} = {_toml_value(value)}" for key, value in entry[criterion].items()]
             lines.append("")
@@ -116,8 +120,6 @@ def load(path: Path) -> dict | None:
 
 def ablation_numbers(ablation: xr.Dataset) -> dict:
     """{block: {scales, mean_ratio}}: the mean accuracy ratio (invariant / random sets) per scale."""
-    from analyses import measures
-
     result = {}
     for block in [str(b) for b in ablation["block"].values]:
         ratios = measures.ablation_ratios(ablation, block)
@@ -128,10 +130,6 @@ def ablation_numbers(ablation: xr.Dataset) -> dict:
 def rule_levels(store) -> dict:
     """{claim id: holds | weakly | fails}: the papers' qualitative rules (signs of statistics, which blocks
     skew, ablation below the no-scale ratio) evaluated on this store's own numbers."""
-    from analyses import measures
-    from report import rules, spec
-    from report.loader import Loader
-
     # Rules about channels the papers name are about ImageNet's network, not another world's.
     named = (measures.named_in_top_scale_metric, measures.spectrum_positions)
     loader, levels = Loader(store), {}
@@ -163,3 +161,68 @@ def write(store, out: Path, command: str, judged_profile: str | None = None) -> 
                    made_with=str(attrs.get("profile_name", "")))
     out.write_text(text + extra_tables(ablation, rule_levels(store)))
     return out
+
+
+# ---------------------------------------------------------------- the claims a reference makes
+
+
+def claims(reference: Mapping) -> list[spec.Claim]:
+    """The papers' claim rules applied to a reference run's numbers: channel sets by overlap against the
+    store's seed noise, counts by tolerance, top-3 mixes by overlap, ablation ratios by tolerance, and the
+    papers' qualitative rules by the reference run's outcome of them."""
+    profile = str(reference["profile"])
+    where = f"data/published/{profile}.toml"
+    need = (spec.ReferenceRun(profile, str(reference.get("weights_sha256", ""))),)
+    made = []
+    for block, entry in reference.get("blocks", {}).items():
+        bid = spec.block_id(block)
+        for criterion in criteria.stored():
+            if criterion.name not in entry:  # a criterion registered after the reference was written
+                continue
+            numbers_ = entry[criterion.name]
+            words = " AND ".join(criterion.tests)
+            made += [
+                spec.Claim(id=f"claim-reference-{criterion.name}-{bid}", paper="reference", where=where,
+                           text=f"Block {block}: channels passing {words} in the reference run",
+                           published=list(numbers_["channels"]), measure=measures.invariant_set,
+                           inputs={"metrics": spec.METRICS_FZ_SEEDS}, rule=rules.set_overlap,
+                           args={"block": block, "criterion": criterion.name}, tolerance=spec.SET_TOLERANCE,
+                           source="reference", requires=need),
+                spec.Claim(id=f"claim-reference-{criterion.name}-count-{bid}", paper="reference", where=where,
+                           text=f"Block {block}: number of channels passing {words}", published=numbers_["count"],
+                           measure=measures.invariant_count, inputs={"metrics": spec.METRICS_FZ},
+                           rule=rules.number_close, args={"block": block, "criterion": criterion.name},
+                           tolerance=spec.COUNT_TOLERANCE, source="reference", requires=need)]
+        made.append(spec.Claim(id=f"claim-reference-top-mixes-{bid}", paper="reference", where=where,
+                               text=f"Block {block}: the 3 channels with M closest to 1",
+                               published=list(entry["top_mixes"]), measure=measures.top_mix_set,
+                               inputs={"metrics": spec.METRICS_FZ_SEEDS}, rule=rules.set_overlap,
+                               args={"block": block}, tolerance=spec.TOP3_TOLERANCE, source="reference",
+                               requires=need))
+    for block, entry in reference.get("ablation", {}).items():
+        made.append(spec.Claim(id=f"claim-reference-ablation-{spec.block_id(block)}", paper="reference", where=where,
+                               text=f"Block {block}: mean accuracy ratio (invariant / random sets) at every scale",
+                               published=dict(zip(entry["scales"], entry["mean_ratio"])),
+                               measure=measures.ablation_ratios, inputs={"ablation": spec.ABLATION},
+                               rule=rules.accuracies_close, args={"block": block}, tolerance=spec.RATIO_TOLERANCE,
+                               source="reference", requires=need))
+    by_id = {claim.id: claim for claim in spec.CLAIMS}
+    for claim_id, level in reference.get("rules", {}).items():
+        if claim_id in by_id:
+            paper = by_id[claim_id]
+            made.append(spec.Claim(id=f"claim-reference-rule-{claim_id.removeprefix('claim-')}", paper="reference",
+                                   where=where, text=f"{paper.text} (the papers' rule on the reference run: {level})",
+                                   published=level, measure=paper.measure, inputs=paper.inputs, rule=rules.same_level,
+                                   args=paper.args, source="reference", requires=need))
+    return made
+
+
+def of_profile(profile_name: str) -> dict | None:
+    """The reference of a profile, or None when it has none."""
+    return load(path_for(profile_name)) if profile_name else None
+
+
+def claims_for(profile_name: str) -> list[spec.Claim]:
+    """The papers' claims, and the profile's own reference claims when it has a reference file."""
+    reference = of_profile(profile_name)
+    return spec.CLAIMS + (claims(reference) if reference else [])

@@ -20,6 +20,7 @@ import xarray as xr
 from PIL import Image
 
 from analyses import criteria, figures, stats
+from report import spec
 from repro.hashing import digest
 
 FOLDER = "units"
@@ -60,8 +61,6 @@ def unit_href(unit: str) -> str:
 
 def appearances(artifacts, out_dir: Path, labels: dict[str, str], anchor: Callable[[str], str]) -> dict[str, list]:
     """{unit: [(figure label, page file, anchor)]} from the grid figures' cell maps."""
-    from report import spec
-
     found: dict[str, list] = {}
     for artifact in artifacts:
         cells_path = out_dir / artifact.files.get("cells.json", "-")
@@ -279,8 +278,6 @@ def browser_key(store, context, shown: dict, pages) -> str:
 def write(store, loader, context, site: Path, shown: dict, previous_key: str | None, pages) -> str | None:
     """Write the browser into ``site/units`` unless its key is unchanged; returns the key (None without
     FZs or metrics: then there is nothing to browse)."""
-    from report import spec
-
     if not (store.has("fz") and store.has("metrics")):
         return None
     key = browser_key(store, context, shown, pages)

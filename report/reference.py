@@ -47,16 +47,16 @@ def numbers(metrics: xr.Dataset) -> dict:
     result = {}
     for block in stats.blocks_of(metrics):
         entry = {}
-        for criterion in (stored.name for stored in criteria.stored()):
-            per_seed = noise.seed_lists(metrics, block, "criterion", criterion)
+        for criterion in criteria.stored():
+            per_seed = noise.seed_lists(metrics, block, "criterion", criterion.name)
             counted = {}
             for channels in per_seed.values():
                 for channel in channels:
                     counted[channel] = counted.get(channel, 0) + 1
             frequency = {c: n / len(per_seed) for c, n in counted.items()}
             robust = sorted(c for c, f in frequency.items() if f >= fraction - 1e-9)
-            entry[criterion] = {"channels": robust, "frequency": [round(frequency[c], 4) for c in robust],
-                                "count": float(np.median([len(v) for v in per_seed.values()]))}
+            entry[criterion.name] = {"channels": robust, "frequency": [round(frequency[c], 4) for c in robust],
+                                     "count": float(np.median([len(v) for v in per_seed.values()]))}
         distance = (metrics["mix"] - 1).__abs__()
         distance = distance.median("seed") if "seed" in distance.dims else distance
         median = stats.per_channel(metrics.assign(mix_distance=distance), "mix_distance", block).dropna()
@@ -128,8 +128,8 @@ def ablation_numbers(ablation: xr.Dataset) -> dict:
 
 
 def rule_levels(store) -> dict:
-    """{claim id: holds | weakly | fails}: the papers' qualitative rules (signs of statistics, which blocks
-    skew, ablation below the no-scale ratio) evaluated on this store's own numbers."""
+    """{claim id: its ``Level``}: the papers' qualitative rules (signs of statistics, which blocks skew,
+    ablation below the no-scale ratio) evaluated on this store's own numbers."""
     # Rules about channels the papers name are about ImageNet's network, not another world's.
     named = (measures.named_in_top_scale_metric, measures.spectrum_positions)
     loader, levels = Loader(store), {}

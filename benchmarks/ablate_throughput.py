@@ -78,7 +78,7 @@ def main() -> None:
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
     model.to(args.device)
     settings = ablate.Settings.from_profile(profile)
-    crop_px, out_px = settings.crop_px(args.scale), settings.crop
+    crop_px, out_px = settings.crop_px(args.scale), settings.natural.crop
     width = block_widths(model)[args.block]
     rng = np.random.default_rng(0)
     sets = [[], *(rng.choice(width, args.set_size, replace=False).tolist() for _ in range(args.trials + 1))]
@@ -86,7 +86,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         store = Store.create_or_open(Path(folder) / "bench.zarr", profile, record)
-        cache = cached_images(store, args.images, settings.resize)
+        cache = cached_images(store, args.images, settings.natural.resize)
         plain_pass(model, [cache.read(0, args.batch_size)], crop_px, out_px, profile, args.device)  # warm-up
         plain_s = timed(lambda: plain_pass(model, cache.batches(args.batch_size), crop_px, out_px, profile,
                                             args.device), args.device)
@@ -97,7 +97,7 @@ def main() -> None:
     plain_ips = args.images / plain_s
     ablation_ips = args.images / ablation_s
     per_condition_ips = ablation_ips * conditions
-    print(f"resnet18 (random init), {args.images} cached {settings.resize} px images, batch {args.batch_size}, "
+    print(f"resnet18 (random init), {args.images} cached {settings.natural.resize} px images, batch {args.batch_size}, "
           f"scale {args.scale:.0%} ({crop_px} px -> {out_px} px), block {args.block}, {conditions} conditions, "
           f"{args.device}, {torch.get_num_threads()} torch threads")
     print(f"plain forward:   {plain_ips:8.2f} images/s  ({plain_s:.1f} s)")

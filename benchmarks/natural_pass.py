@@ -115,8 +115,8 @@ def decode_check(model, profile: dict, count: int, device) -> dict:
     from repro import natural
     from repro.model import tap_layout
 
-    settings = natural.Settings.from_profile(profile)
-    found = imgs.find_images(settings.root)
+    settings = profile.natural
+    found = imgs.find_images(settings.images)
     count = min(count, len(found))
     batches = natural._batches([(0, count)], settings.batch_size)
     loader = DataLoader(imgs.DecodedSquares(found, settings.resize), batch_sampler=batches,

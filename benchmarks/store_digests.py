@@ -8,26 +8,18 @@ Attributes are left out (timestamps, commits and durations differ between any tw
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 import zarr
 
+from repro.hashing import dataset_digest
+
 
 def group_digest(store: Path, group: str) -> str:
-    """Every variable's values and coords, hashed: equal digests mean equal arrays."""
-    dataset = xr.open_zarr(store, group=group, consolidated=False).load()
-    digest = hashlib.sha256()
-    for name in sorted(dataset.variables):
-        values = dataset[name].values
-        digest.update(name.encode())
-        digest.update("\0".join(map(str, values.ravel())).encode() if values.dtype == object
-                      else np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
+    return dataset_digest(xr.open_zarr(store, group=group, consolidated=False).load())
 
 
 def store_digests(store: Path) -> dict[str, str]:

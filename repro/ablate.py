@@ -56,19 +56,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from analyses import criteria
-from repro import device as devices
 from repro import images, profiles, stimulus
 from repro.errors import UserError
-from repro.executor import Serial
 from repro.model import OEdit, TapLayout, blocks as model_blocks, tap_layout
 from repro.model import run as run_model
+from repro.settings import AblationSettings, NaturalSettings, as_profile
 from repro.settings import crop_size  # beside the check of the ablation's scales, which needs it
+from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
 GROUP = "ablation"
 CONDITIONS = ("none", "invariant", "random")
-SCALE_DEFINITIONS = ("paper", "code")
-ABLATIONS = ("mean", "zero")
 Row = tuple[str, int]  # a condition set's label: (condition, number), the number a trial or, screening, a draw
 # Accuracies of different correct-counts differ by at least 100 / n_images points, far more than this;
 # it only absorbs the float rounding of "reference + tolerance", so a draw exactly at the limit is kept.
@@ -80,57 +78,26 @@ SCREEN_SLACK = 1e-9
 
 @dataclass(frozen=True)
 class Settings:
-    blocks: tuple[str, ...]
-    criterion: str
-    stimulus_set: str
-    trials: int
-    scales: tuple[float, ...]  # 0.0 first, then the profile's scales
-    scale_definition: str
-    ablation: str
-    seed: int
-    batch_size: int
-    max_draws: int
-    screen_tolerance: Mapping[str, float]
-    resize: int
-    crop: int
+    """The [ablation] table as the stage uses it, with the natural images' sizes its crops are cut from."""
+
+    table: AblationSettings
+    natural: NaturalSettings
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "Settings":
-        table, natural = profile["ablation"], profile["natural"]
-        settings = cls(
-            blocks=tuple(table["blocks"]),
-            criterion=table["criterion"],
-            stimulus_set=table["stimulus_set"],
-            trials=int(table["trials"]),
-            scales=(0.0, *sorted({float(p) for p in table["scales"] if p != 0})),
-            scale_definition=table["scale_definition"],
-            ablation=table["ablation"],
-            seed=int(table["seed"]),
-            batch_size=int(table["batch_size"]),
-            max_draws=int(table["max_draws"]),
-            screen_tolerance={str(k): float(v) for k, v in table["screen_tolerance"].items()},
-            resize=int(natural["resize"]),
-            crop=int(natural["crop"]),
-        )
-        settings.check()
-        return settings
+        profile = as_profile(profile)
+        return cls(profile.ablation, profile.natural)
 
-    def check(self) -> None:
-        stored = [criterion.name for criterion in criteria.stored()]  # those with a robust label to ablate
-        if self.criterion not in stored:
-            raise UserError(f"ablation.criterion {self.criterion!r}: expected one of {', '.join(stored)}")
-        if self.scale_definition not in SCALE_DEFINITIONS:
-            raise UserError(f"ablation.scale_definition {self.scale_definition!r}: expected paper or code")
-        if self.ablation not in ABLATIONS:
-            raise UserError(f"ablation.ablation {self.ablation!r}: expected mean or zero")
-        if self.trials < 1 or self.max_draws < self.trials or self.batch_size < 1:
-            raise UserError("ablation needs trials >= 1, max_draws >= trials and batch_size >= 1")
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """0.0 (the standard eval crop) first, then the profile's scales in order."""
+        return (0.0, *sorted({p for p in self.table.scales if p != 0}))
 
     def tolerance(self, block: str) -> float:
-        return self.screen_tolerance.get(block, 0.0)
+        return self.table.screen_tolerance.get(block, 0.0)
 
     def crop_px(self, scale: float) -> int:
-        return crop_size(scale, self.resize, self.crop, self.scale_definition)
+        return crop_size(scale, self.natural.resize, self.natural.crop, self.table.scale_definition)
 
 
 # ---------------------------------------------------------------- scale transforms
@@ -338,9 +305,9 @@ def open_image_cache(store: Store, settings: Settings) -> CachedImages:
     """The store's complete image cache, checked against the profile's resize."""
     cache = CachedImages.from_dataset(images.open_cache(store))
     side = cache.pixels.sizes["y"], cache.pixels.sizes["x"]
-    if side != (settings.resize, settings.resize):
+    if side != (settings.natural.resize, settings.natural.resize):
         raise UserError(f"the image cache holds {side[0]} x {side[1]} px squares, but natural.resize is "
-                        f"{settings.resize}; rerun `repro natural` with this profile")
+                        f"{settings.natural.resize}; rerun `repro natural` with this profile")
     if cache.count == 0:
         raise UserError("the image cache holds no decodable images")
     return cache
@@ -380,8 +347,8 @@ def _metrics_invariant(metrics: xr.Dataset | None, block: str, layout: TapLayout
         raise UserError(f"no channel set for block {block}: run `repro metrics` first, or pass "
                         f"--channels {block}=LIST (and --blocks to choose which blocks to ablate)")
     # With several FZ seeds the set is the robust one: channels passing in enough seeds, not in one.
-    name = criteria.CRITERIA[settings.criterion].column + ("_robust" if "seed" in metrics.dims else "")
-    flags = metrics[name].sel(block=block, stimulus_set=settings.stimulus_set)
+    name = criteria.CRITERIA[settings.table.criterion].column + ("_robust" if "seed" in metrics.dims else "")
+    flags = metrics[name].sel(block=block, stimulus_set=settings.table.stimulus_set)
     invariant = flags.values.astype(bool)[:layout.width(block)]
     return [c for c in _metrics_valid(metrics, block, layout) if invariant[c]]
 
@@ -395,13 +362,13 @@ def plan_blocks(store: Store, layout: TapLayout, settings: Settings,
     ``layout`` is the whole model's.
     """
     channel_sets = {str(k): list(v) for k, v in (channel_sets or {}).items()}
-    chosen = list(settings.blocks) + [b for b in channel_sets if b not in settings.blocks]
+    chosen = list(settings.table.blocks) + [b for b in channel_sets if b not in settings.table.blocks]
     unknown = [b for b in chosen if b not in layout.blocks]
     if unknown:
         raise UserError(f"unknown block(s) {', '.join(unknown)}; this model has blocks {', '.join(layout.blocks)}")
     chosen.sort(key=layout.blocks.index)
     metrics = store.dataset("metrics") if store.has("metrics") else None
-    natural = store.dataset("natural") if settings.ablation == "mean" and store.has("natural") else None
+    natural = store.dataset("natural") if settings.table.ablation == "mean" and store.has("natural") else None
     plans = []
     for block in chosen:
         width = layout.width(block)
@@ -412,7 +379,7 @@ def plan_blocks(store: Store, layout: TapLayout, settings: Settings,
             if not invariant:
                 # A model may simply have none (the papers found none in 3.0, 4.0, 4.1): say so, ablate the rest.
                 warnings.warn(f"block {block} has no scale-invariant channels under criterion "
-                              f"{settings.criterion!r}; it is not ablated", stacklevel=2)
+                              f"{settings.table.criterion!r}; it is not ablated", stacklevel=2)
                 continue
         valid = _metrics_valid(metrics, block, layout)
         plans.append(_plan(block, width, invariant, valid, natural, settings))
@@ -424,13 +391,13 @@ def _plan(block, width, invariant, valid, natural, settings) -> BlockPlan:
     if outside:
         raise UserError(f"block {block} has channels 0-{width - 1}; channels {outside} do not exist")
     if not invariant:
-        raise UserError(f"block {block} has no scale-invariant channels under criterion {settings.criterion!r}; "
+        raise UserError(f"block {block} has no scale-invariant channels under criterion {settings.table.criterion!r}; "
                         "nothing to ablate (choose other --blocks)")
     candidates = sorted(set(valid) - set(invariant))
     if len(candidates) < len(invariant):
         raise UserError(f"block {block}: {len(invariant)} invariant channels but only {len(candidates)} "
                         "non-invariant valid channels to draw random sets of that size from")
-    values = ablation_values(natural, block, width, settings.ablation)
+    values = ablation_values(natural, block, width, settings.table.ablation)
     return BlockPlan(block, width, tuple(invariant), tuple(candidates), values, settings.tolerance(block))
 
 
@@ -469,7 +436,7 @@ def screen(draw_accuracies: Sequence[float], reference: float, tolerance: float,
 
 
 def _template(plans: Sequence[BlockPlan], settings: Settings, max_width: int) -> xr.Dataset:
-    n_blocks, n_conditions, trials, draws = len(plans), len(CONDITIONS), settings.trials, settings.max_draws
+    n_blocks, n_conditions, trials, draws = len(plans), len(CONDITIONS), settings.table.trials, settings.table.max_draws
     n_scales = len(settings.scales)
 
     def full(shape, value, dtype, chunks):
@@ -524,9 +491,9 @@ def input_groups(settings: Settings, channel_sets: Mapping | None) -> list[str]:
     """The store groups an ablation reads: metrics unless every set is given, natural for mean values."""
     named = set(channel_sets or {})
     groups = [images.CACHE_GROUP]
-    if not set(settings.blocks) <= named:
+    if not set(settings.table.blocks) <= named:
         groups.append("metrics")
-    if settings.ablation == "mean":
+    if settings.table.ablation == "mean":
         groups.append("natural")
     return groups
 
@@ -534,13 +501,13 @@ def input_groups(settings: Settings, channel_sets: Mapping | None) -> list[str]:
 def _group_attrs(profile, weights_record, settings: Settings, cache: CachedImages) -> dict:
     return {
         **provenance(profile, weights_record, stage="ablation"),
-        "scale_definition": settings.scale_definition,
-        "ablation": settings.ablation,
-        "criterion": settings.criterion,
-        "stimulus_set": settings.stimulus_set,
-        "seed": settings.seed,
-        "trials": settings.trials,
-        "max_draws": settings.max_draws,
+        "scale_definition": settings.table.scale_definition,
+        "ablation": settings.table.ablation,
+        "criterion": settings.table.criterion,
+        "stimulus_set": settings.table.stimulus_set,
+        "seed": settings.table.seed,
+        "trials": settings.table.trials,
+        "max_draws": settings.table.max_draws,
         "n_images": cache.count,
         "accuracy_units": "percent top-1",
         "layout": ("accuracy[block, condition, trial, scale]: none and invariant in trial 0 (NaN in the other "
@@ -579,16 +546,25 @@ class ScalePass:
     blocks: tuple[str, ...]
 
 
-def run_pass(model: torch.nn.Module, context: PassContext, work: ScreenRound | ScalePass) -> None:
-    """One pass over the image cache, wherever it runs: its units are written to the store."""
+@dataclass(frozen=True)
+class Screened:
+    """A block whose screening is over: its outcome is written here, from the stored draws."""
+
+    block: str
+    draws_evaluated: int
+    here = True
+
+
+def run_pass(model: torch.nn.Module, context: PassContext, work: ScreenRound | ScalePass) -> Iterator[Part]:
+    """One pass over the image cache, wherever it runs: its units' parts, one per block."""
     store = Store(Path(context.store_path))
     cache = open_image_cache(store, context.settings)
     experiment = AblationRun(store, model, context.settings, context.plans, cache, context.profile)
     chosen = [plan for plan in context.plans if plan.block in work.blocks]
     if isinstance(work, ScreenRound):
-        experiment._evaluate_rounds(chosen, dict(zip(work.blocks, work.starts)))
+        yield from experiment._evaluate_rounds(chosen, dict(zip(work.blocks, work.starts)))
     else:
-        experiment._scale_pass(work.index, chosen)
+        yield from experiment._scale_pass(work.index, chosen)
 
 
 class AblationRun:
@@ -596,78 +572,61 @@ class AblationRun:
 
     Screening rounds depend on the rounds before them (a block stops once enough draws pass), so they
     run one after another; the passes of different scales are independent and run side by side on an
-    executor with workers."""
+    executor with workers (``AblationStage`` gives them as waves of units)."""
 
     def __init__(self, store: Store, model: torch.nn.Module, settings: Settings, plans: Sequence[BlockPlan],
-                 cache: CachedImages, profile: Mapping, executor=None, weights_sha256: str = "",
-                 device: torch.device | None = None):
+                 cache: CachedImages, profile: Mapping):
         self.store, self.model, self.settings = store, model, settings
         self.plans, self.cache, self.profile = list(plans), cache, profile
         self.plan_of = {plan.block: plan for plan in self.plans}
-        self.executor, self.weights_sha256 = executor or Serial(), weights_sha256
-        self.device = device if device is not None else next(model.parameters()).device
-
-    def _run_passes(self, work: Sequence[ScreenRound | ScalePass], desc: str) -> None:
-        context = PassContext(str(self.store.path), dict(self.profile), self.settings, tuple(self.plans))
-        self.executor.map(run_pass, work, context=context, model=self.model, device=self.device,
-                          prepare=devices.place, model_settings=self.profile["model"],
-                          weights_sha256=self.weights_sha256, desc=desc)
 
     # -------------------------------------------------- helpers
 
     def _pass(self, jobs: Sequence[Job], scale: float, desc: str) -> list[xr.DataArray]:
         """Each job's accuracies at one scale, by condition and number (``by_condition``)."""
         crop_px = self.settings.crop_px(scale)
-        counts = evaluate(self.model, self.cache.batches(self.settings.batch_size), jobs, crop_px,
-                          self.settings.crop, self.profile, total=self.cache.count, desc=desc)
+        counts = evaluate(self.model, self.cache.batches(self.settings.table.batch_size), jobs, crop_px,
+                          self.settings.natural.crop, self.profile, total=self.cache.count, desc=desc)
         return [by_condition(percent(c, self.cache.count), job.rows) for job, c in zip(jobs, counts)]
 
-    def _write(self, unit: str, plan: BlockPlan, part: xr.Dataset) -> None:
+    def _write(self, unit: str, plan: BlockPlan, part: xr.Dataset) -> Part:
         """A unit of the block, placed in the group by its coordinate labels."""
-        self.store.write_unit(GROUP, unit, part.expand_dims(block=labels([plan.block])), region="auto")
+        return Part(GROUP, unit, part.expand_dims(block=labels([plan.block])))
 
     def _stored(self) -> xr.Dataset:
         return self.store.dataset(GROUP)
 
     def _draw(self, plan: BlockPlan, draw: int) -> list[int]:
-        return random_draw(self.settings.seed, plan.block, draw, plan.candidates, len(plan.invariant))
+        return random_draw(self.settings.table.seed, plan.block, draw, plan.candidates, len(plan.invariant))
 
     # -------------------------------------------------- screening
 
     def _round(self, start: int) -> range:
-        return range(start, min(start + self.settings.trials, self.settings.max_draws))
+        return range(start, min(start + self.settings.table.trials, self.settings.table.max_draws))
 
     def _round_unit(self, plan: BlockPlan, draws: range) -> str:
         return f"screen/{plan.block}/{draws.start}-{draws.stop - 1}"
 
-    def screening(self) -> None:
-        """Rounds of ``trials`` draws for every block still screening, all blocks of a round in one pass."""
-        done = self.store.done(GROUP)
-        next_draw = {p.block: 0 for p in self.plans if f"screened/{p.block}" not in done}
-        while next_draw:
-            rounds = {}
-            for block, start in next_draw.items():
-                draws = self._screen_step(self.plan_of[block], start)
-                if draws is not None:
-                    rounds[block] = draws
-            pending = {block: draws for block, draws in rounds.items()
-                       if self._round_unit(self.plan_of[block], draws) not in done}
-            if pending:
-                starts = tuple(draws.start for draws in pending.values())
-                self._run_passes([ScreenRound(tuple(pending), starts)], "ablation screening")
-                done = self.store.done(GROUP)
-            next_draw = {block: draws.stop for block, draws in rounds.items()}
+    def screen_position(self, plan: BlockPlan, done: set[str]) -> range | Screened:
+        """Where a block's screening stands, given the done units: the draws of its next round, or
+        ``Screened`` once ``trials`` draws passed or ``max_draws`` ran out."""
+        start = 0
+        while True:
+            outcome = self._screen_so_far(plan, start)
+            if outcome.complete or start >= self.settings.table.max_draws:
+                return Screened(plan.block, start)
+            draws = self._round(start)
+            if self._round_unit(plan, draws) not in done:
+                return draws
+            start = draws.stop
 
-    def _screen_step(self, plan: BlockPlan, next_draw: int) -> range | None:
-        """One block's screening after its draws before ``next_draw``: the draws of its next round, or None
-        once it is screened (``trials`` draws passed, or ``max_draws`` ran out), its outcome written."""
-        outcome = self._screen_so_far(plan, next_draw)
-        if not outcome.complete and next_draw < self.settings.max_draws:
-            return self._round(next_draw)
+    def screened(self, unit: Screened) -> Iterator[Part]:
+        """The block's screening outcome, with a warning when it goes on with fewer random sets than asked."""
+        plan = self.plan_of[unit.block]
+        outcome = self._screen_so_far(plan, unit.draws_evaluated)
         if not outcome.complete:
             self._too_many_draws(plan, outcome)
-        self._write_screened(plan, outcome)
-        return None
+        yield self._write_screened(plan, outcome)
 
     def _round_sets(self, plan: BlockPlan, draws: range) -> dict[Row, list[int]]:
         sets = {("random", draw): self._draw(plan, draw) for draw in draws}
@@ -675,20 +634,20 @@ class AblationRun:
             sets = {("none", 0): [], ("invariant", 0): list(plan.invariant), **sets}
         return sets
 
-    def _evaluate_rounds(self, plans: Sequence[BlockPlan], next_draw: Mapping[str, int]) -> None:
+    def _evaluate_rounds(self, plans: Sequence[BlockPlan], next_draw: Mapping[str, int]) -> list[Part]:
         rounds = [self._round(next_draw[plan.block]) for plan in plans]
         jobs = [plan.job(self._round_sets(plan, draws)) for plan, draws in zip(plans, rounds)]
         desc = "screening " + ", ".join(f"{p.block} draws {r.start}-{r.stop - 1}" for p, r in zip(plans, rounds))
-        for plan, draws, accuracy in zip(plans, rounds, self._pass(jobs, 0.0, desc)):
-            self._write_round(plan, draws, accuracy)
+        return [self._write_round(plan, draws, accuracy)
+                for plan, draws, accuracy in zip(plans, rounds, self._pass(jobs, 0.0, desc))]
 
-    def _write_round(self, plan: BlockPlan, draws: range, accuracy: xr.DataArray) -> None:
+    def _write_round(self, plan: BlockPlan, draws: range, accuracy: xr.DataArray) -> Part:
         random = accuracy.sel(condition="random", number=list(draws), drop=True)
         part = xr.Dataset({"draw_accuracy": random.rename(number="draw")})
         if draws.start == 0:  # round 0 also holds the no-scale none and invariant accuracies
             measured = accuracy.sel(condition=["none", "invariant"], number=[0]).rename(number="trial")
             part["accuracy"] = measured.expand_dims(scale=[0.0], axis=-1)
-        self._write(self._round_unit(plan, draws), plan, part)
+        return self._write(self._round_unit(plan, draws), plan, part)
 
     def _screen_so_far(self, plan: BlockPlan, draws_evaluated: int) -> Screening:
         if draws_evaluated == 0:
@@ -696,7 +655,7 @@ class AblationRun:
         stored = self._stored().sel(block=plan.block)
         reference = float(stored["accuracy"].sel(condition="invariant", trial=0, scale=0.0))
         accuracies = stored["draw_accuracy"].values[:draws_evaluated]
-        return screen(accuracies, reference, plan.tolerance, self.settings.trials)
+        return screen(accuracies, reference, plan.tolerance, self.settings.table.trials)
 
     def _too_many_draws(self, plan: BlockPlan, outcome: Screening) -> None:
         """Say that the block goes on with fewer random sets than asked; the store records how many."""
@@ -704,8 +663,8 @@ class AblationRun:
         reference = float(stored["accuracy"].sel(condition="invariant", trial=0, scale=0.0))
         best = float(np.nanmin(stored["draw_accuracy"].values))
         warnings.warn(
-            f"block {plan.block}: only {len(outcome.accepted)} of {self.settings.trials} random sets passed "
-            f"screening in {self.settings.max_draws} draws (ablation.max_draws); the block goes on with those. "
+            f"block {plan.block}: only {len(outcome.accepted)} of {self.settings.table.trials} random sets passed "
+            f"screening in {self.settings.table.max_draws} draws (ablation.max_draws); the block goes on with those. "
             f"A random set is kept when its no-scale top-1 is at most the invariant set's {reference:.3f} % + "
             f"{plan.tolerance:g} points (ablation.screen_tolerance); the lowest random top-1 was {best:.3f} %.",
             stacklevel=2,
@@ -714,25 +673,25 @@ class AblationRun:
     def _draws_part(self, plan: BlockPlan, outcome: Screening, stored: xr.Dataset) -> xr.Dataset:
         """Every draw made, in order: its accuracy and channels, whether screening rejected it, the trial it became."""
         settings, made = self.settings, outcome.draws_made
-        draw_accuracy = np.full(settings.max_draws, np.nan)
+        draw_accuracy = np.full(settings.table.max_draws, np.nan)
         draw_accuracy[:made] = stored["draw_accuracy"].values[:made]
-        draw_channels = np.zeros((settings.max_draws, stored.sizes["channel"]), dtype=bool)
+        draw_channels = np.zeros((settings.table.max_draws, stored.sizes["channel"]), dtype=bool)
         for draw in range(made):
             draw_channels[draw, self._draw(plan, draw)] = True
-        draw_trial = np.full(settings.max_draws, -1, dtype=np.int64)
+        draw_trial = np.full(settings.table.max_draws, -1, dtype=np.int64)
         draw_trial[list(outcome.accepted)] = np.arange(len(outcome.accepted))
-        rejected = np.zeros(settings.max_draws, dtype=bool)
+        rejected = np.zeros(settings.table.max_draws, dtype=bool)
         rejected[list(outcome.rejected)] = True
         return xr.Dataset({"draw_accuracy": ("draw", draw_accuracy), "draw_channels": (("draw", "channel"), draw_channels),
                            "rejected": ("draw", rejected), "draw_trial": ("draw", draw_trial)},
-                          coords={"draw": np.arange(settings.max_draws), "channel": stored["channel"].values})
+                          coords={"draw": np.arange(settings.table.max_draws), "channel": stored["channel"].values})
 
-    def _write_screened(self, plan: BlockPlan, outcome: Screening) -> None:
+    def _write_screened(self, plan: BlockPlan, outcome: Screening) -> Part:
         """The screening outcome and every scale-0 accuracy of the block, as one unit."""
         stored = self._stored().sel(block=plan.block)
         draws = self._draws_part(plan, outcome, stored)
         accepted = list(outcome.accepted)  # fewer than ``trials`` when max_draws ran out
-        trials = np.arange(self.settings.trials)
+        trials = np.arange(self.settings.table.trials)
         filled = trials[:len(accepted)]
         accuracy = _table(np.nan, condition=CONDITIONS, trial=trials)
         measured = ["none", "invariant"]
@@ -743,29 +702,27 @@ class AblationRun:
         channels.loc["random", filled] = draws["draw_channels"].values[accepted]
         part = draws.assign(accuracy=accuracy.expand_dims(scale=[0.0], axis=-1), channels=channels,
                             rejected_draws=np.int64(len(outcome.rejected)))
-        self._write(f"screened/{plan.block}", plan, part)
+        return self._write(f"screened/{plan.block}", plan, part)
 
     # -------------------------------------------------- scales
 
     def _scale_unit(self, plan: BlockPlan, scale: float) -> str:
         return f"scale/{plan.block}/{scale:g}"
 
-    def scales(self) -> None:
-        """Every condition and trial of every block at each nonzero scale; one pass per scale."""
-        done = self.store.done(GROUP)
+    def scale_passes(self, done: set[str]) -> list[ScalePass]:
+        """Every condition and trial of every block at each nonzero scale still to do; one pass per scale."""
         work = []
         for index, scale in enumerate(self.settings.scales):
             pending = tuple(p.block for p in self.plans if self._scale_unit(p, scale) not in done)
             if scale != 0 and pending:
                 work.append(ScalePass(index, pending))
-        self._run_passes(work, "ablation scales")
+        return work
 
-    def _scale_pass(self, index: int, pending: Sequence[BlockPlan]) -> None:
+    def _scale_pass(self, index: int, pending: Sequence[BlockPlan]) -> list[Part]:
         stored, scale = self._stored(), self.settings.scales[index]
         jobs = [p.job(self._condition_sets(stored, p)) for p in pending]
         desc = f"scale {scale:.0%} ({self.settings.crop_px(scale)} px): {', '.join(p.block for p in pending)}"
-        for plan, accuracy in zip(pending, self._pass(jobs, scale, desc)):
-            self._write_scale(plan, index, accuracy)
+        return [self._write_scale(plan, index, accuracy) for plan, accuracy in zip(pending, self._pass(jobs, scale, desc))]
 
     def _condition_sets(self, stored: xr.Dataset, plan: BlockPlan) -> dict[Row, list[int]]:
         """none, invariant, then the random sets screening accepted, by trial (from the screening outcome)."""
@@ -777,16 +734,70 @@ class AblationRun:
                 sets[("random", int(trial))] = [int(c) for c in np.flatnonzero(chosen)]
         return sets
 
-    def _write_scale(self, plan: BlockPlan, index: int, accuracy: xr.DataArray) -> None:
-        table = accuracy.reindex(number=np.arange(self.settings.trials)).rename(number="trial")
+    def _write_scale(self, plan: BlockPlan, index: int, accuracy: xr.DataArray) -> Part:
+        table = accuracy.reindex(number=np.arange(self.settings.table.trials)).rename(number="trial")
         part = table.expand_dims(scale=[self.settings.scales[index]], axis=-1).to_dataset(name="accuracy")
-        self._write(self._scale_unit(plan, self.settings.scales[index]), plan, part)
+        return self._write(self._scale_unit(plan, self.settings.scales[index]), plan, part)
 
 
 def _table(fill, **coords: Sequence) -> xr.DataArray:
     """A labelled array of ``fill`` over these dims (in order, with these labels), to fill with ``.loc``."""
     shape = tuple(len(values) for values in coords.values())
     return xr.DataArray(np.full(shape, fill), dims=tuple(coords), coords={dim: list(v) for dim, v in coords.items()})
+
+
+class AblationStage(Stage):
+    """The ablation stage in waves: screening rounds (each a pass at scale 0 over every block still
+    screening), each block's screening outcome once it is over (written here), then one pass per scale."""
+
+    title = "ablation"
+
+    def __init__(self, store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
+                 channel_sets: Mapping[str, Sequence[int]] | None = None):
+        self.store, self.weights_record, self.profile = store, weights_record, profile
+        self.settings = settings = Settings.from_profile(profile)
+        self.channel_sets = channel_sets
+        self.read = [group for group in input_groups(settings, channel_sets) if store.has(group)]
+        store.require_intact(self.read, units=False)
+        self.cache = open_image_cache(store, settings)
+        self.layout = tap_layout(model, model_blocks(model))  # the group's channel axis is the widest block's
+        self.plans = plan_blocks(store, self.layout, settings, channel_sets)
+        self.experiment = AblationRun(store, model, settings, self.plans, self.cache, profile)
+
+    def inputs(self) -> list[str]:
+        return self.read
+
+    def groups(self) -> list[Group]:
+        settings = self.settings
+        needed = {f"screened/{p.block}" for p in self.plans}
+        needed |= {self.experiment._scale_unit(p, scale) for p in self.plans for scale in settings.scales if scale != 0}
+        return [Group(GROUP, _template(self.plans, settings, self.layout.max_width),
+                      _group_attrs(self.profile, self.weights_record, settings, self.cache),
+                      group_settings(self.profile, self.plans, settings, self.channel_sets), frozenset(needed),
+                      count_units=False)]  # screening rounds are units too, and their number is not known ahead
+
+    def units(self, done: Mapping[str, set[str]]) -> list:
+        done = done[GROUP]
+        screening = [plan for plan in self.plans if f"screened/{plan.block}" not in done]
+        if not screening:
+            return self.experiment.scale_passes(done)
+        positions = {plan.block: self.experiment.screen_position(plan, done) for plan in screening}
+        rounds = {block: draws for block, draws in positions.items() if isinstance(draws, range)}
+        over = [position for position in positions.values() if isinstance(position, Screened)]
+        return over + ([ScreenRound(tuple(rounds), tuple(d.start for d in rounds.values()))] if rounds else [])
+
+    def context(self) -> PassContext:
+        return PassContext(str(self.store.path), dict(self.profile), self.settings, tuple(self.plans))
+
+    @staticmethod
+    def compute(model: torch.nn.Module, context: PassContext, work: ScreenRound | ScalePass) -> Iterator[Part]:
+        return run_pass(model, context, work)
+
+    def compute_here(self, model, unit: Screened) -> Iterator[Part]:
+        return self.experiment.screened(unit)
+
+    def here_model(self, model, device):
+        return None  # a screening outcome is read from the store
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
@@ -796,32 +807,14 @@ def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: 
 
     Blocks without invariant channels are skipped with a warning; with none left, nothing is written.
     """
-    settings = Settings.from_profile(profile)
-    inputs = [group for group in input_groups(settings, channel_sets) if store.has(group)]
-    store.require_intact(inputs, units=False)
-    cache = open_image_cache(store, settings)
-    layout = tap_layout(model, model_blocks(model))  # the group's channel axis is the widest block's
-    plans = plan_blocks(store, layout, settings, channel_sets)
-    store.start_fresh()
-    if not plans:
+    stage = AblationStage(store, model, weights_record, profile, channel_sets)
+    if not stage.plans:
+        store.start_fresh()
         warnings.warn("no block to ablate: none of the ablation blocks has scale-invariant channels", stacklevel=2)
         if store.has(GROUP):  # made from other metrics: kept, it would stay stale with nothing to replace it
             store.remove(GROUP)
             click.echo("ablation: removed the stored ablation group, made from metrics that had invariant "
                        "channels; the current metrics leave nothing to ablate", err=True)
         return None
-    settings_read = group_settings(profile, plans, settings, channel_sets)
-    if store.is_complete(GROUP, settings_read, inputs):
-        click.echo(f"ablation: already complete in {store.path}", err=True)
-        return store.dataset(GROUP)
-    store.require_intact(inputs)
-    store.declare(GROUP, _template(plans, settings, layout.max_width), _group_attrs(profile, weights_record, settings, cache),
-                  settings=settings_read, inputs=inputs)
-    device = devices.resolve(device)
-    experiment = AblationRun(store, devices.place(model, device), settings, plans, cache, profile,
-                             executor or Serial(), weights_record.get("weights_sha256", ""), device)
-    experiment.executor.check_store(store.path, GROUP)
-    experiment.screening()
-    experiment.scales()
-    store.finish(GROUP)
+    run_stage(stage, store, model, weights_record, executor=executor, device=device)
     return store.dataset(GROUP)

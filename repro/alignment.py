@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import click
 import dask.array as da
@@ -52,10 +51,11 @@ from analyses import superposition as sp
 from repro import images as imgs
 from repro import resources
 from repro.errors import UserError
-from repro.executor import Serial
+from repro.settings import AlignmentSettings, as_profile
 from repro.model import ModelSpec, block_widths, load_model, run as run_model
 from repro.sae import SAESettings, train_sae, train_supervised_sae
 from repro import device as devices
+from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
 GROUP = "alignment"
@@ -68,66 +68,28 @@ LEVEL = 0.95
 # ---------------------------------------------------------------- settings
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The profile's [alignment] table (its defaults are in profiles/paper.toml), with the stage's own checks."""
+Settings = AlignmentSettings  # the profile's [alignment] table (repro.settings), as the stage reads it
 
-    features: int
-    active_probability: float
-    neurons: tuple[int, ...]
-    seeds: int
-    train_stimuli: int
-    eval_stimuli: int
-    sae_latents: int
-    sae_topk: int
-    sae_steps: int
-    sae_lr: float
-    sae_batch_size: int
-    partner_weights: str
-    partner_weights_sha256: str
-    blocks: tuple[str, ...]
-    tap: str
-    cross_metrics: tuple[str, ...]
-    network_sae_expansion: int
-    network_sae_topk_fraction: float
-    network_sae_samples: int
-    network_sae_steps: int
-    max_stimuli: int
-    bootstrap: int
-    batch_size: int
-    seed: int
-    threads: int
 
-    @classmethod
-    def from_profile(cls, profile: Mapping) -> "Settings":
-        table = profile["alignment"]  # a loaded profile's is validated by repro.settings; a bare dict may not be
-        unknown = sorted(set(table) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"unknown alignment settings: {', '.join(unknown)}")
-        settings = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
-        settings.check()
-        return settings
+def check(settings: Settings) -> None:
+    """What only this stage knows: the names of its cross-block metrics."""
+    unknown = sorted(set(settings.cross_metrics) - set(ab.METRICS))
+    if unknown:
+        raise UserError(f"alignment.cross_metrics: unknown metric(s) {', '.join(unknown)}; "
+                        f"choose from {', '.join(ab.METRICS)}")
 
-    def check(self) -> None:
-        if not 0 < self.active_probability <= 1:
-            raise UserError(f"alignment.active_probability must be in (0, 1]; got {self.active_probability}")
-        if not self.neurons or min(self.neurons) < 1 or self.seeds < 2:
-            raise UserError("alignment.neurons must list positive sizes and alignment.seeds be at least 2 "
-                            "(an interval needs two draws)")
-        if min(self.train_stimuli, self.eval_stimuli) < 10 or self.max_stimuli < 10:
-            raise UserError("alignment stimulus counts must be at least 10")
-        unknown = sorted(set(self.cross_metrics) - set(ab.METRICS))
-        if unknown:
-            raise UserError(f"alignment.cross_metrics: unknown metric(s) {', '.join(unknown)}; "
-                            f"choose from {', '.join(ab.METRICS)}")
-        if self.bootstrap < 2:
-            raise UserError(f"alignment.bootstrap must be at least 2; got {self.bootstrap}")
 
-    def sae(self, seed: int, latents: int | None = None, topk: int | None = None,
-            steps: int | None = None) -> SAESettings:
-        return SAESettings(latents=latents or self.sae_latents, topk=topk or self.sae_topk,
-                           steps=steps or self.sae_steps,
-                           lr=self.sae_lr, batch_size=self.sae_batch_size, seed=seed, threads=self.threads)
+def stage_settings(profile: Mapping) -> Settings:
+    settings = as_profile(profile).alignment
+    check(settings)
+    return settings
+
+
+def sae_settings(settings: Settings, seed: int, latents: int | None = None, topk: int | None = None,
+                 steps: int | None = None) -> SAESettings:
+    return SAESettings(latents=latents or settings.sae_latents, topk=topk or settings.sae_topk,
+                       steps=steps or settings.sae_steps, lr=settings.sae_lr, batch_size=settings.sae_batch_size,
+                       seed=seed, threads=settings.threads)
 
 
 def partner_path(settings: Settings) -> str:
@@ -198,9 +160,9 @@ def recovery_draw(settings: Settings, d: int, seed: int) -> dict[tuple[str, str]
         train, evaluation = Z_train @ A, Z_eval @ A
         sae_seed = int(rng.integers(2**31))
         representations[("raw", system)] = evaluation
-        unsupervised = train_sae(train, settings.sae(sae_seed))
+        unsupervised = train_sae(train, sae_settings(settings, sae_seed))
         representations[("sae", system)] = unsupervised.encode(evaluation)
-        supervised = train_supervised_sae(train, Z_train, settings.sae(sae_seed, latents=settings.features))
+        supervised = train_supervised_sae(train, Z_train, sae_settings(settings, sae_seed, latents=settings.features))
         representations[("sae_supervised", system)] = supervised.encode(evaluation)
     named = {f"{kind}:{system}": values for (kind, system), values in representations.items()}
     scores = ab.score_pairs(named, [(f"{kind}:X", f"{kind}:Y", ab.METRICS) for kind in REPRESENTATIONS], n_boot=0)
@@ -298,10 +260,10 @@ def network_representations(centres: dict, samples: dict, settings: Settings) ->
     representations, unexplained = {}, {}
     for (network, block), centre in centres.items():
         channels = centre.shape[1]
-        sae_settings = settings.sae(settings.seed, latents=settings.network_sae_expansion * channels,
-                                    topk=max(1, round(settings.network_sae_topk_fraction * channels)),
-                                    steps=settings.network_sae_steps)
-        sae = train_sae(samples[(network, block)], sae_settings)
+        chosen = sae_settings(settings, settings.seed, latents=settings.network_sae_expansion * channels,
+                              topk=max(1, round(settings.network_sae_topk_fraction * channels)),
+                              steps=settings.network_sae_steps)
+        sae = train_sae(samples[(network, block)], chosen)
         representations[f"{network}:{block}:raw"] = centre
         representations[f"{network}:{block}:sae"] = sae.encode(centre)
         unexplained[f"{network}:{block}"] = round(unexplained_variance(centre, sae.reconstruct(centre)), 4)
@@ -365,73 +327,109 @@ def load_partner(profile: Mapping, settings: Settings) -> tuple[torch.nn.Module,
 class RecoveryContext:
     """What every recovery unit shares (sent to each worker once)."""
 
-    store_path: str
     settings: Settings
 
 
-def make_recovery(model: None, context: RecoveryContext, unit: tuple[int, int]) -> float:
-    """Unit ``recovery-d{d}``: every draw at d neurons into the store (no network is used); its seconds."""
+@dataclass(frozen=True)
+class NetworksUnit:
+    """The two networks' comparison: run in this process, where the partner network was loaded."""
+
+    partner: torch.nn.Module
+    profile: dict
+    blocks: tuple[str, ...]
+    here = True
+
+
+def make_recovery(model: None, context: RecoveryContext, unit: tuple[int, int]) -> Iterator[Part]:
+    """Unit ``recovery-d{d}``: every draw at d neurons (no network is used); returns (unit, seconds)."""
     index, d = unit
     started = time.perf_counter()
     with threadpool_limits(limits=context.settings.threads):
         part = recovery_part(context.settings, d)
-    Store(Path(context.store_path)).write_unit(GROUP, f"recovery-d{d}", part, region={
+    yield Part(GROUP, f"recovery-d{d}", part, region={
         "representation": slice(None), "metric": slice(None), "d": slice(index, index + 1), "seed": slice(None)})
-    return round(time.perf_counter() - started, 1)
+    return f"recovery-d{d}", round(time.perf_counter() - started, 1)
+
+
+def make_networks(model: torch.nn.Module, store: Store, unit: NetworksUnit, settings: Settings) -> Iterator[Part]:
+    """Unit ``networks``: the store network against the partner, block by block; returns (unit, seconds)."""
+    started = time.perf_counter()
+    with threadpool_limits(limits=settings.threads):
+        part, facts = compare_networks(store, model, unit.partner, unit.profile, list(unit.blocks), settings)
+    store.update_attrs(GROUP, **facts)  # before the unit's marker: a done unit always has its facts
+    yield Part(GROUP, NETWORKS_UNIT, part, region={"representation": slice(None), "metric": slice(None),
+                                                   "pair": slice(None)})
+    return NETWORKS_UNIT, round(time.perf_counter() - started, 1)
+
+
+class AlignmentStage(Stage):
+    """The alignment stage: a unit per number of neurons d (the superposed toy systems, on the executor,
+    no network used), and the two networks' unit, run here with their forward passes on the run's device
+    (the SAEs train on the CPU)."""
+
+    title = "alignment recovery"
+    uses_model = False  # the recovery units use none; the networks unit runs here
+
+    def __init__(self, store: Store, weights: Mapping, profile: Mapping, device=None):
+        self.store, self.weights, self.profile = store, weights, profile
+        self.settings = settings = stage_settings(profile)
+        self.blocks = list(settings.blocks or profile["model"]["blocks"])
+        self.partner, self.partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
+        if self.partner is not None:
+            if store.fresh:
+                raise UserError("the alignment of two networks reads the store's image cache, which --new-store "
+                                "would remove: run `repro natural` first, without --new-store")
+            store.require_intact([imgs.CACHE_GROUP], units=False)
+            imgs.open_cache(store)  # the networks need the store's images: fail now, not after the simulations
+            self.partner = devices.place(self.partner, devices.resolve(device))
+
+    def inputs(self) -> list[str]:
+        return [imgs.CACHE_GROUP] if self.partner is not None else []
+
+    def groups(self) -> list[Group]:
+        settings, record = self.settings, self.partner_record
+        attrs = provenance(self.profile, self.weights, stage=GROUP, partner_weights=settings.partner_weights,
+                           partner_weights_file_sha256=record.get("weights_file_sha256", ""),
+                           partner_state_sha256=record.get("weights_sha256", ""),
+                           interval_level=LEVEL, bootstrap=settings.bootstrap, draws=settings.seeds)
+        settings_read = {"alignment": asdict(settings), "blocks": self.blocks,
+                         "partner_state_sha256": record.get("weights_sha256", "")}
+        units = {f"recovery-d{d}" for d in settings.neurons} | ({NETWORKS_UNIT} if self.partner is not None else set())
+        return [Group(GROUP, template(settings, self.blocks), attrs, settings_read, frozenset(units))]
+
+    def units(self, done: Mapping[str, set[str]]) -> list:
+        done = done[GROUP]
+        todo = [(index, d) for index, d in enumerate(self.settings.neurons) if f"recovery-d{d}" not in done]
+        if self.partner is not None and NETWORKS_UNIT not in done:
+            todo.append(NetworksUnit(self.partner, dict(self.profile), tuple(self.blocks)))
+        return todo
+
+    def context(self) -> RecoveryContext:
+        return RecoveryContext(self.settings)
+
+    def compute_here(self, model, unit: NetworksUnit) -> Iterator[Part]:
+        return make_networks(model, self.store, unit, self.settings)
+
+    @staticmethod
+    def compute(model, context: RecoveryContext, unit) -> Iterator[Part]:
+        return make_recovery(model, context, unit)
+
+    def finish(self, results: list[tuple[str, float]]) -> Mapping[str, Mapping]:
+        settings = self.settings
+        timings = dict(self.store.group_attrs(GROUP).get("unit_seconds", {}))
+        for unit, seconds in results:
+            timings[unit] = seconds
+            if unit == NETWORKS_UNIT:
+                click.echo(f"alignment: two networks, {len(pair_list(self.blocks))} block pairs, "
+                           f"{settings.bootstrap} bootstrap resamples, in {seconds} s")
+            else:
+                click.echo(f"alignment: {unit} ({settings.seeds} draws) in {seconds} s")
+        networks = "compared" if self.partner is not None else "no partner network in this profile"
+        return {GROUP: {"unit_seconds": timings, "networks": networks}}
 
 
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
         device: torch.device | str | None = None, executor=None) -> None:
-    """Compute and store group ``alignment`` (see the module docstring); done units are skipped.
-
-    The recovery units (one per d) run on the executor; the two networks' unit runs here, their forward
-    passes on ``device``; the SAEs train on the CPU."""
-    settings = Settings.from_profile(profile)
-    blocks = list(settings.blocks or profile["model"]["blocks"])
-    partner, partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
-    if partner is not None:
-        if store.fresh:
-            raise UserError("the alignment of two networks reads the store's image cache, which --new-store "
-                            "would remove: run `repro natural` first, without --new-store")
-        store.require_intact([imgs.CACHE_GROUP], units=False)
-        imgs.open_cache(store)  # the networks need the store's images: fail now, not after the simulations
-        device = devices.resolve(device)
-        model, partner = devices.place(model, device), devices.place(partner, device)
-    attrs = provenance(profile, weights, stage=GROUP, partner_weights=settings.partner_weights,
-                       partner_weights_file_sha256=partner_record.get("weights_file_sha256", ""),
-                       partner_state_sha256=partner_record.get("weights_sha256", ""),
-                       interval_level=LEVEL, bootstrap=settings.bootstrap, draws=settings.seeds)
-    settings_read = {"alignment": asdict(settings), "blocks": blocks,
-                     "partner_state_sha256": partner_record.get("weights_sha256", "")}
-    inputs = [imgs.CACHE_GROUP] if partner is not None else []
-    store.start_fresh()
-    if store.is_complete(GROUP, settings_read, inputs):
-        click.echo(f"alignment: already complete in {store.path}", err=True)
-        return
-    store.declare(GROUP, template(settings, blocks), attrs, settings=settings_read, inputs=inputs,
-                  units_expected=len(settings.neurons) + (partner is not None))
-    timings = dict(store.group_attrs(GROUP).get("unit_seconds", {}))
-    done = store.done(GROUP)
-    todo = [(index, d) for index, d in enumerate(settings.neurons) if f"recovery-d{d}" not in done]
-    executor = executor or Serial()
-    if todo:
-        executor.check_store(store.path, GROUP)
-    seconds = executor.map(make_recovery, todo, context=RecoveryContext(str(store.path), settings), model=None,
-                           desc="alignment recovery")
-    for (_, d), unit_seconds in zip(todo, seconds):
-        timings[f"recovery-d{d}"] = unit_seconds
-        click.echo(f"alignment: recovery-d{d} ({settings.seeds} draws) in {unit_seconds} s")
-    with threadpool_limits(limits=settings.threads):
-        if partner is not None and NETWORKS_UNIT not in store.done(GROUP):
-            started = time.perf_counter()
-            part, facts = compare_networks(store, model, partner, profile, blocks, settings)
-            store.update_attrs(GROUP, **facts)  # before the unit's marker: a done unit always has its facts
-            store.write_unit(GROUP, NETWORKS_UNIT, part, region={"representation": slice(None),
-                                                                 "metric": slice(None), "pair": slice(None)})
-            timings[NETWORKS_UNIT] = round(time.perf_counter() - started, 1)
-            click.echo(f"alignment: two networks, {len(pair_list(blocks))} block pairs, {settings.bootstrap} "
-                       f"bootstrap resamples, in {timings[NETWORKS_UNIT]} s")
-    done = store.done(GROUP)
-    wanted = {f"recovery-d{d}" for d in settings.neurons} | ({NETWORKS_UNIT} if partner is not None else set())
-    store.finish(GROUP, complete=wanted <= done, unit_seconds=timings,
-                 networks="compared" if partner is not None else "no partner network in this profile")
+    """Compute and store group ``alignment`` (see the module docstring); done units are skipped."""
+    stage = AlignmentStage(store, weights, profile, device=device)
+    run_stage(stage, store, model, weights, executor=executor, device=device)

@@ -19,40 +19,9 @@ from pathlib import Path
 
 import click
 
-from analyses import criteria
-from repro import profiles
-from repro.objectives import OBJECTIVES
+from repro import profiles, stages
 from repro.errors import UserError
 from repro.store import Store, disk_error
-
-
-def parse_list(text: str | None, option: str = "the list") -> list[str] | None:
-    """``a,b`` → ["a", "b"]; None when not given; a given list must name something."""
-    if text is None:
-        return None
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise UserError(f"{option} {text!r} names nothing; leave it out for the profile's default")
-    return items
-
-
-def parse_channels(text: str | None) -> list[int] | None:
-    """``0-15,32,40-41`` → [0, ..., 15, 32, 40, 41]."""
-    if text is None:
-        return None
-    channels = []
-    try:
-        for piece in parse_list(text, "--channels"):
-            low, _, high = piece.partition("-")
-            channels.extend(range(int(low), int(high or low) + 1))
-    except (ValueError, TypeError):
-        raise UserError(f"channels {text!r}: expected a list like 0-15,32") from None
-    return channels
-
-
-def resolved(path: Path | None) -> str | None:
-    """An image folder as stored: absolute, symlinks resolved."""
-    return str(path.expanduser().resolve()) if path else None
 
 
 def resolve_profile(profile_name: str | None, store_path: Path | None, settings: dict) -> dict:
@@ -73,8 +42,8 @@ DEVICE_OPTION = click.option("--device", "device_name", default="auto", show_def
 def open_run(profile_name, store_path, weights, new_store, settings=None, device_name="auto"):
     """Profile, model, weights record, store and device for one stage run, all checked before any work."""
     profile = resolve_profile(profile_name, store_path, {"model.weights": weights, **(settings or {})})
-    if weights:
-        profile["model"]["weights_sha256"] = ""  # a weights override drops the profile's pinned hash
+    if weights:  # a weights override drops the profile's pinned hash
+        profile = profiles.override(profile, {"model.weights_sha256": ""})
     from repro.model import ModelSpec, load_model  # torch loads only for commands that compute
 
     Store(store_path).check_path()  # before loading weights: a wrong --store is the cheaper mistake
@@ -205,103 +174,48 @@ def taps(arch, profile_name, image_size):
                    f"  center {info.center}{same}")
 
 
-@main.command()
-@run_options
-@executor_options
-@click.option("--blocks", help="Comma-separated blocks, e.g. 1.1,2.1 (default: the profile's).")
-@click.option("--taps", "tap_names", help="Comma-separated taps among I,B,O (default: all).")
-@click.option("--channels", help="Channel list such as 0-15 (default: all).")
-@click.option("--steps", type=int, help="Optimization steps (default: the profile's).")
-@click.option("--objective", type=click.Choice(list(OBJECTIVES)), help="Center neuron or whole-channel mean.")
-@click.option("--aliased", is_flag=True, default=None, help="Reference compatibility: Lucent's aliased taps.")
-def fz(profile_name, weights, store_path, new_store, device_name, reading, blocks, tap_names, channels, steps,
-       objective, aliased):
-    """Feature visualizations (FZs) of center neurons, all channels of a tap in one batch."""
-    settings = {"reading": reading, "fz.steps": steps, "fz.objective": objective, "model.aliased": aliased}
-    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
-                                                     device_name)
-    from repro import fz as fz_stage
-    with stage_executor(profile, device) as executor:
-        fz_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"),
-                     taps=parse_list(tap_names, "--taps"),
-                     channels=parse_channels(channels), device=device, executor=executor)
+def stage_option(option: stages.Option):
+    """A stage's option as a click option (its ``click`` extras: type, is_flag, multiple, choices)."""
+    extras = dict(option.click)
+    if extras.get("type") == "choice":
+        extras["type"] = click.Choice(extras.pop("choices"))
+    elif extras.get("type") is Path:
+        extras["type"] = click.Path(path_type=Path)
+    return click.option(*option.flags, option.name, help=option.help, **extras)
 
 
-@main.command()
-@run_options
-@executor_options
-@click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's / $RESIDUAL_STREAM_IMAGES).")
-@click.option("--blocks", help="Comma-separated blocks (default: the profile's).")
-@click.option("--float16", is_flag=True, default=None, help="Store activations as float16.")
-def natural(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, float16):
-    """Natural-image center activations of every tap, and each channel's top-9 images."""
-    settings = {"reading": reading, "natural.dtype": "float16" if float16 else None,
-                "natural.images": resolved(images)}
-    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
-                                                     device_name)
-    from repro import natural as natural_stage
-    with stage_executor(profile, device) as executor:
-        natural_stage.run(store, model, record, profile, blocks=parse_list(blocks, "--blocks"), device=device,
-                          executor=executor)
+def stage_command(entry: stages.StageEntry) -> click.Command:
+    """``repro NAME``: the stage of the registry entry on one store, its options read by the entry."""
+
+    def command(store_path, weights, device_name, reading, profile_name=None, new_store=False, **values):
+        settings, arguments = entry.read_options(values)
+        profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store,
+                                                         {"reading": reading, **settings}, device_name)
+        with stage_executor(profile, device) as executor:
+            entry.run(store, model, record, profile, **arguments, device=device, executor=executor)
+
+    command.__doc__ = entry.help
+    for option in reversed(entry.options):
+        command = stage_option(option)(command)
+    command = executor_options(command)
+    command = (run_options if entry.takes_profile else store_options)(command)
+    return click.command(entry.name)(command)
 
 
-@main.command()
-@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
-@click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match).")
-@DEVICE_OPTION
-@reading_option
-@executor_options
-def metrics(store_path, weights, device_name, reading):
-    """Stimulus responses and mix-ratio / scale-invariance metrics from the stored FZs (and natural images)."""
-    profile, model, record, store, device = open_run(None, store_path, weights, False, {"reading": reading},
-                                                     device_name=device_name)
-    from repro import metrics as metrics_stage
-    with stage_executor(profile, device) as executor:
-        metrics_stage.run(store, model, record, profile, device=device, executor=executor)
+def store_options(function):
+    """Options of a stage that runs on an existing store with the store's profile."""
+    for option in reversed([
+        click.option("--store", "store_path", type=click.Path(path_type=Path), required=True),
+        click.option("--weights", help="Weights, when the store's cannot be loaded by name here (hash must match)."),
+        DEVICE_OPTION,
+        reading_option,
+    ]):
+        function = option(function)
+    return function
 
 
-@main.command()
-@run_options
-@executor_options
-@click.option("--images", type=click.Path(path_type=Path), help="ImageFolder root (default: the profile's).")
-@click.option("--blocks", help="Blocks to ablate, e.g. 2.1,3.1 (default: the profile's).")
-@click.option("--criterion", type=click.Choice([criterion.name for criterion in criteria.stored()]),
-              help="Which paper's invariance criterion.")
-@click.option("--channels", "channel_sets", multiple=True, help="BLOCK=LIST, e.g. 2.1=13,15,18 (instead of metrics).")
-@click.option("--trials", type=int, help="Accepted random trials per block.")
-@click.option("--ablation", type=click.Choice(["mean", "zero"]))
-@click.option("--scale-definition", type=click.Choice(["paper", "code"]))
-def ablate(profile_name, weights, store_path, new_store, device_name, reading, images, blocks, criterion, channel_sets,
-           trials, ablation, scale_definition):
-    """Ablate invariant vs random channels and measure top-1 under scale transforms."""
-    settings = {"reading": reading, "natural.images": resolved(images),
-                "ablation.blocks": parse_list(blocks, "--blocks"),
-                "ablation.criterion": criterion, "ablation.trials": trials, "ablation.ablation": ablation,
-                "ablation.scale_definition": scale_definition}
-    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store, settings,
-                                                     device_name)
-    chosen = {}
-    for item in channel_sets:
-        block, _, listed = item.partition("=")
-        if not listed:
-            raise UserError(f"--channels {item!r}: expected BLOCK=LIST such as 2.1=13,15")
-        chosen[block.strip()] = parse_channels(listed)
-    from repro import ablate as ablate_stage
-    with stage_executor(profile, device) as executor:
-        ablate_stage.run(store, model, record, profile, channel_sets=chosen or None, device=device,
-                         executor=executor)
-
-
-@main.command()
-@run_options
-@executor_options
-def alignment(profile_name, weights, store_path, new_store, device_name, reading):
-    """Train TopK SAEs and compare representations: recovery vs neurons, and two trained networks."""
-    profile, model, record, store, device = open_run(profile_name, store_path, weights, new_store,
-                                                     {"reading": reading}, device_name)
-    from repro import alignment as alignment_stage
-    with stage_executor(profile, device) as executor:
-        alignment_stage.run(store, model, record, profile, device=device, executor=executor)
+for _entry in stages.STAGES.values():
+    main.add_command(stage_command(_entry))
 
 
 @main.command()

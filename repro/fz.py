@@ -44,7 +44,6 @@ import functools
 import copy
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -53,7 +52,6 @@ import torchvision.transforms as T
 import xarray as xr
 import dask.array as da
 
-import click
 
 from repro import device as devices
 from repro import model as taps_model
@@ -63,7 +61,8 @@ from repro.optvis import param as lucent_param
 from repro.optvis import transform as lucent_transform
 from repro.images import normalize as normalize_image
 from repro.errors import UserError
-from repro.executor import Serial
+from repro.settings import Profile, as_profile
+from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
 # fz.precision: the network's forward and backward under autocast at this dtype (None: float32 throughout).
@@ -82,35 +81,38 @@ def group_name(objective: str) -> str:
 
 
 def jitter_of(profile: Mapping, block: str, tap: str) -> int:
+    profile = as_profile(profile)
     try:
-        return int(profile["fz"]["jitter"][block][tap])
+        return profile.fz.jitter[block][tap]
     except KeyError:
-        raise UserError(f"profile {profile.get('name', '')!r} sets no fz.jitter for block {block} tap {tap}") from None
+        raise UserError(f"profile {profile.name!r} sets no fz.jitter for block {block} tap {tap}") from None
 
 
 def tap_jitter(model: torch.nn.Module, profile: Mapping, block: str, tap: str) -> int:
     """The jitter a tap's FZ is made at. ``fz.input_jitter = "previous_output"`` (the code's reading): an I
     tap that is the previous block's O takes that O's jitter, so the two labels share one FZ (the code's
     3.1 I is 3.0's O FZ, made at jitter 4)."""
-    if profile["fz"]["input_jitter"] == "previous_output":
+    profile = as_profile(profile)
+    if profile.fz.input_jitter == "previous_output":
         tensor = taps_model.same_tensor(model, block, tap)
-        if tensor != (block, tap) and tensor[0] in profile["fz"]["jitter"]:
+        if tensor != (block, tap) and tensor[0] in profile.fz.jitter:
             return jitter_of(profile, *tensor)
     return jitter_of(profile, block, tap)
 
 
 def transforms(profile: Mapping, jitter: int) -> list[Callable]:
     """Lucent's transform list for a tap of this jitter (the authors' schedule)."""
-    settings = profile["fz"]
-    degrees = int(settings["rotate_degrees"])
-    scale_rotate = [lucent_transform.random_scale(list(settings["random_scale"])),
+    profile = as_profile(profile)
+    settings = profile.fz
+    degrees = settings.rotate_degrees
+    scale_rotate = [lucent_transform.random_scale(list(settings.random_scale)),
                     lucent_transform.random_rotate(list(range(-degrees, degrees + 1)))]
-    if jitter < int(settings["pad_from_jitter"]):
+    if jitter < settings.pad_from_jitter:
         return scale_rotate
     if jitter // 2 < 2:
         raise UserError(f"jitter {jitter}: jitter({jitter // 2}) needs jitter >= 4 (Lucent's jitter(d) needs d > 1)")
     return [lucent_transform.pad(jitter), lucent_transform.jitter(jitter), *scale_rotate,
-            lucent_transform.jitter(jitter // 2), T.CenterCrop(int(profile["model"]["image_size"]))]
+            lucent_transform.jitter(jitter // 2), T.CenterCrop(profile.model.image_size)]
 
 
 def normalizer(profile: Mapping) -> Callable:
@@ -184,26 +186,27 @@ def visualize(model: torch.nn.Module, profile: Mapping, block: str, tap: str, ch
     Adam's trajectory does not depend on the number of steps still to come, so the image after step n of
     a longer run is the image an n-step run returns.
     """
-    settings = profile["fz"]
-    steps = int(settings["steps"] if steps is None else steps)
-    objective = objective or settings["objective"]
-    aliased = bool(profile["model"]["aliased"] if aliased is None else aliased)
-    autocast_dtype = autocast_dtype or PRECISIONS[settings["precision"]]
+    profile = as_profile(profile)
+    settings = profile.fz
+    steps = settings.steps if steps is None else int(steps)
+    objective = objective or settings.objective
+    aliased = profile.model.aliased if aliased is None else bool(aliased)
+    autocast_dtype = autocast_dtype or PRECISIONS[settings.precision]
     if steps < 1:
         raise UserError(f"fz.steps must be at least 1, not {steps}")
     group_name(objective)
     device = next(model.parameters()).device
     index = torch.as_tensor(list(channels), dtype=torch.long, device=device)
-    size = int(profile["model"]["image_size"])
+    size = profile.model.image_size
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     with seeded(seed), devices.lucent_on(device):
-        params, image_f = lucent_param.image(size, batch=len(index), decorrelate=bool(settings["decorrelate"]),
-                                             fft=bool(settings["fft"]))
-        optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
+        params, image_f = lucent_param.image(size, batch=len(index), decorrelate=settings.decorrelate,
+                                             fft=settings.fft)
+        optimizer = torch.optim.Adam(params, lr=settings.lr)
         transform_f = lucent_transform.compose(transforms(profile, jitter) + [normalizer(profile)])
         initial = final = None
-        every = int(settings["trace_every"] if trace_every is None else trace_every)
+        every = settings.trace_every if trace_every is None else int(trace_every)
         traced, snapshots = [], {}
         for step in range(steps):
             optimizer.zero_grad()
@@ -275,13 +278,14 @@ class Job:
 def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | None = None,
            taps: Iterable[str] | None = None, channels: Iterable[int] | None = None) -> Selection:
     """The validated selection; None means the profile's blocks, all its taps, all channels."""
+    profile = as_profile(profile)
     known = list(taps_model.blocks(model))
-    wanted_blocks = list(blocks) if blocks else list(profile["model"]["blocks"])
-    wanted_taps = list(taps) if taps else list(profile["model"]["taps"])
+    wanted_blocks = list(blocks) if blocks else list(profile.model.blocks)
+    wanted_taps = list(taps) if taps else list(profile.model.taps)
     taps_model.check_taps(model, [(b, t) for b in wanted_blocks for t in wanted_taps])
     block_order = [b for b in known if b in set(wanted_blocks)]
     tap_order = [t for t in taps_model.TAPS if t in set(wanted_taps)]
-    size = int(profile["model"]["image_size"])
+    size = profile.model.image_size
     layout = taps_model.tap_layout(model, block_order)
     widest = layout.max_width
     chosen = sorted(set(channels)) if channels is not None else list(range(widest))
@@ -290,10 +294,9 @@ def select(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str] | Non
     outside = [c for c in chosen if not 0 <= c < widest]
     if outside:
         raise UserError(f"channels {outside[:5]} out of range: the widest selected block has {widest} channels")
-    settings = profile["fz"]
-    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen), layout, size,
-                     tuple(int(s) for s in settings["seeds"]),
-                     tuple(trace_steps(int(settings["steps"]), int(settings["trace_every"]))))
+    settings = profile.fz
+    return Selection(tuple(block_order), tuple(tap_order), tuple(chosen), layout, size, settings.seeds,
+                     tuple(trace_steps(settings.steps, settings.trace_every)))
 
 
 def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list[Job]:
@@ -384,61 +387,73 @@ def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndar
                "channel": np.array(channels)})
 
 
+class FZStage(Stage):
+    """The FZ stage: a unit is one channel chunk of one job for one seed, stored under each of its labels.
+
+    The group's layout is every tap and channel of the profile's blocks (plus any other block asked for),
+    so runs with different selections fill the same group. A channel selection makes the whole chunks that
+    hold those channels: chunks, and so seeds, stay those of a full run."""
+
+    prepare = staticmethod(prepare)
+
+    def __init__(self, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
+                 blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
+                 channels: Iterable[int] | None = None, group: str | None = None):
+        profile = as_profile(profile)
+        self.profile, self.objective = profile, profile.fz.objective
+        self.group = group or group_name(self.objective)
+        self.title = f"{self.group} ({self.objective})"
+        self.wanted = select(model, profile, blocks, taps, channels)
+        profile_blocks = list(profile.model.blocks)
+        self.layout = select(model, profile, profile_blocks + [b for b in self.wanted.blocks if b not in profile_blocks])
+        wanted_labels = {(b, t) for b in self.wanted.blocks for t in self.wanted.taps}
+        self.every_job = plan(model, profile, self.layout)
+        self.jobs = [job for job in self.every_job if wanted_labels & set(job.labels)]
+        self.batch = profile.fz.channel_batch
+        self.weights_record = weights_record
+
+    def groups(self) -> list[Group]:
+        same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in self.every_job if len(job.labels) > 1]
+        attrs = {"objective": self.objective, "aliased": self.profile.model.aliased,
+                 "steps": self.profile.fz.steps, "channel_batch": self.batch, "same_fz": same_fz,
+                 **provenance(self.profile, self.weights_record, stage="fz")}
+        every_unit = {unit_name(seed, label, job.jitter, chunk) for seed in self.layout.seeds
+                      for job in self.every_job for chunk in chunks(job, self.batch) for label in job.labels}
+        return [Group(self.group, template(self.layout, self.batch), attrs,
+                      group_settings(self.profile, self.layout), frozenset(every_unit))]
+
+    def units(self, done: Mapping[str, set[str]]) -> list["ChunkUnit"]:
+        done = done[self.group]
+        return [ChunkUnit(job, seed, k, chunk, tuple(label for label in job.labels
+                                                       if unit_name(seed, label, job.jitter, chunk) not in done))
+                for seed in self.layout.seeds for job in self.jobs for k, chunk in enumerate(chunks(job, self.batch))
+                if set(self.wanted.channels) & set(chunk)
+                and any(unit_name(seed, label, job.jitter, chunk) not in done for label in job.labels)]
+
+    def context(self) -> "ChunkContext":
+        return ChunkContext(self.group, self.profile)
+
+    @staticmethod
+    def compute(model: torch.nn.Module, context: "ChunkContext", unit: "ChunkUnit") -> Iterator[Part]:
+        return make_chunk(model, context, unit)
+
+
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
         channels: Iterable[int] | None = None, group: str | None = None, executor=None,
         device: torch.device | str | None = None) -> xr.Dataset:
-    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping done units.
-
-    A unit is (block, tap, channel chunk). The group's layout is every tap and channel of the profile's
-    blocks (plus any other block asked for), so runs with different selections fill the same group. A
-    channel selection makes the whole chunks that hold those channels: chunks, and so seeds, stay those
-    of a full run. Other FZ settings (steps, seed, chunking) replace the group, and only it.
-    """
-    settings = profile["fz"]
-    objective = settings["objective"]
-    group = group or group_name(objective)
-    wanted = select(model, profile, blocks, taps, channels)
-    layout_blocks = list(profile["model"]["blocks"]) + [b for b in wanted.blocks if b not in profile["model"]["blocks"]]
-    layout = select(model, profile, layout_blocks)
-    wanted_labels = {(b, t) for b in wanted.blocks for t in wanted.taps}
-    every_job = plan(model, profile, layout)
-    jobs = [job for job in every_job if wanted_labels & set(job.labels)]
-    batch = int(settings["channel_batch"])
-    same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in every_job if len(job.labels) > 1]
-    attrs = {"objective": objective, "aliased": bool(profile["model"]["aliased"]),
-             "steps": int(settings["steps"]), "channel_batch": batch, "same_fz": same_fz,
-             **provenance(profile, weights_record, stage="fz")}
-    every_unit = {unit_name(seed, label, job.jitter, chunk) for seed in layout.seeds for job in every_job
-                  for chunk in chunks(job, batch) for label in job.labels}
-    settings_read = group_settings(profile, layout)
-    store.start_fresh()
-    if store.is_complete(group, settings_read) and every_unit <= store.done(group):
-        click.echo(f"{group}: already complete in {store.path}", err=True)
-        return store.dataset(group)
-    store.declare(group, template(layout, batch), attrs, settings=settings_read, units_expected=len(every_unit))
-    done = store.done(group)
-    units = [ChunkUnit(job, seed, k, chunk, tuple(label for label in job.labels
-                                                    if unit_name(seed, label, job.jitter, chunk) not in done))
-             for seed in layout.seeds for job in jobs for k, chunk in enumerate(chunks(job, batch))
-             if set(wanted.channels) & set(chunk)
-             and any(unit_name(seed, label, job.jitter, chunk) not in done for label in job.labels)]
-    executor = executor or Serial()
-    if units:
-        executor.check_store(store.path, group)
-    executor.map(make_chunk, units, context=ChunkContext(str(store.path), group, dict(profile)),
-                 model=model, device=devices.resolve(device), prepare=prepare, model_settings=profile["model"],
-                 weights_sha256=weights_record.get("weights_sha256", ""), desc=f"{group} ({objective})")
-    store.finish(group, complete=every_unit <= store.done(group))
-    return store.dataset(group)
+    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping done
+    units (``FZStage``). Other FZ settings (steps, seed, chunking) replace the group, and only it."""
+    stage = FZStage(model, weights_record, profile, blocks=blocks, taps=taps, channels=channels, group=group)
+    run_stage(stage, store, model, weights_record, executor=executor, device=device)
+    return store.dataset(stage.group)
 
 
 @dataclass(frozen=True)
 class ChunkContext:
     """What every unit of one run shares (sent to each worker once)."""
-    store_path: str
     group: str
-    profile: dict
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -451,14 +466,13 @@ class ChunkUnit:
     labels: tuple[Label, ...]
 
 
-def make_chunk(model: torch.nn.Module, context: ChunkContext, unit: ChunkUnit) -> None:
-    """Optimize one chunk's FZs and write them (with their activations) as one unit per label."""
+def make_chunk(model: torch.nn.Module, context: ChunkContext, unit: ChunkUnit) -> Iterator[Part]:
+    """Optimize one chunk's FZs; its parts (images and activations) as one unit per label."""
     job, profile = unit.job, context.profile
     seed = chunk_seed(unit.seed, job.block, job.tap, job.jitter, unit.index)
     result = visualize(model, profile, job.block, job.tap, unit.channels, jitter=job.jitter, seed=seed)
     images = to_uint8(result.images)
     activation = measure(model, profile, job.block, job.tap, images, unit.channels)
-    store = Store(Path(context.store_path))
     for label in unit.labels:
         part = _unit_part(unit.seed, label, unit.channels, images, result, activation)
-        store.write_unit(context.group, unit_name(unit.seed, label, job.jitter, unit.channels), part, region="auto")
+        yield Part(context.group, unit_name(unit.seed, label, job.jitter, unit.channels), part)

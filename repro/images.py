@@ -47,6 +47,7 @@ from torchvision.transforms import functional as TF
 
 from repro.errors import UserError
 from repro import resources
+from repro.settings import as_profile
 from repro.hashing import digest, file_sha256
 
 CACHE_GROUP = "image_cache"
@@ -97,17 +98,15 @@ def find_images(root) -> ImageList:
 # ---------------------------------------------------------------- transforms
 
 
-def check_sizes(profile: Mapping) -> tuple[int, int]:
-    """The profile's (resize, crop), validated."""
-    resize, crop = int(profile["natural"]["resize"]), int(profile["natural"]["crop"])
-    if not 0 < crop <= resize:
-        raise UserError(f"natural.crop ({crop}) must be positive and at most natural.resize ({resize})")
-    return resize, crop
+def natural_sizes(profile: Mapping) -> tuple[int, int]:
+    """The profile's (resize, crop) of natural images."""
+    natural = as_profile(profile).natural
+    return natural.resize, natural.crop
 
 
 def eval_transform(profile: Mapping) -> transforms.Compose:
     """The reference eval transform on a PIL image: Resize, CenterCrop, ToTensor, Normalize."""
-    resize, crop = check_sizes(profile)
+    resize, crop = natural_sizes(profile)
     model = profile["model"]
     return transforms.Compose([
         transforms.Resize(resize),
@@ -194,7 +193,7 @@ def eval_from_cache(images, profile: Mapping, resized_height=None, resized_width
     Bitwise equal to ``eval_transform(profile)`` on the decoded image. The resized sizes are needed
     unless ``(resize - crop) % 4 == 0`` (the paper's 256/224 needs none); see :func:`center_crop_from_cache`.
     """
-    resize, crop = check_sizes(profile)
+    resize, crop = natural_sizes(profile)
     images = as_tensor(images)
     if images.shape[1:] != (resize, resize, 3):
         raise ValueError(f"expected cached squares [N, {resize}, {resize}, 3], got {list(images.shape)}")

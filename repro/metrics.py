@@ -56,7 +56,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import click
 import dask.array as da
@@ -67,16 +67,15 @@ from scipy import stats
 from torch import nn
 
 from analyses import criteria
-from repro import device as devices
 from repro import fz as fz_stage
 from repro import images as imgs
 from repro import profiles
 from repro import model as taps_model
 from repro import stimulus
 from repro.errors import UserError
-from repro.executor import Serial
 from repro.model import TAPS
 from repro.stimulus import TRANSFORMS
+from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
 TOP9_RANKS = 9
@@ -382,7 +381,7 @@ def top9_tensor(pixels, profile: Mapping, resized_height, resized_width, png: bo
     """Cached squares as the network sees them: the eval crop, through the PNG round trip when ``png``."""
     if not png:
         return imgs.eval_from_cache(pixels, profile, resized_height, resized_width)
-    _, crop = imgs.check_sizes(profile)
+    _, crop = imgs.natural_sizes(profile)
     crops = imgs.center_crop_from_cache(imgs.as_tensor(pixels), crop, resized_height, resized_width)
     return imgs.normalize(png_round_trip(imgs.to_unit_float(crops)), profile)
 
@@ -570,6 +569,71 @@ def failed_counts(metrics: xr.Dataset) -> dict:
             for block in metrics["block"].values}
 
 
+class MetricsStage(Stage):
+    """The metrics stage: a unit is a block's stimulus set (its responses and metrics for every seed, then
+    their pass frequencies) or a block's per-channel columns (``stimulus_set == "channel"``)."""
+
+    def __init__(self, store: Store, weights: Mapping, profile: Mapping, *, blocks: Sequence[str] | None = None,
+                 fz_group: str = "fz", groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True):
+        store.require_intact([fz_group, "natural", imgs.CACHE_GROUP], units=False)
+        self.store, self.weights, self.profile = store, weights, profile
+        self.read = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9, groups=groups)
+        self.title = self.read.groups[1]
+
+    def inputs(self) -> list[str]:
+        return list(self.read.input_groups)
+
+    def groups(self) -> list[Group]:
+        inputs, profile = self.read, self.profile
+        responses_group, metrics_group = inputs.groups
+        settings = MixSettings.from_profile(profile)
+        settings_read = group_settings(profile, inputs)
+        block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
+        layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
+        summary_units = {f"{block}:{s}:seeds" for block, s in block_sets} | {f"{b}:channel" for b in inputs.layout_blocks}
+        attrs = provenance(profile, self.weights, stage="metrics", top9_available=inputs.top9_available,
+                           top9_note=inputs.top9_note)
+        return [Group(responses_group, responses_template(inputs), attrs, settings_read, frozenset(layout_units)),
+                Group(metrics_group, metrics_template(inputs), {
+                    **attrs,
+                    "mix_conventions": MIX_CONVENTIONS[settings.mix_edges],
+                    "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
+                    "interpreting_criterion": settings.interpreting_criterion,
+                    "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
+                    "robust_fraction": float(profile["metrics"]["robust_fraction"]),
+                }, settings_read, frozenset(layout_units | summary_units))]
+
+    def units(self, done: Mapping[str, set[str]]) -> list[tuple[str, str]]:
+        inputs = self.read
+        responses_done, metrics_done = (done[group] for group in inputs.groups)
+        units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
+        units = [(b, s) for b, s in units
+                 if not {unit_name(seed, b, s) for seed in inputs.seeds} | {f"{b}:{s}:seeds"} <= responses_done & metrics_done]
+        return units + [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
+
+    def context(self) -> "MetricsContext":
+        inputs = self.read
+        return MetricsContext(str(self.store.path), dict(self.profile), tuple(inputs.blocks),
+                              tuple(inputs.layout_blocks), inputs.top9_available, inputs.top9_note,
+                              inputs.fz_group, tuple(inputs.groups))
+
+    @staticmethod
+    def compute(model: nn.Module, context: "MetricsContext", unit: tuple[str, str]) -> Iterator[Part]:
+        return make_unit(model, context, unit)
+
+    def finish(self, results: list[list[str]]) -> Mapping[str, Mapping]:
+        for caught in results:  # warnings raised where the unit ran, shown here
+            for message in caught:
+                warnings.warn(message, FailedFZWarning, stacklevel=2)
+        inputs = self.read
+        responses_group, metrics_group = inputs.groups
+        counts = failed_counts(self.store.dataset(metrics_group))
+        top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
+        return {responses_group: {"top9_blocks": top9_blocks},
+                metrics_group: {"top9_blocks": top9_blocks, "failed_fz_count": counts,
+                                "failed_fz_total": sum(sum(c.values()) for c in counts.values())}}
+
+
 def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
         blocks: Sequence[str] | None = None, fz_group: str = "fz",
         groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True,
@@ -578,54 +642,8 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
     ``fz_group`` and ``groups`` name the FZs read and the two groups written (the aliased comparison
     reads ``fz_aliased`` and writes ``responses_aliased`` / ``metrics_aliased``, FZ stimuli only)."""
-    store.require_intact([fz_group, "natural", imgs.CACHE_GROUP], units=False)
-    inputs = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9, groups=groups)
-    responses_group, metrics_group = inputs.groups
-    settings = MixSettings.from_profile(profile)
-    settings_read = group_settings(profile, inputs)
-    block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
-    layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
-    summary_units = {f"{block}:{s}:seeds" for block, s in block_sets} | {f"{b}:channel" for b in inputs.layout_blocks}
-    if (all(store.is_complete(group, settings_read, inputs.input_groups) for group in inputs.groups)
-            and layout_units | summary_units <= store.done(metrics_group)):
-        click.echo(f"metrics: already complete in {store.path}", err=True)
-        return
-    store.require_intact(inputs.input_groups)
-    attrs = provenance(profile, weights, stage="metrics", top9_available=inputs.top9_available,
-                       top9_note=inputs.top9_note)
-    store.declare(responses_group, responses_template(inputs), attrs, settings=settings_read,
-                  inputs=inputs.input_groups, units_expected=len(layout_units))
-    store.declare(metrics_group, metrics_template(inputs), {
-        **attrs,
-        "mix_conventions": MIX_CONVENTIONS[settings.mix_edges],
-        "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
-        "interpreting_criterion": settings.interpreting_criterion,
-        "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
-        "robust_fraction": float(profile["metrics"]["robust_fraction"]),
-    }, settings=settings_read, inputs=inputs.input_groups, units_expected=len(layout_units) + len(summary_units))
-
-    responses_done, metrics_done = store.done(responses_group), store.done(metrics_group)
-    units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
-    units = [(b, s) for b, s in units
-             if not {unit_name(seed, b, s) for seed in inputs.seeds} | {f"{b}:{s}:seeds"} <= responses_done & metrics_done]
-    units += [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
-    executor = executor or Serial()
-    if units:
-        executor.check_store(store.path, metrics_group)
-    context = MetricsContext(str(store.path), dict(profile), tuple(inputs.blocks), tuple(inputs.layout_blocks),
-                             inputs.top9_available, inputs.top9_note, inputs.fz_group, tuple(inputs.groups))
-    for caught in executor.map(make_unit, units, context=context, model=model, device=devices.resolve(device),
-                               prepare=devices.place, model_settings=profile["model"],
-                               weights_sha256=weights.get("weights_sha256", ""), desc=metrics_group):
-        for message in caught:  # warnings raised where the unit ran, shown here
-            warnings.warn(message, FailedFZWarning, stacklevel=2)
-
-    counts = failed_counts(store.dataset(metrics_group))
-    top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
-    complete = set(inputs.blocks) == set(inputs.layout_blocks)
-    store.finish(responses_group, complete=complete, top9_blocks=top9_blocks)
-    store.finish(metrics_group, complete=complete, top9_blocks=top9_blocks, failed_fz_count=counts,
-                 failed_fz_total=sum(sum(c.values()) for c in counts.values()))
+    stage = MetricsStage(store, weights, profile, blocks=blocks, fz_group=fz_group, groups=groups, top9=top9)
+    run_stage(stage, store, model, weights, executor=executor, device=device)
 
 
 def unit_name(seed: int, block: str, stimulus_set: str) -> str:
@@ -653,7 +671,7 @@ class MetricsContext:
                       list(self.layout_blocks), self.fz_group, self.groups)
 
 
-def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) -> list[str]:
+def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) -> Iterator[Part]:
     """One unit: a block's responses and metrics for one stimulus set, every seed, then their pass
     frequencies; or its per-channel columns (``stimulus_set == "channel"``). Returns the messages of the
     warnings it raised."""
@@ -662,15 +680,17 @@ def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FailedFZWarning)
         if stimulus_set == "channel":
-            store.write_unit(inputs.groups[1], f"{block}:channel", block_part(model, inputs, block))
+            yield Part(inputs.groups[1], f"{block}:channel", block_part(model, inputs, block))
         else:
-            _run_unit(store, model, inputs, context.profile, MixSettings.from_profile(context.profile), block,
-                      stimulus_set, int(context.profile["metrics"]["batch_size"]))
-            _run_frequencies(store, inputs, block, stimulus_set, float(context.profile["metrics"]["robust_fraction"]))
+            yield from _unit_parts(store, model, inputs, context.profile, MixSettings.from_profile(context.profile),
+                                   block, stimulus_set, int(context.profile["metrics"]["batch_size"]))
+            yield from _frequency_parts(store, inputs, block, stimulus_set,
+                                        float(context.profile["metrics"]["robust_fraction"]))
     return [str(w.message) for w in caught if issubclass(w.category, FailedFZWarning)]
 
 
-def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> None:
+def _unit_parts(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> Iterator[Part]:
+    """Each seed's responses, then its metrics (computed from the stored responses)."""
     responses_group, metrics_group = inputs.groups
     computed = {}  # top-9 stimuli do not depend on the FZ seed: computed once, stored under every seed
     for seed in inputs.seeds:
@@ -680,17 +700,16 @@ def _run_unit(store, model, inputs, profile, settings, block, stimulus_set, batc
             if key not in computed:
                 computed[key] = STIMULUS_SETS[stimulus_set](model, inputs, block, profile, batch_size, seed=seed)
             values, relu_values = computed[key]
-            store.write_unit(responses_group, unit,
-                             response_part(inputs, seed, block, stimulus_set, values, relu_values))
+            yield Part(responses_group, unit, response_part(inputs, seed, block, stimulus_set, values, relu_values))
         if unit not in store.done(metrics_group):
             stored = store.dataset(responses_group).sel(seed=seed, block=block, stimulus_set=stimulus_set)
             metrics = channel_metrics(stored["response"].load(), settings, stored["relu_response"].load())
             valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
             warn_failed(block, stimulus_set, metrics, valid, seed)
-            store.write_unit(metrics_group, unit, metrics_part(seed, block, stimulus_set, metrics))
+            yield Part(metrics_group, unit, metrics_part(seed, block, stimulus_set, metrics))
 
 
-def _run_frequencies(store, inputs, block, stimulus_set, robust_fraction: float) -> None:
+def _frequency_parts(store, inputs, block, stimulus_set, robust_fraction: float) -> Iterator[Part]:
     metrics_group = inputs.groups[1]
     unit = f"{block}:{stimulus_set}:seeds"
     if unit in store.done(metrics_group):
@@ -701,4 +720,4 @@ def _run_frequencies(store, inputs, block, stimulus_set, robust_fraction: float)
     frequencies = seed_frequencies(per_seed, valid, robust_fraction)
     part = frequencies.expand_dims(block=labels([block]), stimulus_set=labels([stimulus_set])).transpose(
         "block", "channel", "stimulus_set")
-    store.write_unit(metrics_group, unit, part)
+    yield Part(metrics_group, unit, part)

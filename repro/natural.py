@@ -37,22 +37,21 @@ extraction cloned its hooked tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-import click
 import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from repro import device as devices
 from repro import images as imgs
 from repro import profiles
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import TAPS, TapLayout, run as run_model, tap_layout
+from repro.settings import NaturalSettings, as_profile
+from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
 GROUP = "natural"
@@ -64,32 +63,7 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 # ---------------------------------------------------------------- settings and layout
 
 
-@dataclass(frozen=True)
-class Settings:
-    root: str
-    resize: int
-    crop: int
-    top_k: int
-    batch_size: int
-    workers: int
-    shard_size: int
-    dtype: type
-
-    @classmethod
-    def from_profile(cls, profile: Mapping) -> "Settings":
-        natural = profile["natural"]
-        resize, crop = imgs.check_sizes(profile)
-        dtype = str(natural["dtype"])
-        if dtype not in DTYPES:
-            raise UserError(f"natural.dtype {dtype!r}: expected float32 or float16")
-        settings = cls(str(natural["images"] or ""), resize, crop, int(natural["top_k"]),
-                       int(natural["batch_size"]), int(natural["workers"]), int(natural["shard_size"]), DTYPES[dtype])
-        for name in ("top_k", "batch_size", "shard_size"):
-            if getattr(settings, name) < 1:
-                raise UserError(f"natural.{name} must be at least 1")
-        if settings.workers < 0:
-            raise UserError("natural.workers must be 0 or more")
-        return settings
+Settings = NaturalSettings  # the profile's [natural] table (repro.settings), as the stage reads it
 
 
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
@@ -146,7 +120,7 @@ def natural_template(images: imgs.ImageList, layout: TapLayout, settings: Settin
     return xr.Dataset(
         {
             "activation": (grid + ("image",), _lazy((blocks, len(TAPS), width, count),
-                                                    (1, 1, width, settings.shard_size), settings.dtype, np.nan)),
+                                                    (1, 1, width, settings.shard_size), DTYPES[settings.dtype], np.nan)),
             "top_images": (grid + ("rank",), _lazy((blocks, len(TAPS), width, k), -1, np.int64, -1)),
             "top_values": (grid + ("rank",), _lazy((blocks, len(TAPS), width, k), -1, np.float32, np.nan)),
             "shard_top_images": (candidates, _lazy((shards,) + shard_chunk[1:], shard_chunk, np.int64, -1)),
@@ -186,17 +160,6 @@ def group_settings(images: imgs.ImageList, layout: TapLayout, profile: Mapping) 
         CACHE_GROUP: {"natural": {key: profile["natural"][key] for key in ("resize", "shard_size")},
                       "images": listing},
     }
-
-
-def declare_groups(store: Store, images, layout, settings, profile, weights, settings_read) -> None:
-    common = {"images_root": str(images.root), "shard_size": settings.shard_size}
-    units = len(shard_ranges(len(images), settings.shard_size))
-    store.declare(GROUP, natural_template(images, layout, settings),
-                  provenance(profile, weights, stage=GROUP, top_k=settings.top_k, **common),
-                  settings=settings_read[GROUP], units_expected=units + 1)
-    store.declare(CACHE_GROUP, cache_template(images, settings),
-                  provenance(profile, weights, stage=CACHE_GROUP, resize=settings.resize, **common),
-                  settings=settings_read[CACHE_GROUP], units_expected=units)
 
 
 # ---------------------------------------------------------------- the pass
@@ -240,7 +203,8 @@ def _batches(shards: Sequence[tuple[int, int]], batch_size: int) -> list[list[in
             for start, stop in shards for first in range(start, stop, batch_size)]
 
 
-def _write_shard(store: Store, buffer: ShardBuffer, settings: Settings) -> None:
+def shard_parts(buffer: ShardBuffer, settings: Settings) -> Iterator[Part]:
+    """The shard's cache squares, then its activations and top-k candidates: the unit in each group."""
     region = {"image": slice(buffer.start, buffer.stop)}
     cache_part = xr.Dataset({
         "pixels": (("image", "y", "x", "rgb"), buffer.pixels),
@@ -248,17 +212,16 @@ def _write_shard(store: Store, buffer: ShardBuffer, settings: Settings) -> None:
         "resized_width": (("image",), buffer.resized[1]),
         "corrupt": (("image",), buffer.corrupt),
     })
-    store.write_unit(CACHE_GROUP, shard_unit(buffer.shard), cache_part, region=region)
+    yield Part(CACHE_GROUP, shard_unit(buffer.shard), cache_part, region)
     candidates = top_k(buffer.activation, np.arange(buffer.start, buffer.stop), settings.top_k)
     candidate_dims = ("shard", "block", "tap", "channel", "rank")
     natural_part = xr.Dataset({
-        "activation": (("block", "tap", "channel", "image"), buffer.activation.astype(settings.dtype)),
+        "activation": (("block", "tap", "channel", "image"), buffer.activation.astype(DTYPES[settings.dtype])),
         "corrupt": (("image",), buffer.corrupt),
         "shard_top_values": (candidate_dims, candidates[0][None]),
         "shard_top_images": (candidate_dims, candidates[1][None]),
     })
-    store.write_unit(GROUP, shard_unit(buffer.shard), natural_part,
-                     region={**region, "shard": slice(buffer.shard, buffer.shard + 1)})
+    yield Part(GROUP, shard_unit(buffer.shard), natural_part, {**region, "shard": slice(buffer.shard, buffer.shard + 1)})
 
 
 def batch_center_values(model, profile, layout: TapLayout, squares, heights, widths) -> dict:
@@ -276,7 +239,6 @@ def batch_center_values(model, profile, layout: TapLayout, squares, heights, wid
 class PassContext:
     """What every shard of one pass shares (sent to each worker once)."""
 
-    store_path: str
     profile: dict
     images: imgs.ImageList
     layout: TapLayout
@@ -284,8 +246,8 @@ class PassContext:
     loader_workers: int  # DataLoader processes per shard; 0 on Dask workers, which are the parallelism
 
 
-def make_shard(model, context: PassContext, shard: int) -> dict[str, str]:
-    """One shard's activations, top-k candidates and cache squares into the store, as one unit; return
+def make_shard(model, context: PassContext, shard: int) -> Iterator[Part]:
+    """One shard's activations, top-k candidates and cache squares, as one unit in each group; returns
     {path: decode error} of the corrupt images met."""
     settings, images, layout = context.settings, context.images, context.layout
     bounds = shard_ranges(len(images), settings.shard_size)[shard]
@@ -299,12 +261,12 @@ def make_shard(model, context: PassContext, shard: int) -> dict[str, str]:
             values = batch_center_values(model, context.profile, layout, squares, heights, widths)
             buffer.add(index, squares, heights, widths, batch_errors, values, layout)
             errors.update({images.paths[i]: e for i, e in zip(index.tolist(), batch_errors) if e})
-    _write_shard(Store(Path(context.store_path)), buffer, settings)
+    yield from shard_parts(buffer, settings)
     return errors
 
 
-def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Mapping[str, str]) -> list[str]:
-    """Merge the shards' top-k candidates, record corrupt images, mark both groups complete."""
+def merged_top_k(store: Store, settings: Settings) -> xr.Dataset:
+    """The shards' top-k candidates merged shard by shard: every channel's top-k over all images."""
     stored = store.dataset(GROUP)
     merged = None
     for shard in range(stored.sizes["shard"]):
@@ -312,41 +274,69 @@ def finish(store: Store, images: imgs.ImageList, settings: Settings, errors: Map
         candidates = (candidates.shard_top_values.values, candidates.shard_top_images.values)
         merged = candidates if merged is None else merge_top_k(merged, candidates, settings.top_k)
     grid = ("block", "tap", "channel", "rank")
-    top = xr.Dataset({"top_values": (grid, merged[0]), "top_images": (grid, merged[1])})
-    store.write_unit(GROUP, TOP_K_UNIT, top, region={dim: slice(None) for dim in grid})
-    corrupt = [images.paths[i] for i in np.flatnonzero(stored.corrupt.values)]
-    if len(corrupt) == len(images):
-        shown = "; ".join(f"{path} ({errors[path]})" for path in corrupt[:2] if path in errors)
-        raise UserError(f"none of the {len(images)} images under {images.root} could be decoded ({shown}); "
-                        "is it an image folder?")
-    imgs.warn_corrupt(corrupt, len(images), errors)
-    store.finish(CACHE_GROUP, corrupt_images=corrupt)
-    store.finish(GROUP, corrupt_images=corrupt)
-    return corrupt
+    return xr.Dataset({"top_values": (grid, merged[0]), "top_images": (grid, merged[1])})
+
+
+class NaturalStage(Stage):
+    """The natural-image stage: a unit is an image shard (in both groups); finishing merges the top-k."""
+
+    title = "natural image shards"
+
+    def __init__(self, store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
+                 blocks: Sequence[str] | None = None, loader_workers: int | None = None):
+        self.store, self.profile, self.weights = store, profile, weights
+        self.settings = as_profile(profile).natural
+        self.images = imgs.find_images(self.settings.images)
+        self.layout = tap_layout(model, blocks or as_profile(profile).model.blocks)
+        self.loader_workers = self.settings.workers if loader_workers is None else loader_workers
+        self.shards = len(shard_ranges(len(self.images), self.settings.shard_size))
+
+    def groups(self) -> list[Group]:
+        images, settings, profile = self.images, self.settings, self.profile
+        settings_read = group_settings(images, self.layout, profile)
+        common = {"images_root": str(images.root), "shard_size": settings.shard_size}
+        shards = frozenset(shard_unit(s) for s in range(self.shards))
+        return [Group(GROUP, natural_template(images, self.layout, settings),
+                      provenance(profile, self.weights, stage=GROUP, top_k=settings.top_k, **common),
+                      settings_read[GROUP], shards | {TOP_K_UNIT}),
+                Group(CACHE_GROUP, cache_template(images, settings),
+                      provenance(profile, self.weights, stage=CACHE_GROUP, resize=settings.resize, **common),
+                      settings_read[CACHE_GROUP], shards)]
+
+    def units(self, done: Mapping[str, set[str]]) -> list[int]:
+        both = done[GROUP] & done[CACHE_GROUP]
+        return [s for s in range(self.shards) if shard_unit(s) not in both]
+
+    def context(self) -> PassContext:
+        return PassContext(dict(self.profile), self.images, self.layout, self.settings, self.loader_workers)
+
+    @staticmethod
+    def compute(model, context: PassContext, shard: int) -> Iterator[Part]:
+        return make_shard(model, context, shard)
+
+    def finish(self, results: list[dict[str, str]]) -> Mapping[str, Mapping]:
+        """Merge the shards' top-k candidates, record corrupt images."""
+        errors = {path: error for shard_errors in results for path, error in shard_errors.items()}
+        self.store.write_unit(GROUP, TOP_K_UNIT, merged_top_k(self.store, self.settings),
+                              region={dim: slice(None) for dim in ("block", "tap", "channel", "rank")})
+        images = self.images
+        corrupt = [images.paths[i] for i in np.flatnonzero(self.store.dataset(GROUP).corrupt.values)]
+        if len(corrupt) == len(images):
+            shown = "; ".join(f"{path} ({errors[path]})" for path in corrupt[:2] if path in errors)
+            raise UserError(f"none of the {len(images)} images under {images.root} could be decoded ({shown}); "
+                            "is it an image folder?")
+        imgs.warn_corrupt(corrupt, len(images), errors)
+        return {GROUP: {"corrupt_images": corrupt}, CACHE_GROUP: {"corrupt_images": corrupt}}
+
+    def already_complete(self, store: Store) -> str:
+        return f"natural: {store.path} is already complete ({len(self.images)} images)"
 
 
 def run(store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
         blocks: Sequence[str] | None = None, executor=None, device: torch.device | str | None = None) -> None:
     """The natural-image stage: activations, top-k exemplars and the image cache into ``store``."""
-    settings = Settings.from_profile(profile)
-    images = imgs.find_images(settings.root)
-    layout = tap_layout(model, blocks or profile["model"]["blocks"])
-    settings_read = group_settings(images, layout, profile)
-    store.start_fresh()
-    if all(store.is_complete(group, settings_read[group]) for group in (GROUP, CACHE_GROUP)):
-        click.echo(f"natural: {store.path} is already complete ({len(images)} images)", err=True)
-        return
-    declare_groups(store, images, layout, settings, profile, weights, settings_read)
-    done = store.done(GROUP) & store.done(CACHE_GROUP)
-    todo = [s for s in range(len(shard_ranges(len(images), settings.shard_size))) if shard_unit(s) not in done]
     executor = executor or Serial()
-    if todo:
-        executor.check_store(store.path, GROUP)
-    context = PassContext(str(store.path), dict(profile), images, layout, settings,
-                          settings.workers if isinstance(executor, Serial) else 0)
-    errors = {}
-    for shard_errors in executor.map(make_shard, todo, context=context, model=model, device=devices.resolve(device),
-                                     prepare=devices.place, model_settings=profile["model"],
-                                     weights_sha256=weights.get("weights_sha256", ""), desc="natural image shards"):
-        errors.update(shard_errors)
-    finish(store, images, settings, errors)
+    # DataLoader processes only in this process: on Dask workers the workers are the parallelism
+    stage = NaturalStage(store, model, weights, profile, blocks=blocks,
+                         loader_workers=None if isinstance(executor, Serial) else 0)
+    run_stage(stage, store, model, weights, executor=executor, device=device)

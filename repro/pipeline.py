@@ -3,16 +3,17 @@ metrics, ablation and alignment. Each stage skips the units already done, so a r
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
 
-from repro import ablate, alignment, fz, metrics, natural, profiles, resources
+from repro import alignment, profiles, resources
 from repro import device as devices
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import ModelSpec, blocks as model_blocks, load_model
+from repro.stage import timed
+from repro.stages import PIPELINE, STAGES
 from repro.store import Store
 
 def toy_images(profile: dict) -> Path:
@@ -45,19 +46,6 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-ALIASED_FZ, ALIASED_GROUPS = "fz_aliased", ("responses_aliased", "metrics_aliased")
-
-
-def aliased_stages(store: Store, model, record, profile: dict, run_on: dict) -> list:
-    """The aliased comparison: FZs made with Lucent's by-reference taps (the authors' FZs), one seed,
-    measured with the true taps like every other FZ (FZ stimuli only)."""
-    aliased = profiles.override(profile, {"model.aliased": True, "fz.seeds": list(profile["fz"]["seeds"][:1])})
-    return [("fz (aliased taps, first seed)",
-             lambda: fz.run(store, model, record, aliased, group=ALIASED_FZ, **run_on)),
-            ("metrics (aliased FZs)", lambda: metrics.run(store, model, record, profile, fz_group=ALIASED_FZ,
-                                                          groups=ALIASED_GROUPS, top9=False, **run_on))]
-
-
 def check_stage_settings(model, profile: dict) -> None:
     """What each stage checks of its settings against the model, before any stage writes anything."""
     every_block = list(model_blocks(model))
@@ -67,9 +55,7 @@ def check_stage_settings(model, profile: dict) -> None:
         if unknown:
             raise UserError(f"{table}.blocks names unknown block(s) {', '.join(unknown)}; this model has "
                             f"blocks {', '.join(every_block)}")
-    ablate.Settings.from_profile(profile)
-    alignment.Settings.from_profile(profile)
-    natural.Settings.from_profile(profile)
+    alignment.check(profile.alignment)
 
 
 def run(profile_name: str, store_path: Path, *, new_store: bool = False, device: str = "auto",
@@ -85,25 +71,14 @@ def run(profile_name: str, store_path: Path, *, new_store: bool = False, device:
     store = Store.for_run(store_path, profile, record, new=new_store)
     store.start_fresh()  # the whole run's input is valid: only now, and only here, is the store emptied
     with (executor_for(profile, device) if executor_for else Serial()) as executor:
-        run_on = {"device": device, "executor": executor}
-        stages = [("fz (center neuron)", lambda: fz.run(store, model, record, profile, **run_on))]
-        if profile["fz"]["channel_grids"]:
-            channel_profile = profiles.override(profile, {"fz.objective": "channel"})
-            stages.append(("fz (whole channel, for the grids)",
-                           lambda: fz.run(store, model, record, channel_profile, **run_on)))
-        stages += [
-            ("natural images", lambda: natural.run(store, model, record, profile, **run_on)),
-            ("metrics", lambda: metrics.run(store, model, record, profile, **run_on)),
-        ]
-        if profile["fz"]["compare_aliased"]:
-            stages += aliased_stages(store, model, record, profile, run_on)
-        stages += [
-            ("ablation", lambda: ablate.run(store, model, record, profile, **run_on)),
-            ("alignment", lambda: alignment.run(store, model, record, profile, **run_on)),
-        ]
-        for title, stage in stages:
-            started = time.perf_counter()
-            click.echo(f"== {title}")
-            stage()
-            click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
+        run_steps(PIPELINE, store, model, record, profile, device=device, executor=executor)
     return store
+
+
+def run_steps(steps, store: Store, model, record, profile: dict, *, device=None, executor=None) -> None:
+    """The steps that apply to ``profile``, in order, each under its title."""
+    for step in steps:
+        if step.when(profile):
+            stage_profile = profiles.override(profile, step.settings(profile))
+            timed(step.title, lambda: STAGES[step.stage].run(store, model, record, stage_profile, **step.arguments,
+                                                              device=device, executor=executor))

@@ -53,8 +53,8 @@ def _merge(base: dict, top: Mapping) -> dict:
     return merged
 
 
-def load(name_or_path: str) -> dict:
-    """The resolved, validated profile: base merged, path-valued settings made absolute, env defaults applied."""
+def load(name_or_path: str) -> settings.Profile:
+    """The resolved, typed profile: base merged, path-valued settings made absolute, env defaults applied."""
     path = _path(name_or_path)
     profile = _load_unchecked(name_or_path)
     readings.resolve(profile, _load_unchecked(ROOT_PROFILE), _pinned(path))
@@ -65,8 +65,7 @@ def load(name_or_path: str) -> dict:
     natural = profile.setdefault("natural", {})
     if isinstance(natural, dict) and not natural.get("images"):
         natural["images"] = os.environ.get(IMAGES_ENV, "")
-    settings.validate(profile, where=str(path))
-    return profile
+    return settings.typed(profile, where=str(path))
 
 
 ROOT_PROFILE = "paper"  # the base of every profile: it holds every default, the paper reading's included
@@ -106,13 +105,13 @@ def _load_unchecked(name: str, _chain: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def override(profile: dict, values: Mapping[str, Any]) -> dict:
-    """A validated copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored.
+def override(profile: Mapping, values: Mapping[str, Any]) -> settings.Profile:
+    """A typed copy with dotted keys set (``{"fz.steps": 32}``); None values are ignored.
 
     ``reading`` switches every reading item that follows the profile's reading (see ``reading.switch``);
     items given in the same call keep the given value.
     """
-    updated = copy.deepcopy(profile)
+    updated = as_dict(profile)
     if values.get("reading") is not None:
         if values["reading"] not in readings.READINGS:
             raise UserError(f"settings: reading must be one of {', '.join(readings.READINGS)}, not {values['reading']!r}")
@@ -126,14 +125,18 @@ def override(profile: dict, values: Mapping[str, Any]) -> dict:
         for table in tables:
             target = target.setdefault(table, {})
         target[key] = value
-    settings.validate(updated, where="settings")
-    return updated
+    return settings.typed(updated, where="settings")
+
+
+def as_dict(profile: Mapping) -> dict:
+    """A profile as a plain dict (a copy): the ``record`` of a typed one."""
+    return copy.deepcopy(dict(profile.record if isinstance(profile, settings.Profile) else profile))
 
 
 def with_reading_defaults(profile: Mapping) -> dict:
     """A profile stored before the reading items existed, completed with the paper reading's values (what
     it was computed with)."""
-    completed = copy.deepcopy(dict(profile))
+    completed = as_dict(profile)
     completed.setdefault("reading", "paper")
     root = _load_unchecked(ROOT_PROFILE)
     for key in readings.ITEM_KEYS:
@@ -170,4 +173,4 @@ def recorded(profile: Mapping) -> dict:
 
 
 def to_json(profile: Mapping) -> str:
-    return json.dumps(profile, sort_keys=True, indent=2)
+    return json.dumps(as_dict(profile), sort_keys=True, indent=2)

@@ -7,6 +7,7 @@ frozen ``Profile``; ``validate`` is what ``profiles.load`` and ``profiles.overri
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -118,7 +119,7 @@ class AblationSettings:
 @dataclass(frozen=True)
 class AlignmentSettings:
     features: int = field(metadata=POSITIVE)
-    active_probability: float = field(metadata=POSITIVE)
+    active_probability: float = field(metadata={"check": "fraction"})
     neurons: tuple[int, ...]
     seeds: int = field(metadata=POSITIVE)
     train_stimuli: int = field(metadata=POSITIVE)
@@ -186,7 +187,10 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
-class Profile:
+class Profile(Mapping):
+    """A whole profile: its tables typed (``profile.fz.steps``), and, read by key (``profile["fz"]``), the
+    profile as written and recorded (``record``), which is what identity hashes and stored provenance use."""
+
     name: str
     description: str
     reading: str = field(metadata=choice("paper", "code"))
@@ -199,11 +203,23 @@ class Profile:
     alignment: AlignmentSettings
     toy: ToySettings | None = None  # only the toy world's profiles have it
     run: RunSettings | None = None  # a store's recorded profile leaves it out (profiles.recorded)
+    record: Mapping = field(default_factory=dict, compare=False, repr=False, metadata={"internal": True})
+
+    def __getitem__(self, key: str):
+        return self.record[key]
+
+    def __iter__(self):
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
 
 
 def typed(profile: Mapping, *, where: str = "profile") -> Profile:
-    """The frozen, type-checked settings of a profile dict, their relations checked too."""
-    built = _build(Profile, profile, where, "")
+    """The frozen, type-checked settings of a profile dict, their relations checked too; it keeps a copy of
+    the dict as its ``record``."""
+    record = copy.deepcopy(dict(profile.record if isinstance(profile, Profile) else profile))
+    built = dataclasses.replace(_build(Profile, record, where, ""), record=record)
     for holds, message in RELATIONS:
         if not holds(built):
             raise UserError(f"{where}: {message(built)}")
@@ -231,9 +247,8 @@ def _crops_left(p: Profile) -> bool:
                for scale in p.ablation.scales if scale != 0)
 
 
-# Settings that are each valid alone but meaningless together, where no stage's own settings check them
-# (natural.crop against resize, ablation.trials against max_draws, alignment.neurons: those stages' checks,
-# which ``repro pipeline`` runs at its start); checked with the rest when a profile is loaded.
+# Settings that are each valid alone but meaningless together (or need more than one value's check);
+# checked with the rest when a profile is loaded, so for every stage before a pipeline starts.
 RELATIONS = [
     (lambda p: bool(p.model.blocks), lambda p: "model.blocks must name at least one block"),
     (lambda p: p.metrics.mix_low < p.metrics.mix_high,
@@ -251,6 +266,17 @@ RELATIONS = [
      lambda p: f"fz.random_scale {list(p.fz.random_scale)} must be a non-empty list of positive factors"),
     (lambda p: all(v >= 0 for taps in p.fz.jitter.values() for v in taps.values()),
      lambda p: "fz.jitter values must be 0 or more pixels"),
+    (lambda p: p.natural.crop <= p.natural.resize,
+     lambda p: f"natural.crop ({p.natural.crop}) must be at most natural.resize ({p.natural.resize})"),
+    (lambda p: p.ablation.trials <= p.ablation.max_draws,
+     lambda p: f"ablation.trials ({p.ablation.trials}) must be at most ablation.max_draws ({p.ablation.max_draws})"),
+    (lambda p: bool(p.alignment.neurons) and min(p.alignment.neurons) >= 1,
+     lambda p: f"alignment.neurons {list(p.alignment.neurons)} must list positive sizes"),
+    (lambda p: p.alignment.seeds >= 2 and p.alignment.bootstrap >= 2,
+     lambda p: f"alignment.seeds ({p.alignment.seeds}) and alignment.bootstrap ({p.alignment.bootstrap}) must be "
+               "at least 2 (an interval needs two draws)"),
+    (lambda p: min(p.alignment.train_stimuli, p.alignment.eval_stimuli, p.alignment.max_stimuli) >= 10,
+     lambda p: "alignment.train_stimuli, eval_stimuli and max_stimuli must be at least 10"),
 ]
 
 
@@ -261,7 +287,7 @@ def validate(profile: Mapping, *, where: str = "profile") -> None:
 def _build(cls, table: Any, where: str, prefix: str):
     if not isinstance(table, Mapping):
         raise UserError(f"{where}: {prefix.rstrip('.') or 'the profile'} must be a table, not {table!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls)
     for key in table:
         if key not in fields:
@@ -324,3 +350,8 @@ def _check(metadata: Mapping, value: Any, where: str, key: str) -> None:
         raise UserError(f"{where}: {key} must be a non-empty list of distinct values, not {list(value)!r}")
     if "choices" in metadata and value not in metadata["choices"]:
         raise UserError(f"{where}: {key} must be one of {', '.join(metadata['choices'])}, not {value!r}")
+
+
+def as_profile(profile: Mapping) -> Profile:
+    """A typed profile: itself when it is one, else the dict typed (and checked)."""
+    return profile if isinstance(profile, Profile) else typed(profile)

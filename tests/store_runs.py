@@ -2,13 +2,13 @@
 with the arrays of a group hashed to compare stores."""
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
+
+from repro.hashing import dataset_digest
 
 from helpers import cli_process
 from repro.store import FAULT_ENV
@@ -37,14 +37,7 @@ def repro(*args, fault: str | None = None) -> subprocess.CompletedProcess:
 
 def group_digest(store: Path, group: str) -> str:
     """Every variable's values and coords, hashed: equal digests mean equal arrays."""
-    dataset = xr.open_zarr(store, group=group, consolidated=False).load()
-    digest = hashlib.sha256()
-    for name in sorted(dataset.variables):
-        values = dataset[name].values
-        digest.update(name.encode())
-        digest.update("\0".join(map(str, values.ravel())).encode() if values.dtype == object
-                      else np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
+    return dataset_digest(xr.open_zarr(store, group=group, consolidated=False).load())
 
 
 def one_line_error(result) -> str:

@@ -259,7 +259,7 @@ TINY = {"features": 16, "sae_latents": 16, "sae_topk": 2, "neurons": [4, 16], "s
 def tiny_settings() -> stage.Settings:
     """The paper profile's [alignment] table with TINY's sizes."""
     paper = profiles.load("paper")
-    return stage.Settings.from_profile(profiles.override(paper, {f"alignment.{k}": v for k, v in TINY.items()}))
+    return stage.stage_settings(profiles.override(paper, {f"alignment.{k}": v for k, v in TINY.items()}))
 
 
 def test_recovery_part_has_every_representation_and_intervals_over_draws():
@@ -280,8 +280,8 @@ def test_bad_alignment_settings_exit_2_with_one_line(tmp_path):
     result = CliRunner().invoke(main, ["alignment", "--profile", str(profile), "--store", str(tmp_path / "s.zarr")])
     assert result.exit_code == 2
     assert "alignment.seeds" in result.output and len(result.output.strip().splitlines()) == 1
-    with pytest.raises(UserError, match="unknown alignment settings"):
-        stage.Settings.from_profile({"alignment": {"neurons_count": 3}})
+    with pytest.raises(UserError, match="unknown setting alignment.neurons_count"):
+        profiles.override(profiles.load("tiny"), {"alignment.neurons_count": 3})
 
 
 def test_the_stage_needs_the_stores_images_and_says_so_before_computing(tmp_path):
@@ -334,7 +334,7 @@ def test_second_toy_network_is_pinned_by_its_hash_and_trained_with_another_seed(
     assert record["train_seed"] == 1 != json.loads(Path(toy["model"]["weights"]).with_suffix(".json").read_text())[
         "train_seed"]
     assert toy["alignment"]["partner_weights_sha256"] == record["sha256"]
-    assert stage.partner_path(stage.Settings.from_profile(toy)) == str(weights)
+    assert stage.partner_path(stage.stage_settings(toy)) == str(weights)
     assert record["heldout_accuracy"] >= 0.9
 
 

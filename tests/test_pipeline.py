@@ -1,5 +1,6 @@
 """End to end: `repro pipeline` then `repro report` on the tiny twin of the embedded default, as `make report`
 runs them on the toy profile."""
+import json
 import re
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from repro.cli import main
 from test_alignment_stage import check_alignment_group
+from store_runs import group_digest
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +42,16 @@ def test_every_stage_lands_in_the_store(built):
     alignment = xr.open_zarr(store, group="alignment").load()
     assert alignment.attrs["profile_name"] == "tiny"
     check_alignment_group(alignment)
+
+
+def test_every_group_equals_the_recorded_digests(built):
+    """The store's arrays are those recorded in tests/data/tiny_digests.json (made by
+    ``python benchmarks/store_digests.py STORE`` on this profile): a change of code that should leave
+    results alone is checked against it. On another CPU or torch build floats may differ in the last bits;
+    then record the digests anew there."""
+    _, _, store, _ = built
+    recorded = json.loads((Path(__file__).parent / "data" / "tiny_digests.json").read_text())
+    assert {group: group_digest(store, group) for group in recorded} == recorded
 
 
 def test_every_stage_on_two_dask_workers_equals_the_serial_store(built, scheduler):

@@ -26,7 +26,7 @@ IMAGENET_FILE_SHA256 = "f37072fd" + "0" * 56
 
 
 def root_attrs(weights: str = "imagenet", profile_name: str = "paper") -> dict:
-    profile = profiles.load("paper")
+    profile = profiles.as_dict(profiles.load("paper"))  # a stored profile is the plain record
     profile["name"] = profile_name
     return {"store_kind": "residual-stream", "profile_name": profile_name, "profile": json.dumps(profile),
             "weights": weights, "weights_sha256": "ab" * 32,

@@ -193,6 +193,7 @@ def test_one_seed_store_says_the_floor_is_unknown():
 @pytest.fixture(scope="module")
 def aliased_store(tmp_path_factory):
     from repro import pipeline
+    from repro.stages import ALIASED_STEPS
 
     profile = profiles.override(tiny_profile([0, 1]), {"fz.compare_aliased": True})
     model, record = load_model(ModelSpec.from_profile(profile["model"]))
@@ -201,8 +202,7 @@ def aliased_store(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", metrics.FailedFZWarning)
         metrics.run(store, model, record, profile)
-        for _, stage in pipeline.aliased_stages(store, model, record, profile, {}):
-            stage()
+        pipeline.run_steps(ALIASED_STEPS, store, model, record, profile)
     return store, model, profile
 
 

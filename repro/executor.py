@@ -250,7 +250,9 @@ class DaskExecutor:
             raise ValueError("a distributed run needs the model settings its workers build the model from")
         settings = dict(model_settings) if model is not None else None
         kind = getattr(device, "type", None) or str(device or "cpu").partition(":")[0]
-        shared = self.client.scatter(context, broadcast=True)
+        # a key of its own (not the content's): a later map with an equal context must not find this one's
+        # data released when this map's futures are cancelled
+        shared = self.client.scatter(context, broadcast=True, hash=False)
         futures = [self.client.submit(_on_worker, task, shared, unit, settings, weights_sha256, prepare, kind,
                                       pure=False) for unit in units]
         position = {future.key: index for index, future in enumerate(futures)}

@@ -608,7 +608,8 @@ class MetricsStage(Stage):
         responses_done, metrics_done = (done[group] for group in inputs.groups)
         units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
         units = [(b, s) for b, s in units
-                 if not {unit_name(seed, b, s) for seed in inputs.seeds} | {f"{b}:{s}:seeds"} <= responses_done & metrics_done]
+                 if not ({unit_name(seed, b, s) for seed in inputs.seeds} <= responses_done & metrics_done
+                         and f"{b}:{s}:seeds" in metrics_done)]
         return units + [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
 
     def context(self) -> "MetricsContext":

@@ -203,7 +203,7 @@ def test_scale_transforms_match_plain_interpolation():
     for name in TRANSFORMS:
         assert torch.allclose(scale.apply(name, x), reference.transform(x, name), atol=1e-6)
     assert scale.scale_down(x).shape == x.shape
-    smooth = stimulus.ScaleTransforms.from_profile(profile | {"stimulus": {**profile["stimulus"], "antialias": True}})
+    smooth = stimulus.ScaleTransforms.from_profile(profiles.override(profile, {"stimulus.antialias": True}))
     assert not torch.allclose(smooth.scale_down(x), scale.scale_down(x))  # S⁻¹ shrinks: antialiasing matters
     with pytest.raises(ValueError):
         scale.apply("rotate", x)

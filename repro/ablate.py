@@ -60,7 +60,7 @@ from repro import images, profiles, stimulus
 from repro.errors import UserError
 from repro.model import OEdit, TapLayout, blocks as model_blocks, tap_layout
 from repro.model import run as run_model
-from repro.settings import AblationSettings, NaturalSettings, as_profile
+from repro.settings import AblationSettings, NaturalSettings, Profile, as_profile
 from repro.settings import crop_size  # beside the check of the ablation's scales, which needs it
 from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
@@ -132,7 +132,7 @@ def scaled_inputs(batch: "CacheBatch", crop_px: int, out_px: int, profile: Mappi
     At ``crop_px == out_px`` (scale 0) this is the standard eval transform, as ``images.eval_from_cache``.
     """
     crops = images.center_crop_from_cache(batch.squares, crop_px, batch.resized_height, batch.resized_width)
-    resized = RESIZERS[profile["ablation"]["resize"]](crops.to(device), out_px)
+    resized = RESIZERS[as_profile(profile).ablation.resize](crops.to(device), out_px)
     return images.normalize(resized.to(torch.float32).div(255), profile).contiguous()
 
 
@@ -525,7 +525,7 @@ class PassContext:
     """What every pass of one run shares (sent to each worker once)."""
 
     store_path: str
-    profile: dict
+    profile: Profile
     settings: Settings
     plans: tuple[BlockPlan, ...]
 
@@ -754,8 +754,8 @@ class AblationStage(Stage):
 
     def __init__(self, store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping,
                  channel_sets: Mapping[str, Sequence[int]] | None = None):
-        self.store, self.weights_record, self.profile = store, weights_record, profile
-        self.settings = settings = Settings.from_profile(profile)
+        self.store, self.weights_record, self.profile = store, weights_record, as_profile(profile)
+        self.settings = settings = Settings.from_profile(self.profile)
         self.channel_sets = channel_sets
         self.read = [group for group in input_groups(settings, channel_sets) if store.has(group)]
         store.require_intact(self.read, units=False)
@@ -787,7 +787,7 @@ class AblationStage(Stage):
         return over + ([ScreenRound(tuple(rounds), tuple(d.start for d in rounds.values()))] if rounds else [])
 
     def context(self) -> PassContext:
-        return PassContext(str(self.store.path), dict(self.profile), self.settings, tuple(self.plans))
+        return PassContext(str(self.store.path), self.profile, self.settings, tuple(self.plans))
 
     @staticmethod
     def compute(model: torch.nn.Module, context: PassContext, work: ScreenRound | ScalePass) -> Iterator[Part]:

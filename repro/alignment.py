@@ -51,7 +51,7 @@ from analyses import superposition as sp
 from repro import images as imgs
 from repro import resources
 from repro.errors import UserError
-from repro.settings import AlignmentSettings, as_profile
+from repro.settings import AlignmentSettings, Profile, as_profile
 from repro.model import ModelSpec, block_widths, load_model, run as run_model
 from repro.sae import SAESettings, train_sae, train_supervised_sae
 from repro import device as devices
@@ -335,7 +335,7 @@ class NetworksUnit:
     """The two networks' comparison: run in this process, where the partner network was loaded."""
 
     partner: torch.nn.Module
-    profile: dict
+    profile: Profile
     blocks: tuple[str, ...]
     here = True
 
@@ -371,9 +371,9 @@ class AlignmentStage(Stage):
     uses_model = False  # the recovery units use none; the networks unit runs here
 
     def __init__(self, store: Store, weights: Mapping, profile: Mapping, device=None):
-        self.store, self.weights, self.profile = store, weights, profile
+        self.store, self.weights, self.profile = store, weights, as_profile(profile)
         self.settings = settings = stage_settings(profile)
-        self.blocks = list(settings.blocks or profile["model"]["blocks"])
+        self.blocks = list(settings.blocks or self.profile.model.blocks)
         self.partner, self.partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
         if self.partner is not None:
             if store.fresh:
@@ -401,7 +401,7 @@ class AlignmentStage(Stage):
         done = done[GROUP]
         todo = [(index, d) for index, d in enumerate(self.settings.neurons) if f"recovery-d{d}" not in done]
         if self.partner is not None and NETWORKS_UNIT not in done:
-            todo.append(NetworksUnit(self.partner, dict(self.profile), tuple(self.blocks)))
+            todo.append(NetworksUnit(self.partner, self.profile, tuple(self.blocks)))
         return todo
 
     def context(self) -> RecoveryContext:

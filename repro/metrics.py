@@ -75,6 +75,7 @@ from repro import stimulus
 from repro.errors import UserError
 from repro.model import TAPS
 from repro.stimulus import TRANSFORMS
+from repro.settings import MetricsSettings, Profile, as_profile
 from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
@@ -86,24 +87,11 @@ class FailedFZWarning(UserWarning):
     """Some channels' FZs drive neither O response above zero: their mix ratio is meaningless."""
 
 
-@dataclass(frozen=True)
-class MixSettings:
-    low: float = criteria.MIX_LOW
-    high: float = criteria.MIX_HIGH
-    clamp: float = 5.0
-    # The reading items (docs/method.md, "Where the authors' code differs from the papers"); paper's by default.
-    delta_relu: str = "unscaled"
-    direction: str = "delta"
-    mix_edges: str = "paper"
-    top9_relu: str = "of_mean"
-    interpreting_criterion: str = "mix_up_down"
+MixSettings = MetricsSettings  # the profile's [metrics] table (repro.settings): the mix bounds and reading items
 
-    @classmethod
-    def from_profile(cls, profile: Mapping) -> "MixSettings":
-        metrics = profile["metrics"]
-        return cls(float(metrics["mix_low"]), float(metrics["mix_high"]), float(metrics["mix_clamp"]),
-                   metrics["delta_relu"], metrics["direction"], metrics["mix_edges"], metrics["top9_relu"],
-                   metrics["interpreting_criterion"])
+
+def mix_settings(profile: Mapping) -> MixSettings:
+    return as_profile(profile).metrics
 
 
 # ---------------------------------------------------------------- formulas
@@ -185,14 +173,14 @@ def channel_metrics(response: xr.DataArray, settings: MixSettings,
 
     o_input, o_block = value("O", "I"), value("O", "B")
     mix_of, failed_of = MIX_RULES[settings.mix_edges]
-    mix = mix_of(o_input, o_block, settings.clamp)
+    mix = mix_of(o_input, o_block, settings.mix_clamp)
     failed_fz = failed_of(o_input, o_block)
     delta = DELTAS[settings.delta_relu]
     up_delta = delta(value("B", "I", "S"), relu_value("B", "I", "S"), relu_value("B", "I"))
     down_delta = delta(value("I", "B", "S_inv"), relu_value("I", "B", "S_inv"), relu_value("I", "B"))
     up_norm, down_norm = value("B", "B"), value("I", "I")
     scale_metric = _ratio(up_delta, up_norm) + _ratio(down_delta, down_norm)
-    mix_ok = (settings.low < mix) & (mix < settings.high) & ~failed_fz
+    mix_ok = (settings.mix_low < mix) & (mix < settings.mix_high) & ~failed_fz
     direction = DIRECTIONS[settings.direction]
     up_ok, down_ok = direction(up_delta, up_norm), direction(down_delta, down_norm)
     flags = dict(zip(criteria.FLAGS, (mix_ok, up_ok, down_ok)))
@@ -315,7 +303,7 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     missing_taps = set(TAPS) - set(fz["tap"].values)
     if missing_taps:
         raise UserError(f"the 'fz' group lacks taps {', '.join(sorted(missing_taps))}; metrics need I, B and O")
-    size = int(profile["model"]["image_size"])
+    size = as_profile(profile).model.image_size
     if fz.sizes["y"] != size or fz.sizes["x"] != size:
         raise UserError(f"stored FZs are {fz.sizes['y']}x{fz.sizes['x']} px, the profile's image size is {size}")
     stored = [str(block) for block in fz["block"].values]
@@ -391,7 +379,7 @@ def top9_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_si
     """(tap, channel, source, transform) mean responses over each source tap's top natural images, and the
     mean of the per-image ReLUs (the same for every FZ ``seed``)."""
     transforms = stimulus.transforms(profile)
-    png = bool(profile["metrics"]["top9_png"])
+    png = as_profile(profile).metrics.top9_png
     channels = inputs.valid_channels(block)
     out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
     out_relu = out.copy()
@@ -576,7 +564,7 @@ class MetricsStage(Stage):
     def __init__(self, store: Store, weights: Mapping, profile: Mapping, *, blocks: Sequence[str] | None = None,
                  fz_group: str = "fz", groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True):
         store.require_intact([fz_group, "natural", imgs.CACHE_GROUP], units=False)
-        self.store, self.weights, self.profile = store, weights, profile
+        self.store, self.weights, self.profile = store, weights, as_profile(profile)
         self.read = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9, groups=groups)
         self.title = self.read.groups[1]
 
@@ -586,7 +574,7 @@ class MetricsStage(Stage):
     def groups(self) -> list[Group]:
         inputs, profile = self.read, self.profile
         responses_group, metrics_group = inputs.groups
-        settings = MixSettings.from_profile(profile)
+        settings = mix_settings(profile)
         settings_read = group_settings(profile, inputs)
         block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
         layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
@@ -597,10 +585,10 @@ class MetricsStage(Stage):
                 Group(metrics_group, metrics_template(inputs), {
                     **attrs,
                     "mix_conventions": MIX_CONVENTIONS[settings.mix_edges],
-                    "mix_low": settings.low, "mix_high": settings.high, "mix_clamp": settings.clamp,
+                    "mix_low": settings.mix_low, "mix_high": settings.mix_high, "mix_clamp": settings.mix_clamp,
                     "interpreting_criterion": settings.interpreting_criterion,
                     "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
-                    "robust_fraction": float(profile["metrics"]["robust_fraction"]),
+                    "robust_fraction": profile.metrics.robust_fraction,
                 }, settings_read, frozenset(layout_units | summary_units))]
 
     def units(self, done: Mapping[str, set[str]]) -> list[tuple[str, str]]:
@@ -614,7 +602,7 @@ class MetricsStage(Stage):
 
     def context(self) -> "MetricsContext":
         inputs = self.read
-        return MetricsContext(str(self.store.path), dict(self.profile), tuple(inputs.blocks),
+        return MetricsContext(str(self.store.path), self.profile, tuple(inputs.blocks),
                               tuple(inputs.layout_blocks), inputs.top9_available, inputs.top9_note,
                               inputs.fz_group, tuple(inputs.groups))
 
@@ -656,7 +644,7 @@ class MetricsContext:
     """What every unit of one run shares; each unit reopens the input groups from the store."""
 
     store_path: str
-    profile: dict
+    profile: Profile
     blocks: tuple[str, ...]
     layout_blocks: tuple[str, ...]
     top9_available: bool
@@ -683,10 +671,10 @@ def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) 
         if stimulus_set == "channel":
             yield Part(inputs.groups[1], f"{block}:channel", block_part(model, inputs, block))
         else:
-            yield from _unit_parts(store, model, inputs, context.profile, MixSettings.from_profile(context.profile),
-                                   block, stimulus_set, int(context.profile["metrics"]["batch_size"]))
+            yield from _unit_parts(store, model, inputs, context.profile, mix_settings(context.profile),
+                                   block, stimulus_set, context.profile.metrics.batch_size)
             yield from _frequency_parts(store, inputs, block, stimulus_set,
-                                        float(context.profile["metrics"]["robust_fraction"]))
+                                        context.profile.metrics.robust_fraction)
     return [str(w.message) for w in caught if issubclass(w.category, FailedFZWarning)]
 
 

@@ -50,7 +50,7 @@ from repro import profiles
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import TAPS, TapLayout, run as run_model, tap_layout
-from repro.settings import NaturalSettings, as_profile
+from repro.settings import NaturalSettings, Profile, as_profile
 from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
@@ -239,7 +239,7 @@ def batch_center_values(model, profile, layout: TapLayout, squares, heights, wid
 class PassContext:
     """What every shard of one pass shares (sent to each worker once)."""
 
-    profile: dict
+    profile: Profile
     images: imgs.ImageList
     layout: TapLayout
     settings: Settings
@@ -284,7 +284,7 @@ class NaturalStage(Stage):
 
     def __init__(self, store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
                  blocks: Sequence[str] | None = None, loader_workers: int | None = None):
-        self.store, self.profile, self.weights = store, profile, weights
+        self.store, self.profile, self.weights = store, as_profile(profile), weights
         self.settings = as_profile(profile).natural
         self.images = imgs.find_images(self.settings.images)
         self.layout = tap_layout(model, blocks or as_profile(profile).model.blocks)
@@ -308,7 +308,7 @@ class NaturalStage(Stage):
         return [s for s in range(self.shards) if shard_unit(s) not in both]
 
     def context(self) -> PassContext:
-        return PassContext(dict(self.profile), self.images, self.layout, self.settings, self.loader_workers)
+        return PassContext(self.profile, self.images, self.layout, self.settings, self.loader_workers)
 
     @staticmethod
     def compute(model, context: PassContext, shard: int) -> Iterator[Part]:

@@ -47,7 +47,7 @@ class Group:
     """A group a stage writes: its layout, attributes, what its values depend on, and every unit it needs."""
 
     name: str
-    template: xr.Dataset
+    template: xr.Dataset  # chunked so that units running side by side never write one chunk
     attrs: Mapping[str, Any]
     settings: Mapping[str, Any]
     units: frozenset[str]

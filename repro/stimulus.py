@@ -20,6 +20,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from repro.settings import StimulusSettings, as_profile
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -60,17 +62,15 @@ def compose(*steps: Transform) -> Transform:
 
 @dataclass(frozen=True)
 class ScaleTransforms:
-    crop: int = 112
-    image_size: int = 224
-    shrink: int = 112
-    pad: int = 56
-    antialias: bool = False
+    """S and S⁻¹ as a profile sets them: its [stimulus] table and the model's input size."""
+
+    stimulus: StimulusSettings
+    image_size: int
 
     @classmethod
     def from_profile(cls, profile: Mapping) -> "ScaleTransforms":
-        stimulus = profile["stimulus"]
-        return cls(crop=int(stimulus["crop"]), image_size=int(profile["model"]["image_size"]),
-                   shrink=int(stimulus["shrink"]), pad=int(stimulus["pad"]), antialias=bool(stimulus["antialias"]))
+        profile = as_profile(profile)
+        return cls(profile.stimulus, profile.model.image_size)
 
     def scale_up(self, x: torch.Tensor) -> torch.Tensor:
         """S(X): the central ``crop`` square resized to ``image_size``."""
@@ -90,8 +90,8 @@ class ScaleTransforms:
 # The stimulus transforms, in the order of the ``transform`` coordinate: name → settings → x → x.
 TRANSFORMS: dict[str, Callable[[ScaleTransforms], Transform]] = {
     "none": lambda settings: compose(),
-    "S": lambda settings: compose(center_crop(settings.crop), resize(settings.image_size, settings.antialias)),
-    "S_inv": lambda settings: compose(resize(settings.shrink, settings.antialias), reflect_pad(settings.pad)),
+    "S": lambda s: compose(center_crop(s.stimulus.crop), resize(s.image_size, s.stimulus.antialias)),
+    "S_inv": lambda s: compose(resize(s.stimulus.shrink, s.stimulus.antialias), reflect_pad(s.stimulus.pad)),
 }
 
 

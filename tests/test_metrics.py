@@ -225,7 +225,7 @@ def test_channel_metrics_strict_mix_bounds_and_failed_channels():
     response = xr.DataArray(values, dims=("tap", "channel", "source", "transform"),
                             coords={"tap": list(TAPS), "channel": [0, 1, 2], "source": list(TAPS),
                                     "transform": list(TRANSFORMS)})
-    result = metrics.channel_metrics(response, metrics.MixSettings())
+    result = metrics.channel_metrics(response, metrics.mix_settings(profiles.load("paper")))
     np.testing.assert_allclose(result["mix"].values, [1.5, 1.2, 5.0])
     assert result["mix_ok"].values.tolist() == [False, True, False]
     assert result["failed_fz"].values.tolist() == [False, False, True]

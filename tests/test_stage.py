@@ -3,6 +3,7 @@ store's bookkeeping from ``run_stage``, and the registry is what the pipeline an
 import sys
 from dataclasses import dataclass
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -36,7 +37,9 @@ class PowersStage(Stage):
         return list(self.reads)
 
     def groups(self):
-        template = xr.Dataset({"value": ("i", np.full(SIZE, np.nan))}, coords={"i": np.arange(SIZE)})
+        # chunked by unit: units on different workers never write one chunk
+        values = da.full(SIZE, np.nan, chunks=CHUNK)
+        template = xr.Dataset({"value": ("i", values)}, coords={"i": np.arange(SIZE)})
         units = frozenset(f"i{start}" for start in range(0, SIZE, CHUNK))
         return [Group("powers", template, {"stage": "powers"}, {"exponent": self.powers.exponent}, units)]
 

@@ -18,7 +18,7 @@ from analyses.measures import MissingInput
 from report.loader import Loader
 from report.rules import BADGES, DEVIATES, NOT_COMPARABLE, Outcome
 from report.spec import ReferenceRun
-from repro.model import IMAGENET_FILE_SHA256_PREFIX
+from repro.hashing import IMAGENET_FILE_SHA256_PREFIX
 
 IMAGENET_WEIGHTS = "imagenet"
 RESNET18_FILE_PREFIX = IMAGENET_FILE_SHA256_PREFIX["resnet18"]  # the paper's network

@@ -4,6 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+# torchvision's IMAGENET1K_V1 files are named by the first 8 hex digits of their SHA-256; here, not beside the
+# model, so that the report recognizes them without loading torch.
+IMAGENET_FILE_SHA256_PREFIX = {"resnet18": "f37072fd", "resnet34": "b627a593", "resnet50": "0676ba61"}
+
 
 def digest(value, length: int | None = 16) -> str:
     """SHA-256 of ``value`` as sorted-key JSON (non-JSON values by ``str``), its first ``length`` hex digits

@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from repro.errors import UserError
-from repro.hashing import file_sha256
+from repro.hashing import IMAGENET_FILE_SHA256_PREFIX, file_sha256
 
 TAPS = ("I", "B", "O")
 ARCHS = {
@@ -38,8 +38,6 @@ ARCHS = {
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
 STANDARD_WIDTHS = (64, 128, 256, 512)
-# torchvision's IMAGENET1K_V1 files are named by the first 8 hex digits of their SHA-256.
-IMAGENET_FILE_SHA256_PREFIX = {"resnet18": "f37072fd", "resnet34": "b627a593", "resnet50": "0676ba61"}
 
 OEdit = Callable[[torch.Tensor], torch.Tensor]
 Label = tuple[str, str]  # (block, tap)

@@ -146,6 +146,11 @@ def with_reading_defaults(profile: Mapping) -> dict:
     return completed
 
 
+def reading_label(profile: Mapping) -> str:
+    """The reading a profile computes under (``paper``, ``code``, or one with items set apart)."""
+    return readings.label(with_reading_defaults(profile))
+
+
 def _result_settings(profile: Mapping, prefix: str = "", left_out=NON_RESULT_KEYS) -> dict:
     kept = {}
     for key, value in profile.items():

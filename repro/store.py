@@ -129,13 +129,6 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def reading_label(profile: Mapping) -> str:
-    """The reading a profile computes under (``paper``, ``code``, or one with items set apart)."""
-    from repro import reading
-
-    return reading.label(profiles.with_reading_defaults(profile))
-
-
 def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
     """The attrs every stored group carries."""
     import torch
@@ -147,7 +140,7 @@ def provenance(profile: Mapping, weights: Mapping, **extra) -> dict:
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
         "profile_name": profile.get("name", ""),
-        "reading": reading_label(profile),
+        "reading": profiles.reading_label(profile),
         "profile_hash": profiles.identity_hash(profile),
         "profile": profiles.to_json(profiles.recorded(profile)),
         "weights": weights.get("weights", ""),

@@ -29,7 +29,7 @@ def run_cli_child(args, fault_env, fault, output_path):
     import os
     import sys
 
-    from repro.cli import main
+    from residual_stream.cli import main
 
     descriptor = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(descriptor, 1)
@@ -55,7 +55,7 @@ def cli_process(args, fault_env, fault, output_path):
 
     context = multiprocessing.get_context("forkserver")
     if not getattr(cli_process, "preloaded", False):
-        context.set_forkserver_preload(["torch", "helpers", "repro.cli", "repro.pipeline"])
+        context.set_forkserver_preload(["torch", "helpers", "residual_stream.cli", "repro.pipeline"])
         cli_process.preloaded = True
     return context.Process(target=run_cli_child, args=(list(map(str, args)), fault_env, fault, str(output_path)))
 

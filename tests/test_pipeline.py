@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from repro.cli import main
+from residual_stream.cli import main
 from test_alignment_stage import check_alignment_group
 from store_runs import group_digest
 

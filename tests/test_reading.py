@@ -348,7 +348,7 @@ def code_settings() -> dict:
 def test_the_report_compares_the_two_readings_per_block_and_criterion(tmp_path):
     from click.testing import CliRunner
 
-    from repro.cli import main
+    from residual_stream.cli import main
     from repro.store import Store
     from report import builder, readings, spec
     from test_report import make_store

@@ -27,7 +27,7 @@ def test_a_criterion_registered_once_reaches_metrics_noise_floors_verify_and_uni
                                                                                        monkeypatch):
     from report import builder, reference, rules, units
     from report.loader import Loader
-    from repro.cli import main
+    from residual_stream.cli import main
 
     store = build(tmp_path, [0, 1])
     metrics = store.dataset("metrics").load()

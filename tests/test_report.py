@@ -399,7 +399,7 @@ def failing_entry(monkeypatch):
 def test_an_analysis_error_exits_non_zero_with_the_entry_named(built, failing_entry, tmp_path):
     from click.testing import CliRunner
 
-    from repro.cli import main
+    from residual_stream.cli import main
 
     store, out, _, _ = built
     shutil.copytree(out, tmp_path / "out")

@@ -465,7 +465,7 @@ def test_the_toy_reference_file_verifies_a_store_built_from_it_and_a_perturbed_o
     from click.testing import CliRunner
 
     from report import reference
-    from repro.cli import main
+    from residual_stream.cli import main
 
     blocks = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
     sets = {block: [1, 3, 4, 6] for block in blocks}

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from repro import pipeline, profiles
-from repro.cli import main
 from repro.store import FAULT_ENV, FAULT_SIGNAL_ENV, UNITS, Store
+from residual_stream.cli import main
 from store_runs import group_digest, repro
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from store_runs import finished, group_digest, one_line_error, repro, start
 from repro import pipeline, profiles
-from repro.cli import main
 from repro.store import Store
+from residual_stream.cli import main
 
 pytestmark = pytest.mark.slow
 GROUPS = ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation")

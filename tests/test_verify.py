@@ -193,7 +193,7 @@ def test_missing_groups_are_not_comparable():
 # ---------------------------------------------------------------- the command line
 
 def test_verify_strict_exits_non_zero_on_a_deviating_store(tmp_path):
-    from repro.cli import main
+    from residual_stream.cli import main
 
     other = {block: list(range(WIDTHS[block] - 30, WIDTHS[block])) for block in WIDTHS}
     make_store(tmp_path / "store.zarr", widths=WIDTHS, invariant=other, pixels=False)
@@ -206,7 +206,7 @@ def test_verify_strict_exits_non_zero_on_a_deviating_store(tmp_path):
 
 
 def test_verify_on_other_weights_reports_no_deviation(tmp_path):
-    from repro.cli import main
+    from residual_stream.cli import main
 
     make_store(tmp_path / "store.zarr", widths=WIDTHS, weights="random:0", pixels=False)
     result = CliRunner().invoke(main, ["verify", "--store", str(tmp_path / "store.zarr"), "--strict"])

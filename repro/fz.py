@@ -354,22 +354,17 @@ def group_settings(profile: Mapping, selection: Selection) -> dict:
     return {**profiles.read_by(profile, "model", "fz"), "layout": layout}
 
 
-def done_labels(store: Store, group: str) -> set[Label]:
-    """(block, tap) labels whose every valid channel lies in a done unit of every seed (read from the
-    units' regions)."""
-    if not store.has(group):
-        return set()
+def covered(store: Store, group: str) -> np.ndarray:
+    """[seed, block, tap, channel]: the FZs a done unit wrote (read from the units' regions)."""
     stored = store.dataset(group)
-    blocks, taps = [str(b) for b in stored["block"].values], [str(t) for t in stored["tap"].values]
-    covered = np.zeros((stored.sizes["seed"], len(blocks), len(taps), stored.sizes["channel"]), dtype=bool)
+    shape = tuple(stored.sizes[dim] for dim in ("seed", "block", "tap", "channel"))
+    made = np.zeros(shape, dtype=bool)
     for marker in store.markers(group).values():
         if "image" in marker["variables"]:  # the FZ images are what later stages read
             region = [slice(*marker["region"].get(dim, [0, size])) for dim, size in zip(
-                ("seed", "block", "tap", "channel"), covered.shape)]
-            covered[tuple(region)] = True
-    valid = stored["valid"].values.astype(bool)
-    return {(block, tap) for b, block in enumerate(blocks) for t, tap in enumerate(taps)
-            if covered[:, b, t][:, valid[b]].all()}
+                ("seed", "block", "tap", "channel"), shape)]
+            made[tuple(region)] = True
+    return made
 
 
 def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndarray, result: FZResult,

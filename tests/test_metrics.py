@@ -225,7 +225,7 @@ def test_channel_metrics_strict_mix_bounds_and_failed_channels():
     response = xr.DataArray(values, dims=("tap", "channel", "source", "transform"),
                             coords={"tap": list(TAPS), "channel": [0, 1, 2], "source": list(TAPS),
                                     "transform": list(TRANSFORMS)})
-    result = metrics.channel_metrics(response, metrics.mix_settings(profiles.load("paper")))
+    result = metrics.channel_metrics(response, metrics.metrics_settings(profiles.load("paper")))
     np.testing.assert_allclose(result["mix"].values, [1.5, 1.2, 5.0])
     assert result["mix_ok"].values.tolist() == [False, True, False]
     assert result["failed_fz"].values.tolist() == [False, False, True]
@@ -553,8 +553,11 @@ def test_metrics_of_the_channels_whose_fzs_exist_equal_those_of_a_full_run(tmp_p
         np.testing.assert_array_equal(mine[name].sel(channel=made).values, theirs[name].sel(channel=made).values)
     assert mine["mix"].sel(channel=missing).isnull().all()
     assert mine["invariant_naturally_frequency"].sel(channel=missing).isnull().all()
+    state = part.group_state("metrics")
+    assert state.state == "partial" and "3.1 (8-15)" in state.why  # finished, but incomplete, and why
     fz.run(part, model, record, profile, blocks=["3.1"])
     metrics.run(part, model, record, profile, blocks=["3.1"])
+    assert not any(":without-" in unit for unit in part.done("metrics") | part.done("responses"))
     for name in ("mix", "invariant_naturally_frequency"):
         np.testing.assert_array_equal(part.dataset("metrics")[name].sel(block="3.1").values,
                                       whole.dataset("metrics")[name].sel(block="3.1").values)

@@ -367,6 +367,14 @@ def covered(store: Store, group: str) -> np.ndarray:
     return made
 
 
+def done_taps(store: Store, group: str) -> set[Label]:
+    """(block, tap) labels whose every valid channel has its FZ of every seed."""
+    stored = store.dataset(group)
+    made, valid = covered(store, group), stored["valid"].values.astype(bool)
+    return {(str(block), str(tap)) for b, block in enumerate(stored["block"].values)
+            for t, tap in enumerate(stored["tap"].values) if made[:, b, t][:, valid[b]].all()}
+
+
 def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndarray, result: FZResult,
                activation: np.ndarray) -> xr.Dataset:
     """One seed's and label's chunk, placed in the group by its seed, block, tap and channel labels."""

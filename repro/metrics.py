@@ -329,9 +329,10 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     if unknown:
         raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
     chosen = [block for block in stored if not blocks or block in blocks]
-    lacking = fz_lacking(store, fz_group)
+    lacking, taps_done = fz_lacking(store, fz_group), fz_stage.done_taps(store, fz_group)
     ready = [block for block in chosen if len(lacking[block]) < int(fz["valid"].sel(block=block).sum())]
-    skipped = [f"{block} (no channel has the FZs of every tap and seed)" for block in chosen if block not in ready]
+    skipped = [f"{block} (FZs of tap {', '.join(t for t in TAPS if (block, t) not in taps_done)} not done)"
+               for block in chosen if block not in ready]
     if not ready:
         raise UserError(f"no channel of {store.path} has its FZs of all three taps done (for every seed); run "
                         "`repro fz` first")

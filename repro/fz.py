@@ -367,10 +367,9 @@ def covered(store: Store, group: str) -> np.ndarray:
     return made
 
 
-def done_taps(store: Store, group: str) -> set[Label]:
-    """(block, tap) labels whose every valid channel has its FZ of every seed."""
-    stored = store.dataset(group)
-    made, valid = covered(store, group), stored["valid"].values.astype(bool)
+def done_taps(stored: xr.Dataset, made: np.ndarray) -> set[Label]:
+    """(block, tap) labels whose every valid channel has its FZ of every seed (``made``: ``covered``)."""
+    valid = stored["valid"].values.astype(bool)
     return {(str(block), str(tap)) for b, block in enumerate(stored["block"].values)
             for t, tap in enumerate(stored["tap"].values) if made[:, b, t][:, valid[b]].all()}
 

@@ -329,7 +329,8 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     if unknown:
         raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
     chosen = [block for block in stored if not blocks or block in blocks]
-    lacking, taps_done = fz_lacking(store, fz_group), fz_stage.done_taps(store, fz_group)
+    made = fz_stage.covered(store, fz_group)  # the FZ units' regions, read once
+    lacking, taps_done = fz_lacking(fz, made), fz_stage.done_taps(fz, made)
     ready = [block for block in chosen if len(lacking[block]) < int(fz["valid"].sel(block=block).sum())]
     skipped = [f"{block} (FZs of tap {', '.join(t for t in TAPS if (block, t) not in taps_done)} not done)"
                for block in chosen if block not in ready]
@@ -359,10 +360,9 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
                   {block: lacking[block] for block in ready if lacking[block]})
 
 
-def fz_lacking(store: Store, fz_group: str) -> dict[str, tuple[int, ...]]:
-    """By block: the valid channels some tap or seed has no FZ of (read from the FZ units' regions)."""
-    fz = store.dataset(fz_group)
-    made = fz_stage.covered(store, fz_group)  # [seed, block, tap, channel]
+def fz_lacking(fz: xr.Dataset, made: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """By block: the valid channels some tap or seed has no FZ of (``made``: ``fz.covered``, [seed, block,
+    tap, channel])."""
     taps = [list(fz["tap"].values).index(tap) for tap in TAPS]
     complete = made[:, :, taps].all(axis=(0, 2))  # [block, channel]
     valid = fz["valid"].values.astype(bool)

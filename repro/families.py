@@ -21,7 +21,8 @@ it picks a model's adapter (``family_of``) and dispatches to it.
   Token taps are presented as maps ``[N, hidden_dim, h, w]`` of the patch tokens (the class token
   dropped, the ``h x w`` patch grid restored), so the center is the center patch token.
 
-A user adapter subclasses ``Family`` and is named in a profile as ``model.family = "module:Class"``.
+A user adapter subclasses ``Family`` (or one of the adapters here), is made with no arguments and is named
+in a profile as ``model.family = "package.module:Class"``.
 """
 from __future__ import annotations
 
@@ -297,9 +298,8 @@ class ViTFamily(Family):
     def stem(self, model, x):
         """Patch embedding, class token, positional embedding and the encoder's dropout."""
         n, _, height, width = x.shape
-        patch = model.patch_size
-        if height % patch or width % patch or (height // patch) * (width // patch) + 1 != model.encoder.pos_embedding.shape[1]:
-            side = math.isqrt(model.encoder.pos_embedding.shape[1] - 1) * patch
+        side = math.isqrt(model.encoder.pos_embedding.shape[1] - 1) * model.patch_size  # one token per patch
+        if (height, width) != (side, side):
             raise UserError(f"this vit takes {side} x {side} px images, not {height} x {width}")
         tokens = model.conv_proj(x).reshape(n, model.hidden_dim, -1).permute(0, 2, 1)
         tokens = torch.cat([model.class_token.expand(n, -1, -1), tokens], dim=1)

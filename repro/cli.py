@@ -168,8 +168,8 @@ def taps(arch, family, profile_name, image_size):
     for info in infos:
         mark = "*" if info.block in studied else " "
         same = f"  same tensor as {info.same_as}" if info.same_as else ""
-        click.echo(f"{mark} {info.block:<{label_width}} {info.tap}  {info.channels:4d} x {info.height:3d} x {info.width:3d}"
-                   f"  center {info.center}{same}")
+        click.echo(f"{mark} {info.block:<{label_width}} {info.tap}  {info.channels:4d} x {info.height:3d} x "
+                   f"{info.width:3d}  center {info.center}{same}")
 
 
 def stage_option(option: stages.Option):

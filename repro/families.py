@@ -33,9 +33,9 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.convnext import CNBlock, ConvNeXt
+from torchvision.models.convnext import CNBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
+from torchvision.models.vision_transformer import EncoderBlock
 
 from repro.errors import UserError
 

@@ -12,7 +12,8 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 def tiny_convnext() -> ConvNeXt:
     """Four stages of widths 16, 32, 64, 128 with 1, 1, 2, 1 blocks; maps of 8, 4, 2, 1 px at 32 px."""
-    stages = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, 64, 1), CNBlockConfig(64, 128, 2), CNBlockConfig(128, None, 1)]
+    stages = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, 64, 1), CNBlockConfig(64, 128, 2),
+              CNBlockConfig(128, None, 1)]
     # layer_scale 0.1 rather than ConvNeXt's 1e-6, so that random blocks add more than rounding to the stream
     return ConvNeXt(stages, layer_scale=0.1, num_classes=10)
 

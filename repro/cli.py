@@ -146,23 +146,30 @@ def profile_list():
 
 
 @main.command()
-@click.option("--model", "arch", default=None, help="Architecture (resnet18, resnet34, resnet50).")
+@click.option("--model", "arch", default=None,
+              help="Architecture: resnet18 ..., convnext_tiny ..., vit_b_16 ..., or package.module:callable.")
+@click.option("--family", default=None, help="Family of blocks: resnet, convnext, vit or package.module:Adapter "
+                                            "(inferred from the blocks when not given).")
 @click.option("--profile", "profile_name", default="paper", show_default=True)
 @click.option("--image-size", type=int, default=None, help="Defaults to the profile's.")
-def taps(arch, profile_name, image_size):
+def taps(arch, family, profile_name, image_size):
     """List blocks, taps, shapes and center positions."""
-    from repro.model import ModelSpec, describe_taps, load_model
+    from repro.model import ModelSpec, describe_taps, family_of, load_model
 
-    profile = profiles.override(profiles.load(profile_name), {"model.arch": arch, "model.weights": "random:0"})
+    profile = profiles.override(profiles.load(profile_name),
+                                {"model.arch": arch, "model.family": family, "model.weights": "random:0"})
     size = image_size or profile["model"]["image_size"]
     model, _ = load_model(ModelSpec.from_profile(profile["model"]))
     studied = set(profile["model"]["blocks"])
-    click.echo(f"{profile['model']['arch']} at {size} px (C x H x W; center = (H//2, W//2); * = studied block)")
-    for info in describe_taps(model, size):
+    click.echo(f"{profile['model']['arch']} ({family_of(model).name} blocks) at {size} px "
+               "(C x H x W; center = (H//2, W//2); * = studied block)")
+    infos = describe_taps(model, size)
+    label_width = max(len(info.block) for info in infos)
+    for info in infos:
         mark = "*" if info.block in studied else " "
         same = f"  same tensor as {info.same_as}" if info.same_as else ""
-        click.echo(f"{mark} {info.block} {info.tap}  {info.channels:4d} x {info.height:3d} x {info.width:3d}"
-                   f"  center {info.center}{same}")
+        click.echo(f"{mark} {info.block:<{label_width}} {info.tap}  {info.channels:4d} x {info.height:3d} x "
+                   f"{info.width:3d}  center {info.center}{same}")
 
 
 def stage_option(option: stages.Option):

@@ -1,46 +1,56 @@
 """Architectures, weights and residual-stream taps: the one module that runs blocks by hand.
 
-Every block ``"L.i"`` (``layerL[i]``) exposes three taps, all before the block's final ReLU:
+Every residual block has three taps, all holding their true values:
 
-* ``I`` — the input summand: the downsample branch's BN output in a downsample block, otherwise the
-  previous block's pre-ReLU sum (its ``O``); for the very first block, its input.
-* ``B`` — the block summand: the output of the block's last BN (``bn2``; ``bn3`` for Bottleneck).
-* ``O`` — ``B + identity``, before the ReLU.
+* ``I`` — the summand that carries the stream into the block;
+* ``B`` — the block's own summand;
+* ``O`` — their sum (in a ResNet, before the block's final ReLU).
+
+What they are in each family of blocks (torchvision's ResNets, ConvNeXts and Vision Transformers, or a
+user's adapter) and how each family labels its blocks is in ``repro.families``; callers import only from
+here, and ``run`` dispatches on the model's family (``family_of``). In a ResNet, block ``"L.i"`` is
+``layerL[i]``; ``I`` is the downsample branch's BN output in a downsample block, otherwise the previous
+block's pre-ReLU sum (its ``O``), and for the very first block its input; ``B`` is the output of the block's
+last BN (``bn2``; ``bn3`` for Bottleneck); ``O = B + identity``, before the ReLU.
 
 Blocks are computed by hand out of their own modules rather than observed with forward hooks, so every
 tap holds its true value: torchvision adds the identity in place and applies an in-place ReLU to the
 tensor ``bn2`` returned, so a hook that keeps ``bn2``'s output by reference sees the post-ReLU block
-output instead. That aliasing is available as ``aliased=True`` (reference compatibility with
+output instead. That aliasing is available for ResNets as ``aliased=True`` (reference compatibility with
 Lucent-made feature visualizations) and nowhere else.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from repro.errors import UserError
+# TAPS, BlockTaps, Label and OEdit are re-exported: callers import them from here.
+from repro.families import FAMILIES, TAPS, BlockTaps, Family, Label, OEdit, ResNetFamily  # noqa: F401
 from repro.hashing import IMAGENET_FILE_SHA256_PREFIX, file_sha256
 
-TAPS = ("I", "B", "O")
+# The ResNets that widths and stem can narrow (CompactResNet): their block kind and depths.
 ARCHS = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
 }
 STANDARD_WIDTHS = (64, 128, 256, 512)
-
-OEdit = Callable[[torch.Tensor], torch.Tensor]
-Label = tuple[str, str]  # (block, tap)
+# torchvision's modules whose classification models belong to a known family of blocks.
+TORCHVISION_FAMILY_MODULES = {"resnet": "resnet", "convnext": "convnext", "vision_transformer": "vit"}
+FAMILY_ATTRIBUTE = "repro_family"  # where load_model keeps a model's adapter
 
 
 class CompactResNet(ResNet):
@@ -73,12 +83,23 @@ class CompactResNet(ResNet):
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What model to build and with which weights (the profile's ``[model]`` table).
+
+    ``arch``: resnet18/34/50/101/152 (narrowed by ``widths`` and ``stem``: ``CompactResNet``), any other
+    torchvision classification model of the resnet, convnext or vit families (``widths`` and ``stem`` are
+    a ResNet's and are not read for convnext and vit), or ``"package.module:callable"``, called with no
+    arguments to build the model (``widths``, ``stem`` and ``num_classes`` are then the callable's own).
+    ``family``: ``resnet``, ``convnext``, ``vit``, an adapter ``"package.module:Class"`` (a subclass of
+    ``repro.families.Family``), or "" to infer it from the model's blocks.
+    """
+
     arch: str = "resnet18"
     weights: str = "imagenet"
     weights_sha256: str = ""
     widths: tuple[int, ...] = STANDARD_WIDTHS
     stem: str = "imagenet"
     num_classes: int = 1000
+    family: str = ""
 
     @classmethod
     def from_profile(cls, model: Mapping) -> "ModelSpec":
@@ -89,11 +110,16 @@ class ModelSpec:
             widths=tuple(model.get("widths", STANDARD_WIDTHS)),
             stem=model.get("stem", "imagenet"),
             num_classes=int(model.get("num_classes", 1000)),
+            family=model.get("family", "") or "",
         )
 
     @property
     def is_standard(self) -> bool:
         return self.widths == STANDARD_WIDTHS and self.stem == "imagenet" and self.num_classes == 1000
+
+    @property
+    def is_callable(self) -> bool:
+        return ":" in self.arch
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -105,27 +131,86 @@ def state_dict_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _architecture(spec: ModelSpec) -> nn.Module:
-    if spec.arch not in ARCHS:
-        raise UserError(f"unknown model {spec.arch!r}; known models: {', '.join(ARCHS)}")
-    block, layers = ARCHS[spec.arch]
-    if spec.is_standard:
-        return torchvision.models.get_model(spec.arch, weights=None)
-    return CompactResNet(block, layers, spec.widths, spec.num_classes, spec.stem)
+def torchvision_family(arch: str) -> str:
+    """The family of a torchvision classification model's name ("" when it is none of the known ones)."""
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        return ""
+    module = torchvision.models.get_model_builder(arch).__module__.rsplit(".", 1)[-1]
+    return TORCHVISION_FAMILY_MODULES.get(module, "")
 
 
-def _load_imagenet(spec: ModelSpec) -> nn.Module:
-    if not spec.is_standard:
-        raise UserError("weights 'imagenet' need the standard architecture (widths 64-512, imagenet stem)")
+def import_target(target: str, what: str):
+    """The object named ``"package.module:attribute"``; a one-line UserError when it cannot be had."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"{what} {target!r}: expected package.module:name")
     try:
-        return torchvision.models.get_model(spec.arch, weights="IMAGENET1K_V1")
+        module = importlib.import_module(module_name)
+    except Exception as error:  # ImportError, or the module failing as it runs
+        reason = (str(error).splitlines() or [""])[0] or type(error).__name__
+        raise UserError(f"{what} {target!r}: cannot import {module_name} ({reason})") from None
+    if not hasattr(module, attribute):
+        raise UserError(f"{what} {target!r}: {module_name} has no {attribute}")
+    return getattr(module, attribute)
+
+
+def _user_model(spec: ModelSpec) -> nn.Module:
+    build = import_target(spec.arch, "model")
+    if not callable(build):
+        raise UserError(f"model {spec.arch!r} is a {type(build).__name__}, not a callable that builds a model")
+    model = build()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {spec.arch!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _architecture(spec: ModelSpec) -> nn.Module:
+    if spec.is_callable:
+        return _user_model(spec)
+    family = torchvision_family(spec.arch)
+    if not family:
+        raise UserError(f"unknown model {spec.arch!r}; known models: {', '.join(ARCHS)}, any torchvision "
+                        "classification model of the resnet, convnext or vit families, or package.module:callable")
+    if spec.arch in ARCHS:
+        if spec.is_standard:
+            return torchvision.models.get_model(spec.arch, weights=None)
+        block, layers = ARCHS[spec.arch]
+        return CompactResNet(block, layers, spec.widths, spec.num_classes, spec.stem)
+    if family == "resnet" and (spec.widths != STANDARD_WIDTHS or spec.stem != "imagenet"):
+        raise UserError(f"widths and stem narrow {', '.join(ARCHS)} only, not {spec.arch}")
+    classes = {} if spec.num_classes == 1000 else {"num_classes": spec.num_classes}
+    return torchvision.models.get_model(spec.arch, weights=None, **classes)
+
+
+def _load_torchvision_weights(spec: ModelSpec, name: str) -> nn.Module:
+    """torchvision's weights ``name`` (such as IMAGENET1K_V1) for the architecture, through its own cache."""
+    if spec.is_callable or not torchvision_family(spec.arch):
+        raise UserError(f"weights {spec.weights!r} need a torchvision architecture, not {spec.arch!r}")
+    standard = spec.is_standard if torchvision_family(spec.arch) == "resnet" else spec.num_classes == 1000
+    if not standard:
+        raise UserError(f"weights {spec.weights!r} need the standard architecture (widths 64-512, imagenet stem, "
+                        "1000 classes)")
+    members = torchvision.models.get_model_weights(spec.arch).__members__
+    if name not in members:
+        raise UserError(f"{spec.arch} has no torchvision weights {name!r}; it has {', '.join(members)}")
+    try:
+        return torchvision.models.get_model(spec.arch, weights=name)
     except Exception as error:  # any download failure: URLError, HTTPError, socket errors, ...
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise UserError(
-            f"could not load torchvision's IMAGENET1K_V1 weights for {spec.arch} "
+            f"could not load torchvision's {name} weights for {spec.arch} "
             f"(not in {cache} and no network: {type(error).__name__}). "
             "Pass --weights PATH to a local state_dict instead."
         ) from None
+
+
+def _load_imagenet(spec: ModelSpec) -> nn.Module:
+    return _load_torchvision_weights(spec, "IMAGENET1K_V1")
+
+
+def _is_weights_name(weights: str) -> bool:
+    """A torchvision weights name (IMAGENET1K_V1, DEFAULT, ...) rather than a path."""
+    return bool(re.fullmatch(r"[A-Z][A-Z0-9_]*", weights)) and not Path(weights).exists()
 
 
 def _load_path(spec: ModelSpec) -> tuple[nn.Module, str]:
@@ -166,12 +251,16 @@ def state_dict_mismatch(model: nn.Module, state: Mapping) -> str:
 def load_model(spec: ModelSpec) -> tuple[nn.Module, dict]:
     """Build the model in eval mode with frozen weights; return it with its weights record.
 
-    ``spec.weights`` is ``imagenet`` (torchvision's IMAGENET1K_V1 through its own API and cache),
-    ``random:SEED`` (torchvision's initialisation under that seed) or a path to a state_dict.
+    ``spec.weights`` is ``imagenet`` (torchvision's IMAGENET1K_V1 through its own API and cache), another
+    torchvision weights name of the architecture (``IMAGENET1K_V2``, ``DEFAULT``), ``random:SEED`` (the
+    architecture's initialisation under that seed) or a path to a state_dict. The model's family adapter
+    (``spec.family``, else inferred from its blocks) is checked and kept on the model (``family_of``).
     """
     file_sha = ""
     if spec.weights == "imagenet":
         model = _load_imagenet(spec)
+    elif _is_weights_name(spec.weights):
+        model = _load_torchvision_weights(spec, spec.weights)
     elif spec.weights.startswith("random:"):
         match = re.fullmatch(r"random:(\d+)", spec.weights)
         if not match:
@@ -181,38 +270,89 @@ def load_model(spec: ModelSpec) -> tuple[nn.Module, dict]:
     else:
         model, file_sha = _load_path(spec)
     model.eval().requires_grad_(False)
+    setattr(model, FAMILY_ATTRIBUTE, resolve_family(spec.family, model))
     record = {
         "weights": spec.weights,
         "weights_sha256": state_dict_sha256(model),
         "weights_file_sha256": file_sha,
-        "imagenet_v1": spec.weights == "imagenet"
+        "imagenet_v1": spec.weights in ("imagenet", "IMAGENET1K_V1")
         or file_sha.startswith(IMAGENET_FILE_SHA256_PREFIX.get(spec.arch, "-")),
     }
     return model, record
+
+
+# ---------------------------------------------------------------- families
+
+
+def infer_family(model: nn.Module) -> Family:
+    """The family whose block classes the model holds; a one-line UserError when none or several."""
+    if isinstance(model, ResNet):  # the common case, without a walk over every module
+        return FAMILIES["resnet"]
+    found = {family.name for module in model.modules() for family in FAMILIES.values()
+             if isinstance(module, family.block_classes)}
+    name = type(model).__name__
+    if len(found) > 1:
+        raise UserError(f"{name} holds blocks of several families ({', '.join(sorted(found))}); declare model.family")
+    if not found:
+        first = next(iter(getattr(model, "layer1", [])), None)  # a ResNet-like model of the user's own blocks
+        if isinstance(first, nn.Module):
+            raise UserError(f"block 1.0: class {type(first).__name__} is not a known residual block; "
+                            "declare model.family")
+        known = ", ".join(cls.__name__ for family in FAMILIES.values() for cls in family.block_classes)
+        raise UserError(f"{name}: none of its modules is a known residual block ({known}); declare model.family")
+    return FAMILIES[found.pop()]
+
+
+def resolve_family(declared: str, model: nn.Module) -> Family:
+    """The adapter named by ``model.family`` (or inferred when ""), checked against the model."""
+    if not declared:
+        family = infer_family(model)
+    elif declared in FAMILIES:
+        family = FAMILIES[declared]
+    elif ":" in declared:
+        adapter = import_target(declared, "model.family")
+        if not (isinstance(adapter, type) and issubclass(adapter, Family)):
+            raise UserError(f"model.family {declared!r} is not a subclass of repro.families.Family")
+        family = adapter()
+    else:
+        raise UserError(f"model.family must be {', '.join(FAMILIES)} or package.module:Adapter, not {declared!r}")
+    family.check(model)
+    return family
+
+
+def family_of(model: nn.Module) -> Family:
+    """The model's adapter: the one ``load_model`` kept on it, else inferred from its blocks."""
+    family = getattr(model, FAMILY_ATTRIBUTE, None)
+    return family if family is not None else infer_family(model)
 
 
 # ---------------------------------------------------------------- blocks and taps
 
 
 def blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """Blocks in forward order, named ``"L.i"``."""
-    named = {}
-    for stage in range(1, 5):
-        for index, block in enumerate(getattr(model, f"layer{stage}")):
-            named[f"{stage}.{index}"] = block
-    return named
+    """Blocks in forward order, by their family's labels (``"L.i"`` in a ResNet)."""
+    return family_of(model).blocks(model)
 
 
 def last_bn_conv(block: nn.Module) -> tuple[nn.BatchNorm2d, nn.Conv2d]:
-    """The block's last BN and conv, which make the summand B: bn2/conv2, or bn3/conv3 of a Bottleneck."""
-    if isinstance(block, Bottleneck):
-        return block.bn3, block.conv3
-    return block.bn2, block.conv2
+    """The block's last BN and conv, which make the summand B: bn2/conv2, or bn3/conv3 of a Bottleneck.
+
+    ResNet blocks only; ``weight_parts`` names the analogous weights of any family."""
+    if not isinstance(block, (BasicBlock, Bottleneck)):
+        raise UserError(f"a {type(block).__name__} has no last BN and conv of a ResNet block; see weight_parts")
+    return ResNetFamily.last_bn_conv(block)
+
+
+def weight_parts(model: nn.Module, block: str) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """The per-channel scale ``[C]`` and the weight ``[C, ...]`` that make the block's summand B (a ResNet's
+    last BN weight and last conv weight), or a sentence saying why the block has none."""
+    return family_of(model).weight_parts(model, block)
 
 
 def block_widths(model: nn.Module) -> dict[str, int]:
-    """Channels of every block's taps: its last BN's width (I and O have the same)."""
-    return {name: last_bn_conv(block)[0].num_features for name, block in blocks(model).items()}
+    """Channels of every block's taps (I, B and O have the same)."""
+    family = family_of(model)
+    return {name: family.width(model, name) for name in family.blocks(model)}
 
 
 def check_taps(model: nn.Module, wanted: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -227,11 +367,12 @@ def check_taps(model: nn.Module, wanted: Iterable[tuple[str, str]]) -> list[tupl
 
 
 def same_tensor(model: nn.Module, block: str, tap: str) -> tuple[str, str]:
-    """The canonical (block, tap) holding this tap's tensor: ``I`` of a simple block is ``O`` before it."""
-    names = list(blocks(model))
-    position = names.index(block)
-    if tap == "I" and position > 0 and blocks(model)[block].downsample is None:
-        return names[position - 1], "O"
+    """The canonical (block, tap) holding this tap's tensor: the ``I`` of a block that reads the stream
+    straight from the block before it is that block's ``O``."""
+    family = family_of(model)
+    if tap == "I" and not family.own_input(model, block):
+        names = list(family.blocks(model))
+        return names[names.index(block) - 1], "O"
     return block, tap
 
 
@@ -275,21 +416,8 @@ def tap_layout(model: nn.Module, blocks_wanted: Iterable[str]) -> TapLayout:
     return TapLayout(chosen, tuple(widths[block] for block in chosen), source)
 
 
-def _summand(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block branch up to its last BN, out of place."""
-    out = F.relu(block.bn1(block.conv1(x)))
-    if isinstance(block, Bottleneck):  # its middle conv; the last BN and conv follow in both kinds
-        out = F.relu(block.bn2(block.conv2(out)))
-    bn, conv = last_bn_conv(block)
-    return bn(conv(out))
-
-
 class _Done(Exception):
     """Raised internally to stop the forward once every requested tap is read."""
-
-
-def _stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.maxpool(F.relu(model.bn1(model.conv1(x))))
 
 
 def run(
@@ -306,46 +434,29 @@ def run(
 
     Returns ``(values, logits)``. ``values[(block, tap)]`` is the full map ``[N, C, H, W]``, or the
     center neuron ``[N, C]`` with ``center=True``. With ``stop=True`` the forward ends right after the
-    last requested tap and ``logits`` is None. ``edit_output[block]`` replaces the block's pre-ReLU
-    ``O`` map before its ReLU (used for ablation); it may return a larger batch, such as one copy of the
-    batch per ablation condition, and the rest of the forward runs on that. ``aliased=True`` reads ``B`` and the pre-ReLU taps
-    as the post-ReLU block output, as a by-reference hook does (reference compatibility only).
+    last requested tap and ``logits`` is None. ``edit_output[block]`` replaces the block's ``O`` map
+    (in a ResNet before its ReLU) before the forward goes on (used for ablation); it may return a larger
+    batch, such as one copy of the batch per ablation condition, and the rest of the forward runs on that.
+    ``aliased=True`` (ResNets only) reads ``B`` and the pre-ReLU taps as the post-ReLU block output, as a
+    by-reference hook does (reference compatibility only).
     """
+    family = family_of(model)
+    if aliased and not isinstance(family, ResNetFamily):
+        raise UserError(f"aliased taps reproduce an in-place ReLU of torchvision's ResNets; family {family.name} "
+                        "has none (set model.aliased = false)")
     wanted = set(check_taps(model, taps))
     values: dict[tuple[str, str], torch.Tensor] = {}
-    edit_output = edit_output or {}
 
-    def keep(block: str, tap: str, tensor: torch.Tensor) -> None:
-        if (block, tap) in wanted:
-            # A clone, so the full map is freed once the forward moves on.
-            values[(block, tap)] = center_of(tensor).clone() if center else tensor
-            if stop and len(values) == len(wanted):
-                raise _Done
+    def read(block: str, block_taps: BlockTaps) -> None:
+        for tap in TAPS:
+            if (block, tap) in wanted:
+                # A clone, so the full map is freed once the forward moves on.
+                values[(block, tap)] = center_of(block_taps[tap]).clone() if center else block_taps[tap]
+                if stop and len(values) == len(wanted):
+                    raise _Done
 
     try:
-        x = _stem(model, x)
-        previous_sum = None
-        for name, block in blocks(model).items():
-            if block.downsample is not None:
-                input_summand = identity = block.downsample(x)
-            else:
-                identity = x
-                input_summand = x if previous_sum is None else previous_sum
-            summand = _summand(block, x)
-            output = summand + identity
-            if name in edit_output:
-                output = edit_output[name](output)
-            x = F.relu(output)
-            if aliased:
-                keep(name, "I", input_summand if block.downsample is not None else identity)
-                keep(name, "B", x)
-                keep(name, "O", x)
-            else:
-                keep(name, "I", input_summand)
-                keep(name, "B", summand)
-                keep(name, "O", output)
-            previous_sum = output
-        logits = model.fc(torch.flatten(model.avgpool(x), 1))
+        logits = family.forward(model, x, read, edit_output or {}, aliased=aliased)
     except _Done:
         return values, None
     return values, logits
@@ -377,8 +488,7 @@ class TapInfo:
 
 def describe_taps(model: nn.Module, image_size: int) -> list[TapInfo]:
     """Every tap of every block with its shape at ``image_size`` and its center position."""
-    names = list(blocks(model))
-    wanted = [(b, t) for b in names for t in TAPS]
+    wanted = [(b, t) for b in blocks(model) for t in TAPS]
     with torch.no_grad():
         values, _ = run(model, torch.zeros(1, 3, image_size, image_size), wanted)
     infos = []

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -24,6 +25,9 @@ from repro.objectives import OBJECTIVES
 LARGEST_INT = 2**53  # no setting needs more; larger values overflow the arrays they size
 POSITIVE = {"check": "positive"}
 NON_NEGATIVE = {"check": "non-negative"}
+
+
+FAMILIES = ("resnet", "convnext", "vit")  # repro.families' adapters, named here without importing torch
 
 
 def choice(*values: str) -> dict:
@@ -44,6 +48,9 @@ class ModelSettings:
     widths: tuple[int, ...]
     stem: str = field(metadata=choice("imagenet", "small"))
     num_classes: int = field(metadata=POSITIVE)
+    # The one optional key: "" (absent) infers the family from the model's blocks. The base profile leaves
+    # it out so that the profiles written before it existed keep their identity.
+    family: str = field(default="", metadata={"check": "family"})
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,8 @@ def _check(metadata: Mapping, value: Any, where: str, key: str) -> None:
         raise UserError(f"{where}: {key} must lie in (0, 1], not {value!r}")
     if check == "distinct" and (not value or len(set(value)) != len(value)):
         raise UserError(f"{where}: {key} must be a non-empty list of distinct values, not {list(value)!r}")
+    if check == "family" and value and value not in FAMILIES and not re.fullmatch(r"[\w.]+:\w+", value):
+        raise UserError(f"{where}: {key} must be {', '.join(FAMILIES)} or package.module:Adapter, not {value!r}")
     if "choices" in metadata and value not in metadata["choices"]:
         raise UserError(f"{where}: {key} must be one of {', '.join(metadata['choices'])}, not {value!r}")
 

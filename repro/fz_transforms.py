@@ -38,9 +38,10 @@ Where this differs from Lucent's sequence of resamples:
   ``benchmarks/fz_transforms.py`` compares the FZs' activation distributions.
 * Zero fill: each resampling stage of Lucent blends with zeros over one pixel beyond its input's support;
   here each such stage contributes a factor (the bilinear weight of its support at the point) to one mask.
-  This is exact where a point is near one stage's border and differs within a pixel where the borders of
-  two stages meet. Inside the reflect padding the sample is Lucent's exactly (reflecting about a pixel
-  center commutes with bilinear interpolation on the pixel grid).
+  That is Lucent's weight where only one stage resamples near a border; where later stages resample a zero
+  band's edge again (the first jitter's band, scaled and rotated), Lucent's edge is spread over a pixel or
+  two more (tests/test_fz_transforms.py bounds the difference). Inside the reflect padding the sample is
+  Lucent's exactly (reflecting about a pixel center commutes with bilinear interpolation on the grid).
 
 kornia's augmentation module has per-sample parameters, but draws them from torch's global generator and
 applies them with the same ``affine_grid``/``grid_sample`` pair; it would add nothing here.
@@ -53,6 +54,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -227,55 +229,55 @@ def draw(schedule: Schedule, generators: Sequence[torch.Generator]) -> Draws:
 # ---------------------------------------------------------------- the resample
 
 
-def _translation(x: float, y: float) -> torch.Tensor:
-    return torch.tensor([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]], dtype=torch.float64)
-
-
-def _uniform_scale(factor: float) -> torch.Tensor:
-    return torch.diag(torch.tensor([factor, factor, 1.0], dtype=torch.float64))
-
-
-def _inverse_rotation(degrees: float, center: float) -> torch.Tensor:
-    """Destination → source of kornia's rotation by ``degrees`` (counter-clockwise on screen) about (c, c)."""
-    radians = math.radians(degrees)
-    cos, sin = math.cos(radians), math.sin(radians)
-    turn = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    return _translation(center, center) @ turn @ _translation(-center, -center)
-
-
 @dataclass(frozen=True)
-class Geometry:
-    """One image's chain as maps from output pixel coordinates (x, y, 1) to each stage's input coordinates."""
-    source: torch.Tensor  # [3, 3]: output pixel → pixel of the (unpadded) input image
-    supports: tuple[tuple[torch.Tensor, float, float], ...]  # (map, low, high): a resample's input support
-    output_size: int
+class Sampling:
+    """A batch's chains as maps from output pixel coordinates (x, y) (pixel centers at integers).
+
+    ``source`` maps them to the input image's pixels, u = A (x, y) + b. Each zero-filling resample of Lucent's
+    chain contributes a support: the coordinate v its input is read at, and the pixel range 0..high holding
+    its input. Before the rotation that coordinate is u scaled and shifted per axis (``source_supports``:
+    v = scale * u + offset); after it, (x, y) shifted (``output_supports``: v = (x, y) + offset).
+    """
+    source: np.ndarray  # [n, 2, 3] float64
+    source_supports: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]  # (scale [n], offset [n, 2], high [n])
+    output_supports: tuple[tuple[np.ndarray, np.ndarray], ...]  # (offset [n, 2], high [n])
+    sizes: np.ndarray  # [n] int: each image's output size
 
 
-def geometry(schedule: Schedule, first_shift: Sequence[int], scale: float, angle: float,
-             second_shift: Sequence[int]) -> Geometry:
-    """The composed inverse map of one image's draws (coordinates in pixels, pixel centers at integers)."""
-    before, resized, padding = schedule.scaled(scale)
+def sampling(schedule: Schedule, draws: Draws) -> Sampling:
+    """The composed inverse maps of a batch's draws (float64, vectorized over images)."""
+    scale = draws.scale.numpy()
+    radians = np.radians(draws.angle.numpy())
+    size, pad = schedule.image_size, schedule.pad
+    before = size + 2 * pad
+    resized = np.ceil(scale * before).astype(np.int64)  # as Lucent's np.ceil(scale * d)
+    padding = np.maximum(0, np.ceil((before - resized) / 2)).astype(np.int64)
     rotated = resized + 2 * padding  # the canvas the rotation and the second jitter act on
+    factor = (before - 1) / (resized - 1)  # the resize with align_corners=True, output → input pixels
+    center = (rotated - 1) / 2
     if schedule.padded:
-        top = int(round((rotated - schedule.image_size) / 2.0))
+        top = np.rint((rotated - size) / 2)  # CenterCrop's round(): half to even, as np.rint
         # kornia 0.4's translate moves an n-pixel canvas by d * n / (n - 1) (see the module docstring).
-        second = _translation(-second_shift[0] * rotated / (rotated - 1), -second_shift[1] * rotated / (rotated - 1))
-        to_rotated = second @ _translation(top, top)
+        second = draws.second_shift.numpy() * (rotated / (rotated - 1))[:, None]
+        first = draws.first_shift.numpy() * (before / (before - 1))
     else:
-        to_rotated = torch.eye(3, dtype=torch.float64)
-    to_scaled = _inverse_rotation(angle, (rotated - 1) / 2) @ to_rotated
-    # Upsample with align_corners=True: scaled pixel q ↦ (q - p) (n - 1) / (S - 1) on the canvas before.
-    to_before = _uniform_scale((before - 1) / (resized - 1)) @ _translation(-padding, -padding) @ to_scaled
+        top = np.zeros(len(scale))
+        second = first = np.zeros((len(scale), 2))
+    cos, sin = np.cos(radians), np.sin(radians)
+    # q2 = (x, y) + top - second; q1 = R^T (q2 - c) + c; u = factor (q1 - padding) - first - pad.
+    shift = top[:, None] - second - center[:, None]  # q2 - c = (x, y) + shift
+    turned = np.stack([cos * shift[:, 0] - sin * shift[:, 1], sin * shift[:, 0] + cos * shift[:, 1]], axis=1)
+    linear = factor[:, None, None] * np.stack([np.stack([cos, -sin], axis=1), np.stack([sin, cos], axis=1)], axis=1)
+    offset = factor[:, None] * (turned + (center - padding)[:, None]) - first - pad
+    source = np.concatenate([linear, offset[:, :, None]], axis=2)
+    # The rotation reads the resized image (pixels 0..S-1 after its zero padding): (u + pad + first) / factor.
+    rotation_input = (1 / factor, (pad + first) / factor[:, None], resized - 1.0)
     if schedule.padded:
-        to_jittered_pad = _translation(-first_shift[0] * before / (before - 1),
-                                       -first_shift[1] * before / (before - 1)) @ to_before
-        source = _translation(-schedule.pad, -schedule.pad) @ to_jittered_pad
-        supports = ((to_jittered_pad, 0.0, before - 1.0), (to_scaled, float(padding), padding + resized - 1.0),
-                    (to_rotated, 0.0, rotated - 1.0))
-    else:
-        source = to_before
-        supports = ((to_scaled, float(padding), padding + resized - 1.0),)
-    return Geometry(source, supports, schedule.output_size(scale))
+        first_jitter_input = (np.ones(len(scale)), np.full((len(scale), 2), float(pad)), np.full(len(scale), before - 1.0))
+        second_jitter_input = (top[:, None] - second, rotated - 1.0)
+        return Sampling(source, (first_jitter_input, rotation_input), (second_jitter_input,),
+                        np.full(len(scale), size))
+    return Sampling(source, (rotation_input,), (), rotated)
 
 
 @dataclass
@@ -297,9 +299,9 @@ class Transformed:
         return groups
 
 
-def _tent(coordinate: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """The bilinear weight of pixels low..high at a coordinate: 1 inside, falling to 0 one pixel outside."""
-    return torch.clamp(torch.minimum(coordinate - low + 1.0, high + 1.0 - coordinate), 0.0, 1.0)
+def _tent(coordinate: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The bilinear weight of pixels 0..high at a coordinate: 1 inside, falling to 0 one pixel outside."""
+    return torch.minimum(coordinate + 1.0, high + 1.0 - coordinate).clamp_(0.0, 1.0)
 
 
 def apply(images: torch.Tensor, schedule: Schedule, draws: Draws) -> Transformed:
@@ -307,35 +309,36 @@ def apply(images: torch.Tensor, schedule: Schedule, draws: Draws) -> Transformed
     n, _, height, width = images.shape
     if height != width or height != schedule.image_size:
         raise ValueError(f"images are {height}x{width}; the schedule is for {schedule.image_size} px squares")
-    canvas = schedule.canvas_size
-    shapes = [geometry(schedule, draws.first_shift[i].tolist(), float(draws.scale[i]), float(draws.angle[i]),
-                       draws.second_shift[i].tolist()) for i in range(n)]
-    # affine_grid (align_corners=True) hands out output coordinates normalized to [-1, 1] over the canvas.
-    from_normalized = torch.tensor([[(canvas - 1) / 2, 0.0, (canvas - 1) / 2], [0.0, (canvas - 1) / 2, (canvas - 1) / 2],
-                                    [0.0, 0.0, 1.0]], dtype=torch.float64)
-    to_normalized = torch.tensor([[2 / (height - 1), 0.0, -1.0], [0.0, 2 / (height - 1), -1.0], [0.0, 0.0, 1.0]],
-                                 dtype=torch.float64)
-    stages = len(shapes[0].supports)
-    thetas = torch.stack([torch.stack([to_normalized @ shape.source @ from_normalized]
-                                      + [support[0] @ from_normalized for support in shape.supports])
-                          for shape in shapes])[:, :, :2, :]  # [n, 1 + stages, 2, 3]
-    grids = F.affine_grid(thetas.reshape(-1, 2, 3).to(images.device, torch.float32),
-                          [n * (1 + stages), 1, canvas, canvas], align_corners=True)
-    grids = grids.reshape(n, 1 + stages, canvas, canvas, 2)
+    device, canvas = images.device, schedule.canvas_size
+    maps = sampling(schedule, draws)
+
+    def per_image(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float32, device=device)
+
+    # affine_grid (align_corners=True) hands out normalized coordinates g in [-1, 1]: output pixel
+    # x = (g + 1) (canvas - 1) / 2, input pixel u = (g_in + 1) (H - 1) / 2.
+    half_out, half_in = (canvas - 1) / 2, (height - 1) / 2
+    linear, offset = maps.source[:, :, :2], maps.source[:, :, 2]
+    theta = np.concatenate([linear * half_out / half_in,
+                            ((linear.sum(axis=2) * half_out + offset) / half_in - 1)[:, :, None]], axis=2)
+    grid = F.affine_grid(per_image(theta), [n, 1, canvas, canvas], align_corners=True)
+    mask = None
+    for scale, shift, high in maps.source_supports:
+        # v = scale * u + shift, with u = (g + 1) * half_in.
+        for axis in range(2):
+            weight = _tent(torch.addcmul(per_image(scale * half_in + shift[:, axis])[:, None, None],
+                                         per_image(scale * half_in)[:, None, None], grid[..., axis]),
+                           per_image(high)[:, None, None])
+            mask = weight if mask is None else mask.mul_(weight)
+    pixels = torch.arange(canvas, device=device, dtype=torch.float32)
+    rows = cols = (pixels[None, :] < per_image(maps.sizes)[:, None]).float()  # the image's own size
+    for shift, high in maps.output_supports:
+        cols = cols * _tent(pixels[None, :] + per_image(shift[:, 0])[:, None], per_image(high)[:, None])
+        rows = rows * _tent(pixels[None, :] + per_image(shift[:, 1])[:, None], per_image(high)[:, None])
+    mask = mask.mul_(rows[:, :, None] * cols[:, None, :])
     # Beyond the reflect padding (or the image, unpadded) Lucent's stages see zeros: the sample there is the
-    # support's edge value, weighted by the masks below, as a bilinear blend with zero weights it.
-    reach = 1 + 2 * schedule.pad / (height - 1)
-    sample_grid = grids[:, 0].clamp(-reach, reach)
-    resampled = F.grid_sample(images, sample_grid, mode="bilinear",
+    # support's edge value, weighted by the mask, as a bilinear blend with zero weights it.
+    reach = 1 + schedule.pad / half_in
+    resampled = F.grid_sample(images, grid.clamp_(-reach, reach), mode="bilinear",
                               padding_mode="reflection" if schedule.padded else "border", align_corners=True)
-    mask = torch.ones(n, canvas, canvas, device=images.device)
-    for stage in range(stages):
-        bounds = torch.tensor([[shape.supports[stage][1], shape.supports[stage][2]] for shape in shapes],
-                              device=images.device, dtype=torch.float32)
-        low, high = bounds[:, 0, None, None, None], bounds[:, 1, None, None, None]
-        mask = mask * _tent(grids[:, 1 + stage], low, high).prod(dim=-1)
-    sizes = [shape.output_size for shape in shapes]
-    inside = torch.arange(canvas, device=images.device)
-    limit = torch.tensor(sizes, device=images.device)[:, None]
-    mask = mask * ((inside[None, :] < limit)[:, :, None] & (inside[None, :] < limit)[:, None, :])
-    return Transformed(resampled * mask[:, None], sizes)
+    return Transformed(resampled * mask[:, None], [int(s) for s in maps.sizes])

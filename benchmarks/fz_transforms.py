@@ -12,7 +12,9 @@
     two-sample KS tests (engine vs Lucent, Lucent vs Lucent) and per-channel ratios.
 
     python benchmarks/fz_transforms.py timing --repeats 15
-    python benchmarks/fz_transforms.py distribution --steps 128 --fzs 32 --taps 2.1:B 3.1:B
+    python benchmarks/fz_transforms.py distribution --steps 256 --fzs 32 --taps 2.1:B
+    # rotation only: one resample in Lucent's chain too
+    python benchmarks/fz_transforms.py distribution --steps 256 --fzs 32 --taps 2.1:B --override 'fz.random_scale=[1.0]'
 """
 from __future__ import annotations
 
@@ -89,9 +91,12 @@ def quantiles(values: np.ndarray) -> dict:
 
 
 def distribution(args) -> dict:
-    profile = profiles.override(profiles.load("toy"), {"fz.precision": "float32"})
+    overrides = {"fz.precision": "float32", **{key: json.loads(value) for key, value in
+                                                 (item.split("=", 1) for item in args.override)}}
+    profile = profiles.override(profiles.load("toy"), overrides)
     model = toy_model(profile)
-    results = {"load_before": load_average(), "steps": args.steps, "fzs": args.fzs, "taps": {}}
+    results = {"load_before": load_average(), "steps": args.steps, "fzs": args.fzs, "overrides": overrides,
+               "taps": {}}
     for label in args.taps:
         block, tap = label.split(":")
         jitter = fz.jitter_of(profile, block, tap)
@@ -140,6 +145,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--fzs", type=int, default=32)
     parser.add_argument("--taps", nargs="+", default=["2.1:B", "3.1:B"])
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=JSON",
+                        help='profile settings for both sides, e.g. fz.random_scale=[1.0] (distribution)')
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     results = timing(args) if args.part == "timing" else distribution(args)

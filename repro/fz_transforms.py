@@ -52,7 +52,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -129,7 +129,7 @@ def initial_parameters(generators: Sequence[torch.Generator], shape: Sequence[in
 
 
 def image_parameterization(generators: Sequence[torch.Generator], size: int, *, decorrelate: bool, fft: bool,
-                           device: torch.device) -> tuple[list[torch.Tensor], callable]:
+                           device: torch.device) -> tuple[list[torch.Tensor], Callable]:
     """Lucent's ``param.image(size, batch=n, decorrelate, fft)`` with each image's parameters drawn from its
     own generator (Lucent draws the batch from torch's global generator, which is left untouched here).
 

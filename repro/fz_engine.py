@@ -29,10 +29,10 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def fz_names(profile: Mapping, block: str, tap: str, channels: Sequence[int], seeds: Sequence[int], *,
-             jitter: int, objective: str | None = None) -> list[FZName]:
+             jitter: int, objective: str | None = None, resample: str = "fused") -> list[FZName]:
     """The names of one tap's FZs, seed-major: (seed, channel) for every seed and channel."""
     objective = objective or profile["fz"]["objective"]
-    recipe = recipe_digest(profile)
+    recipe = recipe_digest(profile, resample)
     return [FZName(int(seed), block, tap, int(channel), int(jitter), objective, recipe)
             for seed in seeds for channel in channels]
 
@@ -45,28 +45,29 @@ class EngineResult:
     trace: torch.Tensor  # [n, steps // trace_every]: after steps k, 2k, ... (1-based)
 
 
-def _one_tap(names: Sequence[FZName], profile: Mapping) -> FZName:
+def _one_tap(names: Sequence[FZName], profile: Mapping, resample: str) -> FZName:
     first = names[0]
     for name in names:
         if (name.block, name.tap, name.jitter, name.objective) != (first.block, first.tap, first.jitter, first.objective):
             raise ValueError(f"one tap, jitter and objective per batch: {first.text} and {name.text}")
-    digest = recipe_digest(profile)
+    digest = recipe_digest(profile, resample)
     if any(name.recipe != digest for name in names):
-        raise ValueError(f"names made for another recipe than this profile's ({digest})")
+        raise ValueError(f"names made for another recipe than this profile's with resample={resample} ({digest})")
     return first
 
 
 def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], *, steps: int | None = None,
-             precision: str | None = None, trace_every: int | None = None) -> EngineResult:
+             precision: str | None = None, trace_every: int | None = None, resample: str = "fused") -> EngineResult:
     """Optimize the named FZs together; ``model`` frozen and in eval mode (``repro.fz.prepare``).
 
     ``steps``, ``precision`` (autocast dtype of the network's forward and backward) and ``trace_every``
-    default to the profile's.
+    default to the profile's. ``resample``: the chain as one fused resample or as Lucent's sequence
+    (``repro.fz_transforms.apply``); it is part of the names' recipe.
     """
     if not names:
         raise ValueError("no FZs to optimize")
     settings = profile["fz"]
-    first = _one_tap(names, profile)
+    first = _one_tap(names, profile, resample)
     steps = int(settings["steps"] if steps is None else steps)
     every = int(settings["trace_every"] if trace_every is None else trace_every)
     dtype = PRECISIONS[precision or settings["precision"]]
@@ -88,7 +89,7 @@ def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], 
         for step in range(steps):
             draws = draw(schedule, generators)
             optimizer.zero_grad()
-            transformed = apply(image_f(), schedule, draws)
+            transformed = apply(image_f(), schedule, draws, resample)
             loss = 0.0
             for index, images in transformed.groups():
                 with amp:

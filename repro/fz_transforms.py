@@ -71,8 +71,14 @@ UNIFORMS_PER_STEP = 6
 # ---------------------------------------------------------------- names and streams
 
 
-def recipe_digest(profile: Mapping) -> str:
-    """SHA-256 (16 hex digits) of the settings an FZ's optimization depends on besides its name's other parts."""
+RESAMPLES = ("fused", "staged")
+
+
+def recipe_digest(profile: Mapping, resample: str = "fused") -> str:
+    """SHA-256 (16 hex digits) of the settings an FZ's optimization depends on besides its name's other parts
+    (``resample``: how the chain is applied, see ``apply``)."""
+    if resample not in RESAMPLES:
+        raise ValueError(f"resample {resample!r}: one of {RESAMPLES}")
     model, settings = profile["model"], profile["fz"]
     recipe = {
         "image_size": int(model["image_size"]), "normalize_mean": [float(v) for v in model["normalize_mean"]],
@@ -80,7 +86,7 @@ def recipe_digest(profile: Mapping) -> str:
         "lr": float(settings["lr"]), "fft": bool(settings["fft"]), "decorrelate": bool(settings["decorrelate"]),
         "random_scale": [float(v) for v in settings["random_scale"]],
         "rotate_degrees": int(settings["rotate_degrees"]), "pad_from_jitter": int(settings["pad_from_jitter"]),
-        "precision": str(settings["precision"]),
+        "precision": str(settings["precision"]), "resample": resample,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -188,6 +194,11 @@ class Schedule:
         return resized + 2 * padding
 
     @property
+    def rotated_canvas_size(self) -> int:
+        """The largest canvas the rotation acts on (the resize's output with its zero padding)."""
+        return max(resized + 2 * padding for _, resized, padding in map(self.scaled, self.scales))
+
+    @property
     def canvas_size(self) -> int:
         """The batch's canvas: the largest output any draw gives (a function of the schedule alone, so an
         image's resample does not depend on the others in its batch)."""
@@ -244,40 +255,60 @@ class Sampling:
     sizes: np.ndarray  # [n] int: each image's output size
 
 
-def sampling(schedule: Schedule, draws: Draws) -> Sampling:
-    """The composed inverse maps of a batch's draws (float64, vectorized over images)."""
+@dataclass(frozen=True)
+class Chain:
+    """One step's chain per image, in Lucent's pixel terms (arrays over the batch, float64)."""
+    before: int  # the canvas the first jitter and the resize read (image plus reflect padding)
+    resized: np.ndarray  # S = ceil(scale * before)
+    padding: np.ndarray  # the resize's zero padding p
+    rotated: np.ndarray  # S + 2p: the canvas the rotation and the second jitter act on
+    factor: np.ndarray  # the resize (align_corners=True) from output to input pixels: (before - 1) / (S - 1)
+    cos: np.ndarray
+    sin: np.ndarray
+    first: np.ndarray  # [n, 2] the first jitter's shift in pixels
+    second: np.ndarray  # [n, 2] the second jitter's shift in pixels
+    top: np.ndarray  # the center crop's first row and column
+
+
+def chain(schedule: Schedule, draws: Draws) -> Chain:
     scale = draws.scale.numpy()
     radians = np.radians(draws.angle.numpy())
-    size, pad = schedule.image_size, schedule.pad
-    before = size + 2 * pad
+    before = schedule.image_size + 2 * schedule.pad
     resized = np.ceil(scale * before).astype(np.int64)  # as Lucent's np.ceil(scale * d)
     padding = np.maximum(0, np.ceil((before - resized) / 2)).astype(np.int64)
-    rotated = resized + 2 * padding  # the canvas the rotation and the second jitter act on
-    factor = (before - 1) / (resized - 1)  # the resize with align_corners=True, output → input pixels
-    center = (rotated - 1) / 2
+    rotated = resized + 2 * padding
     if schedule.padded:
-        top = np.rint((rotated - size) / 2)  # CenterCrop's round(): half to even, as np.rint
+        top = np.rint((rotated - schedule.image_size) / 2)  # CenterCrop's round(): half to even, as np.rint
         # kornia 0.4's translate moves an n-pixel canvas by d * n / (n - 1) (see the module docstring).
         second = draws.second_shift.numpy() * (rotated / (rotated - 1))[:, None]
         first = draws.first_shift.numpy() * (before / (before - 1))
     else:
         top = np.zeros(len(scale))
         second = first = np.zeros((len(scale), 2))
-    cos, sin = np.cos(radians), np.sin(radians)
+    return Chain(before, resized, padding, rotated, (before - 1) / (resized - 1), np.cos(radians), np.sin(radians),
+                 first, second, top)
+
+
+def sampling(schedule: Schedule, draws: Draws) -> Sampling:
+    """The composed inverse maps of a batch's draws (float64, vectorized over images)."""
+    steps = chain(schedule, draws)
+    cos, sin, factor, pad = steps.cos, steps.sin, steps.factor, schedule.pad
+    center = (steps.rotated - 1) / 2
     # q2 = (x, y) + top - second; q1 = R^T (q2 - c) + c; u = factor (q1 - padding) - first - pad.
-    shift = top[:, None] - second - center[:, None]  # q2 - c = (x, y) + shift
+    shift = steps.top[:, None] - steps.second - center[:, None]  # q2 - c = (x, y) + shift
     turned = np.stack([cos * shift[:, 0] - sin * shift[:, 1], sin * shift[:, 0] + cos * shift[:, 1]], axis=1)
     linear = factor[:, None, None] * np.stack([np.stack([cos, -sin], axis=1), np.stack([sin, cos], axis=1)], axis=1)
-    offset = factor[:, None] * (turned + (center - padding)[:, None]) - first - pad
+    offset = factor[:, None] * (turned + (center - steps.padding)[:, None]) - steps.first - pad
     source = np.concatenate([linear, offset[:, :, None]], axis=2)
     # The rotation reads the resized image (pixels 0..S-1 after its zero padding): (u + pad + first) / factor.
-    rotation_input = (1 / factor, (pad + first) / factor[:, None], resized - 1.0)
+    rotation_input = (1 / factor, (pad + steps.first) / factor[:, None], steps.resized - 1.0)
+    n = len(factor)
     if schedule.padded:
-        first_jitter_input = (np.ones(len(scale)), np.full((len(scale), 2), float(pad)), np.full(len(scale), before - 1.0))
-        second_jitter_input = (top[:, None] - second, rotated - 1.0)
+        first_jitter_input = (np.ones(n), np.full((n, 2), float(pad)), np.full(n, steps.before - 1.0))
+        second_jitter_input = (steps.top[:, None] - steps.second, steps.rotated - 1.0)
         return Sampling(source, (first_jitter_input, rotation_input), (second_jitter_input,),
-                        np.full(len(scale), size))
-    return Sampling(source, (rotation_input,), (), rotated)
+                        np.full(n, schedule.image_size))
+    return Sampling(source, (rotation_input,), (), steps.rotated)
 
 
 @dataclass
@@ -304,11 +335,20 @@ def _tent(coordinate: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     return torch.minimum(coordinate + 1.0, high + 1.0 - coordinate).clamp_(0.0, 1.0)
 
 
-def apply(images: torch.Tensor, schedule: Schedule, draws: Draws) -> Transformed:
-    """The chain on a batch [n, 3, H, W] in [0, 1], image i with draws row i, as one resample."""
+def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str = "fused") -> Transformed:
+    """The chain on a batch [n, 3, H, W] in [0, 1], image i with draws row i.
+
+    ``resample="fused"``: one resample of the composed map. ``"staged"``: Lucent's sequence of resamples
+    (jitter, resize, rotation, jitter), each one batched call with per-image maps, so Lucent's repeated
+    interpolation is kept (to float rounding) at two to four resamples per step.
+    """
     n, _, height, width = images.shape
     if height != width or height != schedule.image_size:
         raise ValueError(f"images are {height}x{width}; the schedule is for {schedule.image_size} px squares")
+    if resample == "staged":
+        return _apply_staged(images, schedule, draws)
+    if resample != "fused":
+        raise ValueError(f"resample {resample!r}: one of {RESAMPLES}")
     device, canvas = images.device, schedule.canvas_size
     maps = sampling(schedule, draws)
 
@@ -342,3 +382,56 @@ def apply(images: torch.Tensor, schedule: Schedule, draws: Draws) -> Transformed
     resampled = F.grid_sample(images, grid.clamp_(-reach, reach), mode="bilinear",
                               padding_mode="reflection" if schedule.padded else "border", align_corners=True)
     return Transformed(resampled * mask[:, None], [int(s) for s in maps.sizes])
+
+
+def _resample(images: torch.Tensor, inverse: np.ndarray, size: int) -> torch.Tensor:
+    """Image i sampled bilinearly at ``inverse[i] @ (x, y, 1)`` for output pixels (x, y) of a size x size
+    canvas (pixel coordinates), zero beyond its input canvas as kornia's warps and Lucent's pads give."""
+    n, _, height, _ = images.shape
+    half_out, half_in = (size - 1) / 2, (height - 1) / 2
+    linear, offset = inverse[:, :, :2], inverse[:, :, 2]
+    theta = np.concatenate([linear * half_out / half_in,
+                            ((linear.sum(axis=2) * half_out + offset) / half_in - 1)[:, :, None]], axis=2)
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=images.device), [n, 1, size, size],
+                         align_corners=True)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _box(size: int, start: np.ndarray, stop: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[n, 1, size, size]: 1 on pixels start..stop of both axes, image by image."""
+    pixels = torch.arange(size, device=device)
+    inside = ((pixels[None, :] >= torch.as_tensor(start, device=device)[:, None])
+              & (pixels[None, :] <= torch.as_tensor(stop, device=device)[:, None])).float()
+    return (inside[:, :, None] * inside[:, None, :])[:, None]
+
+
+def _translation(shift: np.ndarray) -> np.ndarray:
+    """Inverse maps of translations by ``shift`` [n, 2]: output pixel q reads q - shift."""
+    inverse = np.zeros((len(shift), 2, 3))
+    inverse[:, 0, 0] = inverse[:, 1, 1] = 1.0
+    inverse[:, :, 2] = -shift
+    return inverse
+
+
+def _apply_staged(images: torch.Tensor, schedule: Schedule, draws: Draws) -> Transformed:
+    """Lucent's sequence of resamples with per-image maps; images on canvases as large as any draw's."""
+    steps, n, device = chain(schedule, draws), len(images), images.device
+    canvas = schedule.rotated_canvas_size
+    if schedule.padded:
+        images = F.pad(images, [schedule.pad] * 4, mode="reflect")
+        images = _resample(images, _translation(steps.first), steps.before)
+    # The resize (align_corners=True) and its zero padding: canvas pixel q reads factor (q - p).
+    resize = np.zeros((n, 2, 3))
+    resize[:, 0, 0] = resize[:, 1, 1] = steps.factor
+    resize[:, :, 2] = (-steps.factor * steps.padding)[:, None]
+    images = _resample(images, resize, canvas) * _box(canvas, steps.padding, steps.padding + steps.resized - 1, device)
+    # The rotation about each canvas's center c: q reads R^T (q - c) + c.
+    center, cos, sin = (steps.rotated - 1) / 2, steps.cos, steps.sin
+    turn = np.stack([np.stack([cos, -sin, center * (1 - cos + sin)], axis=1),
+                     np.stack([sin, cos, center * (1 - sin - cos)], axis=1)], axis=1)
+    images = _resample(images, turn, canvas) * _box(canvas, np.zeros(n, dtype=np.int64), steps.rotated - 1, device)
+    if not schedule.padded:
+        return Transformed(images, [int(s) for s in steps.rotated])
+    # The second jitter and the center crop: output pixel x reads x + top - second.
+    images = _resample(images, _translation(steps.second - steps.top[:, None]), schedule.image_size)
+    return Transformed(images, [schedule.image_size] * n)

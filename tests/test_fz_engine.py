@@ -22,24 +22,25 @@ def tiny():
     return profile, fz.prepare(model, "cpu")
 
 
+@pytest.mark.parametrize("resample", ["fused", "staged"])
 @pytest.mark.parametrize("jitter", [0, 4])
-def test_an_fz_alone_is_the_fz_in_a_batch(tiny, jitter):
+def test_an_fz_alone_is_the_fz_in_a_batch(tiny, jitter, resample):
     """Channel 5, seed 1 alone and at position 5 among eight others (channels 0, 2, 5, 7; seeds 0 and 2).
     Without padding the nine see 32-34 px images of different sizes each step, so the forward is split by
     size. Batched convolutions round differently from single-image ones in the last bits, hence the
     tolerance."""
     profile, model = tiny
-    batch = fz_engine.fz_names(profile, "2.1", "B", [0, 2, 5, 7], [0, 2], jitter=jitter)
-    target = fz_engine.fz_names(profile, "2.1", "B", [5], [1], jitter=jitter)[0]
+    batch = fz_engine.fz_names(profile, "2.1", "B", [0, 2, 5, 7], [0, 2], jitter=jitter, resample=resample)
+    target = fz_engine.fz_names(profile, "2.1", "B", [5], [1], jitter=jitter, resample=resample)[0]
     batch.insert(5, target)
-    alone = fz_engine.optimize(model, profile, [target], steps=STEPS, trace_every=4)
-    together = fz_engine.optimize(model, profile, batch, steps=STEPS, trace_every=4)
+    alone = fz_engine.optimize(model, profile, [target], steps=STEPS, trace_every=4, resample=resample)
+    together = fz_engine.optimize(model, profile, batch, steps=STEPS, trace_every=4, resample=resample)
     torch.testing.assert_close(together.images[5], alone.images[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(together.trace[5], alone.trace[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(together.initial_objective[5], alone.initial_objective[0], atol=1e-6, rtol=0)
     # The other seeds of the same neuron are other FZs.
     for seed in (0, 2):
-        other = batch.index(fz_engine.fz_names(profile, "2.1", "B", [5], [seed], jitter=jitter)[0])
+        other = batch.index(fz_engine.fz_names(profile, "2.1", "B", [5], [seed], jitter=jitter, resample=resample)[0])
         assert (together.images[other] - alone.images[0]).abs().max() > 0.05
 
 
@@ -53,14 +54,15 @@ def test_the_objective_rises(tiny):
     assert result.images.shape == (8, 3, 32, 32) and 0 <= result.images.min() and result.images.max() <= 1
 
 
-def test_without_transforms_the_loop_is_lucents(tiny, monkeypatch):
+@pytest.mark.parametrize("resample", ["fused", "staged"])
+def test_without_transforms_the_loop_is_lucents(tiny, monkeypatch, resample):
     """With identity transforms (scale 1, no rotation, no jitter) and an FZ's generator seeded as Lucent's
     global one, the engine is ``repro.fz.visualize`` at batch 1 (Lucent's param.image, Adam, objective)."""
     profile, model = tiny
     identity = profiles.override(profile, {"fz.random_scale": [1.0], "fz.rotate_degrees": 0})
     monkeypatch.setattr(fz_engine, "fz_generator", lambda name: torch.Generator().manual_seed(11))
-    (name,) = fz_engine.fz_names(identity, "2.0", "O", [3], [0], jitter=0)
-    ours = fz_engine.optimize(model, identity, [name], steps=STEPS)
+    (name,) = fz_engine.fz_names(identity, "2.0", "O", [3], [0], jitter=0, resample=resample)
+    ours = fz_engine.optimize(model, identity, [name], steps=STEPS, resample=resample)
     lucents = fz.visualize(model, identity, "2.0", "O", [3], jitter=0, seed=11, steps=STEPS, autocast_dtype=None)
     torch.testing.assert_close(ours.images, lucents.images, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.final_objective, lucents.final_objective, atol=1e-4, rtol=1e-4)
@@ -74,4 +76,7 @@ def test_one_tap_and_recipe_per_batch(tiny):
     other = fz_engine.fz_names(profiles.override(profile, {"fz.lr": 0.2}), "2.1", "B", [0], [0], jitter=0)
     with pytest.raises(ValueError, match="recipe"):
         fz_engine.optimize(model, profile, other, steps=1)
+    fused = fz_engine.fz_names(profile, "2.1", "B", [0], [0], jitter=0)
+    with pytest.raises(ValueError, match="recipe"):
+        fz_engine.optimize(model, profile, fused, steps=1, resample="staged")
     assert other[0].recipe == ft.recipe_digest(profiles.override(profile, {"fz.lr": 0.2}))

@@ -113,6 +113,27 @@ def test_composed_draws_are_lucents_within_interpolation(jitter):
         assert (weight - expected_weight).abs().max() < 0.3, row
 
 
+@pytest.mark.parametrize("jitter", JITTERS)
+def test_staged_resamples_are_lucents_chain_to_rounding(jitter):
+    """``resample="staged"``: Lucent's sequence of resamples, per image, on noise (no smoothness to hide in)."""
+    rows = COMPOSED + SINGLE_RESAMPLE
+    images = noise_images(len(rows), seed=5)
+    transformed = ft.apply(images, ft.Schedule.from_profile(PROFILE, jitter), draws_of(rows), resample="staged")
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(own_image(transformed, i), lucent_chain(jitter, images[i], row), atol=5e-5, rtol=0,
+                                   msg=str(row))
+
+
+def test_staged_resamples_at_paper_sizes():
+    paper = profiles.load("paper")
+    rows = [((10, 15), 0.975, -4, (7, 7)), ((5, 10), 1.025, 3, (0, 7)), ((15, 0), 1.05, 5, (7, 0))]
+    images = torch.rand(len(rows), 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    transformed = ft.apply(images, ft.Schedule.from_profile(paper, 16), draws_of(rows), resample="staged")
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(own_image(transformed, i), lucent_chain(16, images[i], row, paper), atol=2e-4,
+                                   rtol=0, msg=str(row))
+
+
 def test_rotation_is_torchvisions():
     """An independent reference for the rotation's direction and center: torchvision's rotate."""
     images = noise_images(2, seed=2)

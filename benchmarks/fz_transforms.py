@@ -3,11 +3,12 @@
 (a) ``timing``: one step's transform at batch 64 on the toy profile's sizes (64 px; jitter 0: scale and
     rotation; jitter 4: pad, jitter, scale, rotation, jitter, crop), forward and backward (the gradient
     reaches the image, as in an FZ step). Lucent: ``repro.fz.transforms`` composed, one draw for the batch;
-    per-image: ``draw`` (one generator per image) + ``apply`` (one resample). Interleaved repeats, medians.
+    per-image: ``draw`` (one generator per image) + ``apply``, fused (one resample) and staged (Lucent's
+    two to four). Interleaved repeats, medians.
 (b) ``distribution``: the FZs' activations, new engine against Lucent at batch 1 (``repro.fz.visualize``
     one channel at a time: Lucent's param.image, transforms and Adam), same recipe and steps, float32, on
     the toy network. Per tap, the first ``--fzs`` channels: Lucent with seed 0 and with seed 1 (the
-    seed-to-seed spread of Lucent itself, the yardstick) and the engine with seed 0. Activation: the tap's
+    seed-to-seed spread of Lucent itself, the yardstick) and the engine with seed 0, fused and staged. Activation: the tap's
     center value on the saved uint8 image (``repro.fz.measure``), as the stage stores it. Reports quantiles,
     two-sample KS tests (engine vs Lucent, Lucent vs Lucent) and per-channel ratios.
 
@@ -47,10 +48,10 @@ def lucent_step(profile, jitter):
     return lambda images: chain(images)
 
 
-def engine_step(profile, jitter, batch):
+def engine_step(profile, jitter, batch, resample):
     schedule = ft.Schedule.from_profile(profile, jitter)
     generators = [ft.fz_generator(f"benchmark/{i}") for i in range(batch)]
-    return lambda images: ft.apply(images, schedule, ft.draw(schedule, generators)).canvas
+    return lambda images: ft.apply(images, schedule, ft.draw(schedule, generators), resample).canvas
 
 
 def timing(args) -> dict:
@@ -59,7 +60,8 @@ def timing(args) -> dict:
     results = {"load_before": load_average(), "batch": args.batch, "image_size": size, "repeats": args.repeats,
                "threads": torch.get_num_threads(), "jitters": {}}
     for jitter in (0, 4):
-        ways = {"lucent": lucent_step(profile, jitter), "per_image": engine_step(profile, jitter, args.batch)}
+        ways = {"lucent": lucent_step(profile, jitter),
+                **{f"per_image_{mode}": engine_step(profile, jitter, args.batch, mode) for mode in ft.RESAMPLES}}
         seconds = {way: {"forward": [], "forward_backward": []} for way in ways}
         images = torch.rand(args.batch, 3, size, size, requires_grad=True)
         with lucent_on(CPU):
@@ -108,29 +110,29 @@ def distribution(args) -> dict:
                                              steps=args.steps, autocast_dtype=None).images for c in channels])
             seconds[f"lucent_seed{seed}"] = time.perf_counter() - start
             activations[f"lucent_seed{seed}"] = fz.measure(model, profile, block, tap, fz.to_uint8(images), channels)
-        start = time.perf_counter()
-        names = fz_engine.fz_names(profile, block, tap, channels, [0], jitter=jitter)
-        result = fz_engine.optimize(model, profile, names, steps=args.steps)
-        seconds["engine_seed0"] = time.perf_counter() - start
-        activations["engine_seed0"] = fz.measure(model, profile, block, tap, fz.to_uint8(result.images), channels)
-        lucent0, lucent1, engine = (activations[k] for k in ("lucent_seed0", "lucent_seed1", "engine_seed0"))
-        entry = {
-            "jitter": jitter, "seconds": seconds,
-            "quantiles": {way: quantiles(values) for way, values in activations.items()},
-            "ks_engine_vs_lucent0": stats.ks_2samp(engine, lucent0)._asdict(),
-            "ks_engine_vs_lucent1": stats.ks_2samp(engine, lucent1)._asdict(),
-            "ks_lucent1_vs_lucent0": stats.ks_2samp(lucent1, lucent0)._asdict(),
-            # Per channel: the engine's FZ against Lucent's, and Lucent's second seed against its first.
-            "median_ratio_engine_to_lucent0": float(np.median(engine / lucent0)),
-            "median_ratio_lucent1_to_lucent0": float(np.median(lucent1 / lucent0)),
-            "wilcoxon_engine_vs_lucent0": float(stats.wilcoxon(engine, lucent0).pvalue),
-            "wilcoxon_lucent1_vs_lucent0": float(stats.wilcoxon(lucent1, lucent0).pvalue),
-            "activations": {way: values.tolist() for way, values in activations.items()},
-        }
-        results["taps"][label] = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in entry.items()}
-        for key in ("ks_engine_vs_lucent0", "ks_engine_vs_lucent1", "ks_lucent1_vs_lucent0"):
-            entry[key] = {k: float(v) for k, v in entry[key].items() if k in ("statistic", "pvalue")}
-            results["taps"][label][key] = entry[key]
+        for mode in args.resamples:
+            start = time.perf_counter()
+            names = fz_engine.fz_names(profile, block, tap, channels, [0], jitter=jitter, resample=mode)
+            result = fz_engine.optimize(model, profile, names, steps=args.steps, resample=mode)
+            seconds[f"engine_{mode}_seed0"] = time.perf_counter() - start
+            activations[f"engine_{mode}_seed0"] = fz.measure(model, profile, block, tap, fz.to_uint8(result.images),
+                                                             channels)
+        lucent0, lucent1 = activations["lucent_seed0"], activations["lucent_seed1"]
+        entry = {"jitter": jitter, "seconds": seconds,
+                 "quantiles": {way: quantiles(values) for way, values in activations.items()}}
+        # Per channel: an engine's FZ against Lucent's, and Lucent's second seed against its first (the yardstick).
+        for way in ["lucent_seed1"] + [f"engine_{mode}_seed0" for mode in args.resamples]:
+            values = activations[way]
+            for reference, against in (("lucent0", lucent0), ("lucent1", lucent1)):
+                if way == "lucent_seed1" and reference == "lucent1":
+                    continue
+                entry[f"{way}_vs_{reference}"] = {
+                    "ks_statistic": float(stats.ks_2samp(values, against).statistic),
+                    "ks_pvalue": float(stats.ks_2samp(values, against).pvalue),
+                    "median_ratio": float(np.median(values / against)),
+                    "wilcoxon_pvalue": float(stats.wilcoxon(values, against).pvalue)}
+        entry["activations"] = {way: values.tolist() for way, values in activations.items()}
+        results["taps"][label] = entry
         print(json.dumps({label: {k: v for k, v in results["taps"][label].items() if k != "activations"}}, indent=1),
               flush=True)
     results["load_after"] = load_average()
@@ -145,6 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--fzs", type=int, default=32)
     parser.add_argument("--taps", nargs="+", default=["2.1:B", "3.1:B"])
+    parser.add_argument("--resamples", nargs="+", default=list(ft.RESAMPLES), choices=ft.RESAMPLES)
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=JSON",
                         help='profile settings for both sides, e.g. fz.random_scale=[1.0] (distribution)')
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")

@@ -1,4 +1,4 @@
-"""Lucent's FZ transform chain with independent draws per image, applied as one resample per step.
+"""Lucent's FZ transform chain with independent draws per image, applied to the whole batch at once.
 
 Lucent's transforms (``lucent.optvis.transform``) draw one setting per call from numpy's global generator
 for the whole batch, so an FZ made in a batch depends on its neighbours. Here every FZ has a name
@@ -15,8 +15,13 @@ The chain and its draws are Lucent's, by the tap's jitter j (``Schedule``):
 
 Per image and step, in Lucent's order: the first jitter's (dx, dy), each uniform over 0..j-1; the scale,
 uniform over the list; the angle, uniform over the integer degrees; the second jitter's (dx, dy), uniform
-over 0..j//2-1 (``Draws``). The whole chain is composed into one affine map from output pixels to input
-pixels per image, and the batch is resampled by one ``F.affine_grid`` and one ``F.grid_sample`` call.
+over 0..j//2-1 (``Draws``). ``apply`` runs the chain on a batch, image i with its own draws, in one of two
+ways (``resample``):
+
+* ``"fused"``: the whole chain composed into one affine map from output pixels to input pixels per
+  image; the batch is resampled by one ``F.affine_grid`` and one ``F.grid_sample`` call.
+* ``"staged"``: Lucent's sequence of resamples (jitter, resize, rotation, jitter), each one batched
+  ``grid_sample`` with per-image maps: Lucent's chain to float rounding, at two to four resamples.
 
 The geometry is Lucent's as it runs (torch-lucent 0.1.8 on kornia 0.4.1), not as its arguments read:
 
@@ -31,7 +36,7 @@ The geometry is Lucent's as it runs (torch-lucent 0.1.8 on kornia 0.4.1), not as
   left corner of a canvas as large as the largest possible output.
 * ``CenterCrop`` starts at ``round((m - size) / 2)`` (Python's round, half to even).
 
-Where this differs from Lucent's sequence of resamples:
+Where the fused resample differs from Lucent's sequence of resamples:
 
 * One bilinear interpolation instead of up to four (jitter, scale, rotation, jitter). Lucent's repeated
   interpolation low-pass filters the image and its gradient a little more; the benchmark
@@ -100,7 +105,7 @@ class FZName:
     channel: int
     jitter: int
     objective: str
-    recipe: str  # recipe_digest(profile)
+    recipe: str  # recipe_digest(profile, resample)
 
     @property
     def text(self) -> str:

@@ -4,7 +4,10 @@ The recipe is the papers' (docs/method.md, "Feature visualization"): Lucent's ``
 decorrelated colour), Adam at ``fz.lr`` over the batch's parameters, the transform chain of the tap's
 jitter, the profile's normalisation, and the objective. What differs from ``repro.fz.visualize`` is where
 the randomness comes from: every FZ draws its initial parameters and each step's transforms from its own
-generator (``repro.fz_transforms``), and the chain is one resample per step for the whole batch.
+generator (``repro.fz_transforms``), and the chain is applied to the whole batch at once, as Lucent's
+sequence of resamples (``resample="staged"``, the default: Lucent's chain to float rounding) or as one
+fused resample (``"fused"``: faster, but Lucent's repeated interpolation is gone, which shifts the FZs'
+activations by about 5 %; benchmarks/results/fz_transforms.md).
 
 The batch is one tap at one jitter and objective; channels and seeds may be mixed. Adam is elementwise and
 the loss is the sum of the per-image objectives, so an FZ follows the trajectory it follows alone; only
@@ -29,7 +32,7 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def fz_names(profile: Mapping, block: str, tap: str, channels: Sequence[int], seeds: Sequence[int], *,
-             jitter: int, objective: str | None = None, resample: str = "fused") -> list[FZName]:
+             jitter: int, objective: str | None = None, resample: str = "staged") -> list[FZName]:
     """The names of one tap's FZs, seed-major: (seed, channel) for every seed and channel."""
     objective = objective or profile["fz"]["objective"]
     recipe = recipe_digest(profile, resample)
@@ -57,7 +60,7 @@ def _one_tap(names: Sequence[FZName], profile: Mapping, resample: str) -> FZName
 
 
 def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], *, steps: int | None = None,
-             precision: str | None = None, trace_every: int | None = None, resample: str = "fused") -> EngineResult:
+             precision: str | None = None, trace_every: int | None = None, resample: str = "staged") -> EngineResult:
     """Optimize the named FZs together; ``model`` frozen and in eval mode (``repro.fz.prepare``).
 
     ``steps``, ``precision`` (autocast dtype of the network's forward and backward) and ``trace_every``

@@ -79,7 +79,7 @@ UNIFORMS_PER_STEP = 6
 RESAMPLES = ("fused", "staged")
 
 
-def recipe_digest(profile: Mapping, resample: str = "fused") -> str:
+def recipe_digest(profile: Mapping, resample: str = "staged") -> str:
     """SHA-256 (16 hex digits) of the settings an FZ's optimization depends on besides its name's other parts
     (``resample``: how the chain is applied, see ``apply``)."""
     if resample not in RESAMPLES:
@@ -340,12 +340,12 @@ def _tent(coordinate: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     return torch.minimum(coordinate + 1.0, high + 1.0 - coordinate).clamp_(0.0, 1.0)
 
 
-def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str = "fused") -> Transformed:
+def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str = "staged") -> Transformed:
     """The chain on a batch [n, 3, H, W] in [0, 1], image i with draws row i.
 
-    ``resample="fused"``: one resample of the composed map. ``"staged"``: Lucent's sequence of resamples
-    (jitter, resize, rotation, jitter), each one batched call with per-image maps, so Lucent's repeated
-    interpolation is kept (to float rounding) at two to four resamples per step.
+    ``resample="staged"``: Lucent's sequence of resamples (jitter, resize, rotation, jitter), each one
+    batched call with per-image maps, so Lucent's repeated interpolation is kept (to float rounding) at two
+    to four resamples per step. ``"fused"``: one resample of the composed map.
     """
     n, _, height, width = images.shape
     if height != width or height != schedule.image_size:

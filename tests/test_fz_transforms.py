@@ -68,7 +68,7 @@ def own_image(transformed: ft.Transformed, i: int) -> torch.Tensor:
 def test_single_resample_draws_are_lucents_to_rounding(jitter):
     rows = SINGLE_RESAMPLE + (PADDED_SINGLE_RESAMPLE if jitter else [])
     images = noise_images(len(rows))
-    transformed = ft.apply(images, ft.Schedule.from_profile(PROFILE, jitter), draws_of(rows))
+    transformed = ft.apply(images, ft.Schedule.from_profile(PROFILE, jitter), draws_of(rows), resample="fused")
     for i, row in enumerate(rows):
         expected = lucent_chain(jitter, images[i], row)
         assert own_image(transformed, i).shape == expected.shape, row
@@ -82,7 +82,7 @@ def test_paper_sizes_single_resample_draws_are_lucents():
     rows = [((5, 11), 1.0, 0, (0, 0)), ((0, 0), 1.025, 0, (0, 0)), ((0, 0), 1.0, -5, (0, 0)), ((0, 0), 0.95, 0, (0, 0)),
             ((0, 0), 1.0, 0, (3, 7))]
     images = torch.rand(len(rows), 3, 224, 224, generator=torch.Generator().manual_seed(4))
-    transformed = ft.apply(images, ft.Schedule.from_profile(paper, 16), draws_of(rows))
+    transformed = ft.apply(images, ft.Schedule.from_profile(paper, 16), draws_of(rows), resample="fused")
     for i, row in enumerate(rows):
         torch.testing.assert_close(own_image(transformed, i), lucent_chain(16, images[i], row, paper), atol=1e-4, rtol=0,
                                    msg=str(row))
@@ -99,7 +99,8 @@ def test_composed_draws_are_lucents_within_interpolation(jitter):
     images = smooth_images(len(COMPOSED), seed=1)
     ones = torch.ones_like(images)
     schedule = ft.Schedule.from_profile(PROFILE, jitter)
-    transformed, weights = ft.apply(images, schedule, draws_of(COMPOSED)), ft.apply(ones, schedule, draws_of(COMPOSED))
+    transformed = ft.apply(images, schedule, draws_of(COMPOSED), resample="fused")
+    weights = ft.apply(ones, schedule, draws_of(COMPOSED), resample="fused")
     for i, row in enumerate(COMPOSED):
         expected, expected_weight = lucent_chain(jitter, images[i], row), lucent_chain(jitter, ones[i], row)[0]
         ours, weight = own_image(transformed, i), own_image(weights, i)[0]
@@ -138,19 +139,21 @@ def test_rotation_is_torchvisions():
     """An independent reference for the rotation's direction and center: torchvision's rotate."""
     images = noise_images(2, seed=2)
     for angle in (5, -3):
-        transformed = ft.apply(images, ft.Schedule.from_profile(PROFILE, 0), draws_of([((0, 0), 1.0, angle, (0, 0))] * 2))
+        transformed = ft.apply(images, ft.Schedule.from_profile(PROFILE, 0), draws_of([((0, 0), 1.0, angle, (0, 0))] * 2),
+                               resample="fused")
         expected = TF.rotate(images, float(angle), interpolation=InterpolationMode.BILINEAR)
         torch.testing.assert_close(transformed.canvas[:, :, :64, :64], expected, atol=2e-5, rtol=0)
 
 
-def test_output_sizes_and_canvas():
+@pytest.mark.parametrize("resample", ft.RESAMPLES)
+def test_output_sizes_and_canvas(resample):
     """Without padding the network sees Lucent's sizes (64-68 px on the toy); with it, the crop's 64 px."""
     unpadded, padded = (ft.Schedule.from_profile(PROFILE, j) for j in JITTERS)
     assert {s: unpadded.output_size(s) for s in unpadded.scales} == {1.0: 64, 0.975: 65, 1.025: 66, 0.95: 65, 1.05: 68}
     assert unpadded.canvas_size == 68
     assert padded.canvas_size == 64 and {padded.output_size(s) for s in padded.scales} == {64}
     rows = [((0, 0), s, 0, (0, 0)) for s in (1.05, 1.0, 0.95, 1.05)]
-    transformed = ft.apply(noise_images(4), unpadded, draws_of(rows))
+    transformed = ft.apply(noise_images(4), unpadded, draws_of(rows), resample)
     assert transformed.sizes == [68, 64, 65, 68]
     groups = {int(images.shape[-1]): index.tolist() for index, images in transformed.groups()}
     assert groups == {64: [1], 65: [2], 68: [0, 3]}
@@ -173,8 +176,9 @@ def test_name_text_holds_every_part():
     assert ft.recipe_digest(other) != ft.recipe_digest(PROFILE)
 
 
+@pytest.mark.parametrize("resample", ft.RESAMPLES)
 @pytest.mark.parametrize("jitter", JITTERS)
-def test_draws_and_images_depend_only_on_the_name(jitter):
+def test_draws_and_images_depend_only_on_the_name(jitter, resample):
     """One FZ at position 1 of a batch of 5 and at position 3 of a batch of 4 with other neighbours."""
     schedule = ft.Schedule.from_profile(PROFILE, jitter)
     target = names(seeds=(1,), channels=(7,), jitter=jitter)[0]
@@ -188,8 +192,8 @@ def test_draws_and_images_depend_only_on_the_name(jitter):
         draws = [ft.draw(schedule, generators) for generators in streams]
         for field in ("first_shift", "scale", "angle", "second_shift"):
             assert torch.equal(getattr(draws[0], field)[1], getattr(draws[1], field)[3])
-        outputs = [ft.apply(torch.cat([torch.rand(1, 3, 64, 64)] * 1 + [image] + [torch.rand(1, 3, 64, 64)] * 3), schedule, draws[0]),
-                   ft.apply(torch.cat([torch.rand(3, 3, 64, 64), image]), schedule, draws[1])]
+        outputs = [ft.apply(torch.cat([torch.rand(1, 3, 64, 64), image, torch.rand(3, 3, 64, 64)]), schedule, draws[0], resample),
+                   ft.apply(torch.cat([torch.rand(3, 3, 64, 64), image]), schedule, draws[1], resample)]
         assert torch.equal(own_image(outputs[0], 1), own_image(outputs[1], 3))
 
 

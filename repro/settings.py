@@ -52,6 +52,8 @@ class FZSettings:
     seeds: tuple[int, ...] = field(metadata={"check": "distinct"})
     trace_every: int = field(metadata=POSITIVE)
     channel_batch: int = field(metadata=POSITIVE)
+    batch_images: int = field(metadata=POSITIVE)
+    resample: str = field(metadata=choice("staged", "fused"))
     objective: str = field(metadata=choice(*OBJECTIVES))
     decorrelate: bool
     fft: bool

@@ -221,9 +221,6 @@ class Draws:
     def __len__(self) -> int:
         return len(self.scale)
 
-    def row(self, i: int) -> "Draws":
-        return Draws(self.first_shift[i:i + 1], self.scale[i:i + 1], self.angle[i:i + 1], self.second_shift[i:i + 1])
-
 
 def draw(schedule: Schedule, generators: Sequence[torch.Generator]) -> Draws:
     """One step's draws, each image from its own generator (six float64 uniforms per image and step)."""
@@ -276,6 +273,7 @@ class Chain:
 
 
 def chain(schedule: Schedule, draws: Draws) -> Chain:
+    """Each image's canvas sizes, resize factor, rotation and shifts in pixels, as Lucent's chain has them."""
     scale = draws.scale.numpy()
     radians = np.radians(draws.angle.numpy())
     before = schedule.image_size + 2 * schedule.pad

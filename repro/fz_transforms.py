@@ -19,7 +19,7 @@ over 0..j//2-1 (``Draws``). ``apply`` runs the chain on a batch, image i with it
 ways (``resample``):
 
 * ``"fused"``: the whole chain composed into one affine map from output pixels to input pixels per
-  image; the batch is resampled by one ``F.affine_grid`` and one ``F.grid_sample`` call.
+  image; the batch is resampled by one sampling grid (``F.affine_grid``'s) and one ``F.grid_sample`` call.
 * ``"staged"``: Lucent's sequence of resamples (jitter, resize, rotation, jitter), each one batched
   ``grid_sample`` with per-image maps: Lucent's chain to float rounding, at two to four resamples.
 
@@ -221,9 +221,6 @@ class Draws:
     def __len__(self) -> int:
         return len(self.scale)
 
-    def row(self, i: int) -> "Draws":
-        return Draws(self.first_shift[i:i + 1], self.scale[i:i + 1], self.angle[i:i + 1], self.second_shift[i:i + 1])
-
 
 def draw(schedule: Schedule, generators: Sequence[torch.Generator]) -> Draws:
     """One step's draws, each image from its own generator (six float64 uniforms per image and step)."""
@@ -276,6 +273,7 @@ class Chain:
 
 
 def chain(schedule: Schedule, draws: Draws) -> Chain:
+    """Each image's canvas sizes, resize factor, rotation and shifts in pixels, as Lucent's chain has them."""
     scale = draws.scale.numpy()
     radians = np.radians(draws.angle.numpy())
     before = schedule.image_size + 2 * schedule.pad
@@ -335,6 +333,16 @@ class Transformed:
         return groups
 
 
+def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [n, 1, size, size], align_corners=True)``, built as two broadcast sums: the
+    grid's x is theta[0, 0] x + theta[0, 2] (a row) plus theta[0, 1] y (a column), and so on; F.affine_grid's
+    batched matmul with an inner size of 3 costs more than the resample itself on a CPU."""
+    base = torch.linspace(-1.0, 1.0, size, device=theta.device, dtype=theta.dtype)
+    columns = theta[:, :, 0, None] * base + theta[:, :, 2, None]  # [n, 2, size]: the x-dependent part
+    rows = theta[:, :, 1, None] * base  # [n, 2, size]: the y-dependent part
+    return torch.stack([columns[:, axis, None, :] + rows[:, axis, :, None] for axis in range(2)], dim=-1)
+
+
 def _tent(coordinate: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """The bilinear weight of pixels 0..high at a coordinate: 1 inside, falling to 0 one pixel outside."""
     return torch.minimum(coordinate + 1.0, high + 1.0 - coordinate).clamp_(0.0, 1.0)
@@ -366,7 +374,7 @@ def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str 
     linear, offset = maps.source[:, :, :2], maps.source[:, :, 2]
     theta = np.concatenate([linear * half_out / half_in,
                             ((linear.sum(axis=2) * half_out + offset) / half_in - 1)[:, :, None]], axis=2)
-    grid = F.affine_grid(per_image(theta), [n, 1, canvas, canvas], align_corners=True)
+    grid = affine_grid(per_image(theta), canvas)
     mask = None
     for scale, shift, high in maps.source_supports:
         # v = scale * u + shift, with u = (g + 1) * half_in.
@@ -397,8 +405,7 @@ def _resample(images: torch.Tensor, inverse: np.ndarray, size: int) -> torch.Ten
     linear, offset = inverse[:, :, :2], inverse[:, :, 2]
     theta = np.concatenate([linear * half_out / half_in,
                             ((linear.sum(axis=2) * half_out + offset) / half_in - 1)[:, :, None]], axis=2)
-    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=images.device), [n, 1, size, size],
-                         align_corners=True)
+    grid = affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=images.device), size)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 

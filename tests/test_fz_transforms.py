@@ -145,6 +145,13 @@ def test_rotation_is_torchvisions():
         torch.testing.assert_close(transformed.canvas[:, :, :64, :64], expected, atol=2e-5, rtol=0)
 
 
+def test_affine_grid_is_torchs():
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for size in (2, 37, 64):
+        torch.testing.assert_close(ft.affine_grid(theta, size),
+                                   F.affine_grid(theta, [5, 1, size, size], align_corners=True), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("resample", ft.RESAMPLES)
 def test_output_sizes_and_canvas(resample):
     """Without padding the network sees Lucent's sizes (64-68 px on the toy); with it, the crop's 64 px."""

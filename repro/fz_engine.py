@@ -32,12 +32,26 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 def fz_names(profile: Mapping, block: str, tap: str, channels: Sequence[int], seeds: Sequence[int], *,
-             jitter: int, objective: str | None = None, resample: str = "staged") -> list[FZName]:
+             jitter: int, objective: str | None = None, resample: str | None = None) -> list[FZName]:
     """The names of one tap's FZs, seed-major: (seed, channel) for every seed and channel."""
     objective = objective or profile["fz"]["objective"]
     recipe = recipe_digest(profile, resample)
     return [FZName(int(seed), block, tap, int(channel), int(jitter), objective, recipe)
             for seed in seeds for channel in channels]
+
+
+def micro_batches(transformed, size: int):
+    """(indices, images) forwards of exactly ``size`` images each, one output size per forward, the last of
+    each size filled with zero images (whose values are dropped). A convolution's last bits depend on its
+    batch size, and Adam carries them into visible differences within a few hundred steps; at one fixed size
+    an image's arithmetic does not depend on which images share its forward (or on their order), so an FZ
+    is the same whatever batch it is optimized in."""
+    for index, images in transformed.groups():
+        for start in range(0, len(index), size):
+            rows, part = index[start:start + size], images[start:start + size]
+            if len(rows) < size:
+                part = torch.cat([part, part.new_zeros((size - len(rows), *part.shape[1:]))])
+            yield rows, part
 
 
 @dataclass
@@ -60,20 +74,22 @@ def _one_tap(names: Sequence[FZName], profile: Mapping, resample: str) -> FZName
 
 
 def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], *, steps: int | None = None,
-             precision: str | None = None, trace_every: int | None = None, resample: str = "staged") -> EngineResult:
+             precision: str | None = None, trace_every: int | None = None, resample: str | None = None) -> EngineResult:
     """Optimize the named FZs together; ``model`` frozen and in eval mode (``repro.fz.prepare``).
 
     ``steps``, ``precision`` (autocast dtype of the network's forward and backward) and ``trace_every``
-    default to the profile's. ``resample``: the chain as one fused resample or as Lucent's sequence
-    (``repro.fz_transforms.apply``); it is part of the names' recipe.
+    default to the profile's. ``resample`` (default ``fz.resample``): the chain as one fused resample or as
+    Lucent's sequence (``repro.fz_transforms.apply``); it is part of the names' recipe.
     """
     if not names:
         raise ValueError("no FZs to optimize")
+    resample = resample or profile["fz"]["resample"]
     settings = profile["fz"]
     first = _one_tap(names, profile, resample)
     steps = int(settings["steps"] if steps is None else steps)
     every = int(settings["trace_every"] if trace_every is None else trace_every)
     dtype = PRECISIONS[precision or settings["precision"]]
+    micro = int(settings["micro_batch"])
     chosen = OBJECTIVES[first.objective]
     aliased = bool(profile["model"]["aliased"])
     device = next(model.parameters()).device
@@ -94,11 +110,11 @@ def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], 
             optimizer.zero_grad()
             transformed = apply(image_f(), schedule, draws, resample)
             loss = 0.0
-            for index, images in transformed.groups():
+            for index, images in micro_batches(transformed, micro):
                 with amp:
                     taps, _ = taps_model.run(model, normalize(images, profile), [(first.block, first.tap)],
                                              stop=True, aliased=aliased, center=chosen.center)
-                    group_values = chosen.value(taps[(first.block, first.tap)], channels[index]).float()
+                    group_values = chosen.value(taps[(first.block, first.tap)][:len(index)], channels[index]).float()
                 # The sum gives every image the gradient of its own objective alone.
                 loss = loss - group_values.sum()
                 values[index.cpu()] = group_values.detach().cpu()

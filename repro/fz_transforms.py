@@ -79,9 +79,10 @@ UNIFORMS_PER_STEP = 6
 RESAMPLES = ("fused", "staged")
 
 
-def recipe_digest(profile: Mapping, resample: str = "staged") -> str:
+def recipe_digest(profile: Mapping, resample: str | None = None) -> str:
     """SHA-256 (16 hex digits) of the settings an FZ's optimization depends on besides its name's other parts
-    (``resample``: how the chain is applied, see ``apply``)."""
+    (``resample``: how the chain is applied, see ``apply``; default the profile's ``fz.resample``)."""
+    resample = resample or profile["fz"]["resample"]
     if resample not in RESAMPLES:
         raise ValueError(f"resample {resample!r}: one of {RESAMPLES}")
     model, settings = profile["model"], profile["fz"]
@@ -92,6 +93,7 @@ def recipe_digest(profile: Mapping, resample: str = "staged") -> str:
         "random_scale": [float(v) for v in settings["random_scale"]],
         "rotate_degrees": int(settings["rotate_degrees"]), "pad_from_jitter": int(settings["pad_from_jitter"]),
         "precision": str(settings["precision"]), "resample": resample,
+        "micro_batch": int(settings["micro_batch"]),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 

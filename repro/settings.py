@@ -53,6 +53,7 @@ class FZSettings:
     trace_every: int = field(metadata=POSITIVE)
     channel_batch: int = field(metadata=POSITIVE)
     batch_images: int = field(metadata=POSITIVE)
+    micro_batch: int = field(metadata=POSITIVE)
     resample: str = field(metadata=choice("staged", "fused"))
     objective: str = field(metadata=choice(*OBJECTIVES))
     decorrelate: bool

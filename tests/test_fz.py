@@ -230,7 +230,7 @@ def test_channel_objective_goes_to_its_own_group(tiny, stored):
     assert store.group_attrs("fz_channel")["objective"] == "channel"
     made = dataset["activation"].sel(block="1.1", tap="B")
     assert not made.sel(channel=[0, 1]).isnull().any() and made.sel(channel=slice(8, None)).isnull().all()
-    assert store.done("fz_channel") == {"s0:1.1:B:j0:c0-3"}  # the chunk holding channels 0 and 1
+    assert store.done("fz_channel") == {"s0:1.1:B:j0:c0-1"}  # exactly the FZs asked for (each is its name's)
     assert len(store.done("fz")) == 2 * 3  # the center-neuron group is untouched
 
 

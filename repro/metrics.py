@@ -54,7 +54,7 @@ weight and tuning columns; a rerun skips done units.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -75,6 +75,7 @@ from repro import stimulus
 from repro.errors import UserError
 from repro.model import TAPS
 from repro.stimulus import TRANSFORMS
+from repro.hashing import digest
 from repro.settings import MetricsSettings, Profile, as_profile
 from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
@@ -269,6 +270,24 @@ class Inputs:
     layout_blocks: list[str] = ()  # the group's block coordinate: every block of the fz group
     fz_group: str = "fz"  # the FZs measured: ``fz``, or ``fz_aliased`` for the aliased comparison
     groups: tuple[str, str] = ("responses", "metrics")  # the groups written
+    lacking: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # valid channels without all their FZs
+
+    def fz_ready(self, block: str) -> np.ndarray:
+        """Over the block's valid channels: whether the FZs of every tap and seed exist."""
+        return ~np.isin(self.valid_channels(block), self.lacking.get(block, ()))
+
+    def unit(self, seed: int, block: str, stimulus_set: str) -> str:
+        """A unit's name; a block computed with some channels' FZs missing says which ones it had, so that
+        it is made again, whole, once they exist (its full name is what the group needs)."""
+        return unit_name(seed, block, stimulus_set) + self._partial(block, stimulus_set)
+
+    def seeds_unit(self, block: str, stimulus_set: str) -> str:
+        return f"{block}:{stimulus_set}:seeds" + self._partial(block, stimulus_set)
+
+    def _partial(self, block: str, stimulus_set: str) -> str:
+        if stimulus_set != "fz" or not self.lacking.get(block):
+            return ""
+        return f":without-{digest(list(self.lacking[block]), 8)}"
 
     @property
     def input_groups(self) -> list[str]:
@@ -311,14 +330,18 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     if unknown:
         raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
     chosen = [block for block in stored if not blocks or block in blocks]
-    done = fz_stage.done_labels(store, fz_group)
-    ready = [block for block in chosen if all((block, tap) in done for tap in TAPS)]
-    skipped = [f"{block} (FZs of tap {', '.join(t for t in TAPS if (block, t) not in done)} not done)"
-               for block in chosen if block not in ready]
+    lacking = fz_lacking(store, fz_group)
+    ready = [block for block in chosen if len(lacking[block]) < int(fz["valid"].sel(block=block).sum())]
+    skipped = [f"{block} (no channel has the FZs of every tap and seed)" for block in chosen if block not in ready]
     if not ready:
-        raise UserError(f"no block of {store.path} has the FZs of all three taps done; run `repro fz` first")
+        raise UserError(f"no channel of {store.path} has the FZs of all three taps and every seed; run `repro fz` "
+                        "first")
     if skipped:
         click.echo(f"metrics: skipping {len(skipped)} block(s): {'; '.join(skipped)}", err=True)
+    partial = [f"{block} ({len(lacking[block])}: {channel_ranges(lacking[block])})" for block in ready if lacking[block]]
+    if partial:
+        click.echo(f"metrics: channels without the FZs of every tap and seed are left missing: {'; '.join(partial)}",
+                   err=True)
 
     natural = cache = None
     if not top9:
@@ -332,7 +355,32 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     else:
         natural, cache = store.dataset("natural"), imgs.open_cache(store)
         note = "top9 = mean response over each source tap's 9 top natural images"
-    return Inputs(fz, natural, cache, ready, note, chosen, fz_group, tuple(groups))
+    return Inputs(fz, natural, cache, ready, note, chosen, fz_group, tuple(groups),
+                  {block: lacking[block] for block in ready if lacking[block]})
+
+
+def fz_lacking(store: Store, fz_group: str) -> dict[str, tuple[int, ...]]:
+    """By block: the valid channels some tap or seed has no FZ of (read from the FZ units' regions)."""
+    fz = store.dataset(fz_group)
+    made = fz_stage.covered(store, fz_group)  # [seed, block, tap, channel]
+    taps = [list(fz["tap"].values).index(tap) for tap in TAPS]
+    complete = made[:, :, taps].all(axis=(0, 2))  # [block, channel]
+    valid = fz["valid"].values.astype(bool)
+    channels = fz["channel"].values
+    return {str(block): tuple(int(c) for c in channels[valid[b] & ~complete[b]])
+            for b, block in enumerate(fz["block"].values)}
+
+
+def channel_ranges(channels: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] → "0-2, 5, 7-8"."""
+    runs, start = [], None
+    for i, channel in enumerate(channels):
+        if start is None:
+            start = channel
+        if i + 1 == len(channels) or channels[i + 1] != channel + 1:
+            runs.append(f"{start}-{channel}" if channel != start else f"{channel}")
+            start = None
+    return ", ".join(runs)
 
 
 def group_settings(profile: Mapping, inputs: Inputs) -> dict:
@@ -349,13 +397,14 @@ def fz_responses(model, inputs: Inputs, block: str, profile: Mapping, batch_size
     """(tap, channel, source, transform) responses of a block's valid channels to their own FZs of ``seed``,
     and their ReLU (one image per channel: the mean of per-image ReLUs is the ReLU)."""
     transforms = stimulus.transforms(profile)
-    channels = inputs.valid_channels(block)
-    out = np.full((len(TAPS), len(channels), len(TAPS), len(TRANSFORMS)), np.nan)
+    ready = inputs.fz_ready(block)  # the others stay NaN: their FZs are missing
+    channels = inputs.valid_channels(block)[ready]
+    out = np.full((len(TAPS), len(ready), len(TAPS), len(TRANSFORMS)), np.nan)
     for s, source in enumerate(TAPS):
         images = inputs.fz["image"].sel(seed=seed, block=block, tap=source, channel=channels).values
         for t, transform in enumerate(transforms.values()):
-            out[:, :, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
-                                                block, transform, batch_size)
+            out[:, ready, s, t] = batched_responses(model, lambda rows: fz_tensor(images[rows], profile), channels,
+                                                    block, transform, batch_size)
     return out, relu(out)
 
 
@@ -596,15 +645,15 @@ class MetricsStage(Stage):
         responses_done, metrics_done = (done[group] for group in inputs.groups)
         units = [(block, s) for block in inputs.blocks for s in inputs.stimulus_sets(block)]
         units = [(b, s) for b, s in units
-                 if not ({unit_name(seed, b, s) for seed in inputs.seeds} <= responses_done & metrics_done
-                         and f"{b}:{s}:seeds" in metrics_done)]
+                 if not ({inputs.unit(seed, b, s) for seed in inputs.seeds} <= responses_done & metrics_done
+                         and inputs.seeds_unit(b, s) in metrics_done)]
         return units + [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
 
     def context(self) -> "MetricsContext":
         inputs = self.read
         return MetricsContext(str(self.store.path), self.profile, tuple(inputs.blocks),
                               tuple(inputs.layout_blocks), inputs.top9_available, inputs.top9_note,
-                              inputs.fz_group, tuple(inputs.groups))
+                              inputs.fz_group, tuple(inputs.groups), dict(inputs.lacking))
 
     @staticmethod
     def compute(model: nn.Module, context: "MetricsContext", unit: tuple[str, str]) -> Iterator[Part]:
@@ -651,13 +700,14 @@ class MetricsContext:
     top9_note: str
     fz_group: str = "fz"
     groups: tuple[str, str] = ("responses", "metrics")
+    lacking: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def inputs(self) -> Inputs:
         store = Store(Path(self.store_path))
         natural = store.dataset("natural") if self.top9_available else None
         cache = imgs.open_cache(store) if self.top9_available else None
         return Inputs(store.dataset(self.fz_group), natural, cache, list(self.blocks), self.top9_note,
-                      list(self.layout_blocks), self.fz_group, self.groups)
+                      list(self.layout_blocks), self.fz_group, self.groups, self.lacking)
 
 
 def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) -> Iterator[Part]:
@@ -683,7 +733,7 @@ def _unit_parts(store, model, inputs, profile, settings, block, stimulus_set, ba
     responses_group, metrics_group = inputs.groups
     computed = {}  # top-9 stimuli do not depend on the FZ seed: computed once, stored under every seed
     for seed in inputs.seeds:
-        unit = unit_name(seed, block, stimulus_set)
+        unit = inputs.unit(seed, block, stimulus_set)
         if unit not in store.done(responses_group):
             key = seed if stimulus_set in PER_SEED_SETS else None
             if key not in computed:
@@ -700,12 +750,14 @@ def _unit_parts(store, model, inputs, profile, settings, block, stimulus_set, ba
 
 def _frequency_parts(store, inputs, block, stimulus_set, robust_fraction: float) -> Iterator[Part]:
     metrics_group = inputs.groups[1]
-    unit = f"{block}:{stimulus_set}:seeds"
+    unit = inputs.seeds_unit(block, stimulus_set)
     if unit in store.done(metrics_group):
         return
     stored = store.dataset(metrics_group)
     per_seed = stored[list(per_set_flags())].sel(block=block, stimulus_set=stimulus_set).load()
     valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
+    if stimulus_set == "fz":  # channels without their FZs have no frequency (NaN), as they have no metrics
+        valid[valid] = inputs.fz_ready(block)
     frequencies = seed_frequencies(per_seed, valid, robust_fraction)
     part = frequencies.expand_dims(block=labels([block]), stimulus_set=labels([stimulus_set])).transpose(
         "block", "channel", "stimulus_set")

@@ -3,12 +3,15 @@
 The algorithm is the papers' (see docs/method.md, "Feature visualization (FZ)"): Lucent's
 ``param.image(size, decorrelate=True, fft=True)``, Adam over its parameters, Lucent's transforms chosen
 by the tap's jitter, the profile's normalisation, and the objective "minus the center neuron of channel
-c at the tap". What makes it fast is only how the same computation is arranged:
+c at the tap". The stage optimizes FZs by name (``repro.fz_engine``): an FZ (seed, tensor, channel, jitter,
+objective, recipe) draws its initial image and every transform setting from a random stream of its own, and
+every forward runs a fixed number of images (``fz.micro_batch``), so an FZ is the same array whatever batch,
+chunk, selection, worker or resumed run makes it (docs/method.md). How the work is arranged:
 
-* all channels of one tap are optimized together, one image per channel (chunked by
-  ``fz.channel_batch``). The loss is the sum of the per-image objectives, so each image receives exactly
-  the gradient of its own objective (images never interact: every transform and the eval-mode model act
-  per image), and Adam is elementwise, so each image follows its own single-image trajectory;
+* FZs are packed into batches of about ``fz.batch_images``: whole pieces of one tap (the channels still to
+  do in one chunk of ``fz.channel_batch``, one seed), several seeds together. The loss is the sum of the
+  per-image objectives, so each image receives exactly the gradient of its own objective, and Adam is
+  elementwise;
 * the forward stops right after the tap and the weights are frozen, so nothing after the tap and no
   weight gradient is computed;
 * taps that are the same tensor (``O`` of 2.0 is ``I`` of 2.1) are optimized once when their jitter
@@ -16,13 +19,11 @@ c at the tap". What makes it fast is only how the same computation is arranged:
   ``I`` of 3.1 has 16), they are different FZs and are made separately, unless ``fz.input_jitter =
   "previous_output"`` (the authors' code) gives the I tap its O tap's jitter.
 
-Lucent's transforms draw one random setting per call for the whole batch (numpy's global generator), so
-the images of one chunk share their transform draws. The method does not need independent draws per
-image: an image's trajectory is still a valid single-image FZ for that draw sequence. Each chunk is
-seeded from (FZ seed, tensor block and tap, jitter, chunk index), so a resumed or repeated run gives
-identical images for the same profile and chunking, and seed s of a several-seed run is the FZ a one-seed
-run with seed s makes. ``fz.seeds`` lists the seeds: one FZ per seed and neuron (dim ``seed``); any one
-of them is the papers' single-FZ method, the others measure how much its conclusions depend on the seed.
+What is done is read from the done units' regions (``covered``): ``repro fz --channels 5`` makes exactly
+channel 5 of every seed, and a later full run makes the rest. ``fz.seeds`` lists the seeds: one FZ per seed
+and neuron (dim ``seed``); any one of them is the papers' single-FZ method, the others measure how much its
+conclusions depend on the seed. ``visualize`` is Lucent's recipe as Lucent runs it (one transform draw for
+the whole batch), the reference the engine is compared with (tests, ``benchmarks/``).
 
 Values are the taps' true values (``repro.model.run``); ``model.aliased`` reproduces the by-reference
 hook of Lucent (and of the authors' FZs) for reference compatibility only.

@@ -334,8 +334,8 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     ready = [block for block in chosen if len(lacking[block]) < int(fz["valid"].sel(block=block).sum())]
     skipped = [f"{block} (no channel has the FZs of every tap and seed)" for block in chosen if block not in ready]
     if not ready:
-        raise UserError(f"no channel of {store.path} has the FZs of all three taps and every seed; run `repro fz` "
-                        "first")
+        raise UserError(f"no channel of {store.path} has its FZs of all three taps done (for every seed); run "
+                        "`repro fz` first")
     if skipped:
         click.echo(f"metrics: skipping {len(skipped)} block(s): {'; '.join(skipped)}", err=True)
     partial = [f"{block} ({len(lacking[block])}: {channel_ranges(lacking[block])})" for block in ready if lacking[block]]

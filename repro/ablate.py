@@ -546,6 +546,11 @@ class ScalePass:
     blocks: tuple[str, ...]
 
 
+def screened_unit(block: str) -> str:
+    """The unit of a block's screening outcome."""
+    return f"screened/{block}"
+
+
 @dataclass(frozen=True)
 class Screened:
     """A block whose screening is over: its outcome is written here, from the stored draws."""
@@ -702,7 +707,7 @@ class AblationRun:
         channels.loc["random", filled] = draws["draw_channels"].values[accepted]
         part = draws.assign(accuracy=accuracy.expand_dims(scale=[0.0], axis=-1), channels=channels,
                             rejected_draws=np.int64(len(outcome.rejected)))
-        return self._write(f"screened/{plan.block}", plan, part)
+        return self._write(screened_unit(plan.block), plan, part)
 
     # -------------------------------------------------- scales
 
@@ -762,14 +767,14 @@ class AblationStage(Stage):
         self.cache = open_image_cache(store, settings)
         self.layout = tap_layout(model, model_blocks(model))  # the group's channel axis is the widest block's
         self.plans = plan_blocks(store, self.layout, settings, channel_sets)
-        self.experiment = AblationRun(store, model, settings, self.plans, self.cache, profile)
+        self.experiment = AblationRun(store, model, settings, self.plans, self.cache, self.profile)
 
     def inputs(self) -> list[str]:
         return self.read
 
     def groups(self) -> list[Group]:
         settings = self.settings
-        needed = {f"screened/{p.block}" for p in self.plans}
+        needed = {screened_unit(p.block) for p in self.plans}
         needed |= {self.experiment._scale_unit(p, scale) for p in self.plans for scale in settings.scales if scale != 0}
         return [Group(GROUP, _template(self.plans, settings, self.layout.max_width),
                       _group_attrs(self.profile, self.weights_record, settings, self.cache),
@@ -778,7 +783,7 @@ class AblationStage(Stage):
 
     def units(self, done: Mapping[str, set[str]]) -> list:
         done = done[GROUP]
-        screening = [plan for plan in self.plans if f"screened/{plan.block}" not in done]
+        screening = [plan for plan in self.plans if screened_unit(plan.block) not in done]
         if not screening:
             return self.experiment.scale_passes(done)
         positions = {plan.block: self.experiment.screen_position(plan, done) for plan in screening}

@@ -340,15 +340,20 @@ class NetworksUnit:
     here = True
 
 
+def recovery_unit(d: int) -> str:
+    """The unit of every draw at d neurons."""
+    return f"recovery-d{d}"
+
+
 def make_recovery(model: None, context: RecoveryContext, unit: tuple[int, int]) -> Iterator[Part]:
     """Unit ``recovery-d{d}``: every draw at d neurons (no network is used); returns (unit, seconds)."""
     index, d = unit
     started = time.perf_counter()
     with threadpool_limits(limits=context.settings.threads):
         part = recovery_part(context.settings, d)
-    yield Part(GROUP, f"recovery-d{d}", part, region={
+    yield Part(GROUP, recovery_unit(d), part, region={
         "representation": slice(None), "metric": slice(None), "d": slice(index, index + 1), "seed": slice(None)})
-    return f"recovery-d{d}", round(time.perf_counter() - started, 1)
+    return recovery_unit(d), round(time.perf_counter() - started, 1)
 
 
 def make_networks(model: torch.nn.Module, store: Store, unit: NetworksUnit, settings: Settings) -> Iterator[Part]:
@@ -394,12 +399,12 @@ class AlignmentStage(Stage):
                            interval_level=LEVEL, bootstrap=settings.bootstrap, draws=settings.seeds)
         settings_read = {"alignment": asdict(settings), "blocks": self.blocks,
                          "partner_state_sha256": record.get("weights_sha256", "")}
-        units = {f"recovery-d{d}" for d in settings.neurons} | ({NETWORKS_UNIT} if self.partner is not None else set())
+        units = {recovery_unit(d) for d in settings.neurons} | ({NETWORKS_UNIT} if self.partner is not None else set())
         return [Group(GROUP, template(settings, self.blocks), attrs, settings_read, frozenset(units))]
 
     def units(self, done: Mapping[str, set[str]]) -> list:
         done = done[GROUP]
-        todo = [(index, d) for index, d in enumerate(self.settings.neurons) if f"recovery-d{d}" not in done]
+        todo = [(index, d) for index, d in enumerate(self.settings.neurons) if recovery_unit(d) not in done]
         if self.partner is not None and NETWORKS_UNIT not in done:
             todo.append(NetworksUnit(self.partner, self.profile, tuple(self.blocks)))
         return todo

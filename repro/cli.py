@@ -11,10 +11,11 @@ import click
 
 from repro import profiles, stages
 from repro.errors import UserError
+from repro.settings import Profile
 from repro.store import Store, disk_error
 
 
-def resolve_profile(profile_name: str | None, store_path: Path | None, settings: dict) -> dict:
+def resolve_profile(profile_name: str | None, store_path: Path | None, settings: dict) -> Profile:
     """The profile for this run: the named one, else the one the existing store was made with."""
     if profile_name:
         base = profiles.load(profile_name)

@@ -73,7 +73,7 @@ def placement(profile: Mapping, local_workers: int | None = None, scheduler: str
     if local_workers is None and scheduler is None:
         from repro import settings
 
-        table = settings.typed(profile).run  # validated like every table; None in a store's recorded profile
+        table = settings.as_profile(profile).run  # validated like every table; None in a store's recorded profile
         local_workers, scheduler = (table.local_workers, table.scheduler) if table else (0, "")
     workers, address = int(local_workers or 0), str(scheduler or "")
     if workers < 0:

@@ -373,15 +373,11 @@ def covered(store: Store, group: str) -> np.ndarray:
     return made
 
 
-def done_labels(store: Store, group: str) -> set[Label]:
-    """(block, tap) labels whose every valid channel has its FZ of every seed."""
-    if not store.has(group):
-        return set()
-    stored = store.dataset(group)
-    blocks, taps = [str(b) for b in stored["block"].values], [str(t) for t in stored["tap"].values]
-    made, valid = covered(store, group), stored["valid"].values.astype(bool)
-    return {(block, tap) for b, block in enumerate(blocks) for t, tap in enumerate(taps)
-            if made[:, b, t][:, valid[b]].all()}
+def done_taps(stored: xr.Dataset, made: np.ndarray) -> set[Label]:
+    """(block, tap) labels whose every valid channel has its FZ of every seed (``made``: ``covered``)."""
+    valid = stored["valid"].values.astype(bool)
+    return {(str(block), str(tap)) for b, block in enumerate(stored["block"].values)
+            for t, tap in enumerate(stored["tap"].values) if made[:, b, t][:, valid[b]].all()}
 
 
 def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndarray, result: FZResult,

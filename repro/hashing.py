@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import xarray as xr
+
 # torchvision's IMAGENET1K_V1 files are named by the first 8 hex digits of their SHA-256; here, not beside the
 # model, so that the report recognizes them without loading torch.
 IMAGENET_FILE_SHA256_PREFIX = {"resnet18": "f37072fd", "resnet34": "b627a593", "resnet50": "0676ba61"}
@@ -22,6 +24,11 @@ def file_sha256(path) -> str:
         for piece in iter(lambda: handle.read(1 << 20), b""):
             sha.update(piece)
     return sha.hexdigest()
+
+
+def group_digest(store_path, group: str) -> str:
+    """``dataset_digest`` of one group of a zarr store."""
+    return dataset_digest(xr.open_zarr(store_path, group=group, consolidated=False).load())
 
 
 def dataset_digest(dataset) -> str:

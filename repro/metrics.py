@@ -88,10 +88,8 @@ class FailedFZWarning(UserWarning):
     """Some channels' FZs drive neither O response above zero: their mix ratio is meaningless."""
 
 
-MixSettings = MetricsSettings  # the profile's [metrics] table (repro.settings): the mix bounds and reading items
-
-
-def mix_settings(profile: Mapping) -> MixSettings:
+def metrics_settings(profile: Mapping) -> MetricsSettings:
+    """The profile's [metrics] table (repro.settings): the mix bounds and the reading items."""
     return as_profile(profile).metrics
 
 
@@ -156,7 +154,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
         return numerator / denominator
 
 
-def channel_metrics(response: xr.DataArray, settings: MixSettings,
+def channel_metrics(response: xr.DataArray, settings: MetricsSettings,
                     relu_response: xr.DataArray | None = None) -> xr.Dataset:
     """Every per-channel metric from one block's responses (tap, channel, source, transform).
 
@@ -265,7 +263,7 @@ class Inputs:
     fz: xr.Dataset
     natural: xr.Dataset | None
     cache: xr.Dataset | None
-    blocks: list[str]  # the blocks computed now: every tap's FZs done
+    blocks: list[str]  # the blocks computed now: some channel has its FZs of every tap and seed
     top9_note: str
     layout_blocks: list[str] = ()  # the group's block coordinate: every block of the fz group
     fz_group: str = "fz"  # the FZs measured: ``fz``, or ``fz_aliased`` for the aliased comparison
@@ -282,7 +280,7 @@ class Inputs:
         return unit_name(seed, block, stimulus_set) + self._partial(block, stimulus_set)
 
     def seeds_unit(self, block: str, stimulus_set: str) -> str:
-        return f"{block}:{stimulus_set}:seeds" + self._partial(block, stimulus_set)
+        return seeds_unit(block, stimulus_set) + self._partial(block, stimulus_set)
 
     def _partial(self, block: str, stimulus_set: str) -> str:
         if stimulus_set != "fz" or not self.lacking.get(block):
@@ -314,8 +312,9 @@ class Inputs:
 
 def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = None, *, fz_group: str = "fz",
                 top9: bool = True, groups: tuple[str, str] = ("responses", "metrics")) -> Inputs:
-    """The stored FZs (and natural images unless ``top9`` is false) to compute from; blocks whose three
-    taps' FZs are not all done are skipped, with one line saying which and why."""
+    """The stored FZs (and natural images unless ``top9`` is false) to compute from. A channel is computed once
+    its FZs of all three taps and every seed exist; blocks with no such channel are skipped, and channels
+    without theirs left missing, each listed in one line."""
     if not store.has(fz_group):
         raise UserError(f"store {store.path} has no {fz_group!r} group; run `repro fz` first")
     fz = store.dataset(fz_group)
@@ -330,9 +329,11 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
     if unknown:
         raise UserError(f"blocks {', '.join(unknown)} have no FZs in the store (it has {', '.join(stored)})")
     chosen = [block for block in stored if not blocks or block in blocks]
-    lacking = fz_lacking(store, fz_group)
+    made = fz_stage.covered(store, fz_group)  # the FZ units' regions, read once
+    lacking, taps_done = fz_lacking(fz, made), fz_stage.done_taps(fz, made)
     ready = [block for block in chosen if len(lacking[block]) < int(fz["valid"].sel(block=block).sum())]
-    skipped = [f"{block} (no channel has the FZs of every tap and seed)" for block in chosen if block not in ready]
+    skipped = [f"{block} (FZs of tap {', '.join(t for t in TAPS if (block, t) not in taps_done)} not done)"
+               for block in chosen if block not in ready]
     if not ready:
         raise UserError(f"no channel of {store.path} has its FZs of all three taps done (for every seed); run "
                         "`repro fz` first")
@@ -359,10 +360,9 @@ def read_inputs(store: Store, profile: Mapping, blocks: Sequence[str] | None = N
                   {block: lacking[block] for block in ready if lacking[block]})
 
 
-def fz_lacking(store: Store, fz_group: str) -> dict[str, tuple[int, ...]]:
-    """By block: the valid channels some tap or seed has no FZ of (read from the FZ units' regions)."""
-    fz = store.dataset(fz_group)
-    made = fz_stage.covered(store, fz_group)  # [seed, block, tap, channel]
+def fz_lacking(fz: xr.Dataset, made: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """By block: the valid channels some tap or seed has no FZ of (``made``: ``fz.covered``, [seed, block,
+    tap, channel])."""
     taps = [list(fz["tap"].values).index(tap) for tap in TAPS]
     complete = made[:, :, taps].all(axis=(0, 2))  # [block, channel]
     valid = fz["valid"].values.astype(bool)
@@ -590,13 +590,13 @@ def block_part(model: nn.Module, inputs: Inputs, block: str) -> xr.Dataset:
 # ---------------------------------------------------------------- the stage
 
 
-def warn_failed(block: str, stimulus_set: str, metrics: xr.Dataset, valid: np.ndarray, seed: int = 0) -> None:
+def failed_message(block: str, stimulus_set: str, metrics: xr.Dataset, valid: np.ndarray, seed: int = 0) -> str:
+    """The warning a block's failed FZs deserve ("" when none failed)."""
     failed = metrics["channel"].values[metrics["failed_fz"].values & valid]
-    if len(failed):
-        warnings.warn(
-            f"block {block} ({stimulus_set}, seed {seed}): {len(failed)} channel(s) with both O responses <= 0 "
-            f"(failed FZ; M = 5, excluded from invariance): {', '.join(map(str, failed))}",
-            FailedFZWarning, stacklevel=3)
+    if not len(failed):
+        return ""
+    return (f"block {block} ({stimulus_set}, seed {seed}): {len(failed)} channel(s) with both O responses <= 0 "
+            f"(failed FZ; M = 5, excluded from invariance): {', '.join(map(str, failed))}")
 
 
 def failed_counts(metrics: xr.Dataset) -> dict:
@@ -623,11 +623,11 @@ class MetricsStage(Stage):
     def groups(self) -> list[Group]:
         inputs, profile = self.read, self.profile
         responses_group, metrics_group = inputs.groups
-        settings = mix_settings(profile)
+        settings = metrics_settings(profile)
         settings_read = group_settings(profile, inputs)
         block_sets = [(block, s) for block in inputs.layout_blocks for s in inputs.stimulus_sets(block)]
         layout_units = {unit_name(seed, block, s) for seed in inputs.seeds for block, s in block_sets}
-        summary_units = {f"{block}:{s}:seeds" for block, s in block_sets} | {f"{b}:channel" for b in inputs.layout_blocks}
+        summary_units = {seeds_unit(block, s) for block, s in block_sets} | {channel_unit(b) for b in inputs.layout_blocks}
         attrs = provenance(profile, self.weights, stage="metrics", top9_available=inputs.top9_available,
                            top9_note=inputs.top9_note)
         return [Group(responses_group, responses_template(inputs), attrs, settings_read, frozenset(layout_units)),
@@ -647,7 +647,7 @@ class MetricsStage(Stage):
         units = [(b, s) for b, s in units
                  if not ({inputs.unit(seed, b, s) for seed in inputs.seeds} <= responses_done & metrics_done
                          and inputs.seeds_unit(b, s) in metrics_done)]
-        return units + [(block, "channel") for block in inputs.blocks if f"{block}:channel" not in metrics_done]
+        return units + [(block, "channel") for block in inputs.blocks if channel_unit(block) not in metrics_done]
 
     def context(self) -> "MetricsContext":
         inputs = self.read
@@ -660,15 +660,20 @@ class MetricsStage(Stage):
         return make_unit(model, context, unit)
 
     def finish(self, results: list[list[str]]) -> Mapping[str, Mapping]:
-        for caught in results:  # warnings raised where the unit ran, shown here
-            for message in caught:
+        for messages in results:  # the units' failed-FZ warnings, shown here
+            for message in messages:
                 warnings.warn(message, FailedFZWarning, stacklevel=2)
         inputs = self.read
         responses_group, metrics_group = inputs.groups
+        for group in inputs.groups:  # a block computed in part, now whole: its partial units are superseded
+            done = self.store.done(group)
+            self.store.unmark(group, [unit for unit in done if unit.rsplit(":without-", 1)[0] in done - {unit}])
         counts = failed_counts(self.store.dataset(metrics_group))
         top9_blocks = [block for block in inputs.blocks if "top9" in inputs.stimulus_sets(block)]
-        return {responses_group: {"top9_blocks": top9_blocks},
-                metrics_group: {"top9_blocks": top9_blocks, "failed_fz_count": counts,
+        missing = "; ".join(f"{block} ({channel_ranges(channels)})" for block, channels in inputs.lacking.items())
+        incomplete = f"channels without their FZs: {missing}; make them with `repro fz`, then rerun" if missing else ""
+        return {responses_group: {"top9_blocks": top9_blocks, "incomplete": incomplete},
+                metrics_group: {"top9_blocks": top9_blocks, "failed_fz_count": counts, "incomplete": incomplete,
                                 "failed_fz_total": sum(sum(c.values()) for c in counts.values())}}
 
 
@@ -685,7 +690,18 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
 
 def unit_name(seed: int, block: str, stimulus_set: str) -> str:
+    """A seed's responses and metrics of a block's stimulus set."""
     return f"s{seed}:{block}:{stimulus_set}"
+
+
+def seeds_unit(block: str, stimulus_set: str) -> str:
+    """The pass frequencies over seeds of a block's stimulus set."""
+    return f"{block}:{stimulus_set}:seeds"
+
+
+def channel_unit(block: str) -> str:
+    """A block's per-channel columns (weights, tuning)."""
+    return f"{block}:channel"
 
 
 @dataclass(frozen=True)
@@ -716,19 +732,18 @@ def make_unit(model: nn.Module, context: MetricsContext, unit: tuple[str, str]) 
     warnings it raised."""
     block, stimulus_set = unit
     store, inputs = Store(Path(context.store_path)), context.inputs()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FailedFZWarning)
-        if stimulus_set == "channel":
-            yield Part(inputs.groups[1], f"{block}:channel", block_part(model, inputs, block))
-        else:
-            yield from _unit_parts(store, model, inputs, context.profile, mix_settings(context.profile),
-                                   block, stimulus_set, context.profile.metrics.batch_size)
-            yield from _frequency_parts(store, inputs, block, stimulus_set,
-                                        context.profile.metrics.robust_fraction)
-    return [str(w.message) for w in caught if issubclass(w.category, FailedFZWarning)]
+    messages: list[str] = []  # shown where the run started (``MetricsStage.finish``), wherever this unit ran
+    if stimulus_set == "channel":
+        yield Part(inputs.groups[1], channel_unit(block), block_part(model, inputs, block))
+    else:
+        yield from _unit_parts(store, model, inputs, context.profile, metrics_settings(context.profile),
+                               block, stimulus_set, context.profile.metrics.batch_size, messages)
+        yield from _frequency_parts(store, inputs, block, stimulus_set, context.profile.metrics.robust_fraction)
+    return messages
 
 
-def _unit_parts(store, model, inputs, profile, settings, block, stimulus_set, batch_size) -> Iterator[Part]:
+def _unit_parts(store, model, inputs, profile, settings, block, stimulus_set, batch_size,
+                messages: list[str]) -> Iterator[Part]:
     """Each seed's responses, then its metrics (computed from the stored responses)."""
     responses_group, metrics_group = inputs.groups
     computed = {}  # top-9 stimuli do not depend on the FZ seed: computed once, stored under every seed
@@ -744,7 +759,7 @@ def _unit_parts(store, model, inputs, profile, settings, block, stimulus_set, ba
             stored = store.dataset(responses_group).sel(seed=seed, block=block, stimulus_set=stimulus_set)
             metrics = channel_metrics(stored["response"].load(), settings, stored["relu_response"].load())
             valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
-            warn_failed(block, stimulus_set, metrics, valid, seed)
+            messages += filter(None, [failed_message(block, stimulus_set, metrics, valid, seed)])
             yield Part(metrics_group, unit, metrics_part(seed, block, stimulus_set, metrics))
 
 

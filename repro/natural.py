@@ -285,9 +285,9 @@ class NaturalStage(Stage):
     def __init__(self, store: Store, model: torch.nn.Module, weights: Mapping, profile: Mapping, *,
                  blocks: Sequence[str] | None = None, loader_workers: int | None = None):
         self.store, self.profile, self.weights = store, as_profile(profile), weights
-        self.settings = as_profile(profile).natural
+        self.settings = self.profile.natural
         self.images = imgs.find_images(self.settings.images)
-        self.layout = tap_layout(model, blocks or as_profile(profile).model.blocks)
+        self.layout = tap_layout(model, blocks or self.profile.model.blocks)
         self.loader_workers = self.settings.workers if loader_workers is None else loader_workers
         self.shards = len(shard_ranges(len(self.images), self.settings.shard_size))
 

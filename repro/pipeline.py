@@ -3,7 +3,9 @@ metrics, ablation and alignment. Each stage skips the units already done, so a r
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import click
 
@@ -12,11 +14,11 @@ from repro import device as devices
 from repro.errors import UserError
 from repro.executor import Serial
 from repro.model import ModelSpec, blocks as model_blocks, load_model
-from repro.stage import timed
+from repro.settings import Profile
 from repro.stages import PIPELINE, STAGES
 from repro.store import Store
 
-def toy_images(profile: dict) -> Path:
+def toy_images(profile: Mapping) -> Path:
     """The toy world's held-out split, generated from the profile's seed unless already there."""
     from repro.toy import data as toy_data
     from repro.toy import train as toy_train
@@ -37,7 +39,7 @@ def _matches(manifest: dict, wanted: dict) -> bool:
     return all(manifest.get(key) == value for key, value in wanted.items())
 
 
-def images_for(profile: dict) -> Path:
+def images_for(profile: Mapping) -> Path:
     if profile["natural"].get("images"):
         return Path(profile["natural"]["images"])
     if "toy" in profile:
@@ -46,7 +48,7 @@ def images_for(profile: dict) -> Path:
                     f"{profiles.IMAGES_ENV}")
 
 
-def check_stage_settings(model, profile: dict) -> None:
+def check_stage_settings(model, profile: Profile) -> None:
     """What each stage checks of its settings against the model, before any stage writes anything."""
     every_block = list(model_blocks(model))
     for table, blocks in (("model", profile["model"]["blocks"]), ("ablation", profile["ablation"]["blocks"]),
@@ -75,7 +77,16 @@ def run(profile_name: str, store_path: Path, *, new_store: bool = False, device:
     return store
 
 
-def run_steps(steps, store: Store, model, record, profile: dict, *, device=None, executor=None) -> None:
+def timed(title: str, action: Callable[[], Any]) -> Any:
+    """Run one pipeline step under its title, saying how long it took."""
+    started = time.perf_counter()
+    click.echo(f"== {title}")
+    value = action()
+    click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
+    return value
+
+
+def run_steps(steps, store: Store, model, record, profile: Mapping, *, device=None, executor=None) -> None:
     """The steps that apply to ``profile``, in order, each under its title."""
     for step in steps:
         if step.when(profile):

@@ -3,7 +3,8 @@
 The field names are the TOML keys; the types are checked (an int where an int is due, a list of floats, a
 table of tables); unknown keys are refused naming the nearest known one; a missing key is an error. The
 defaults live only in the base profile (``profiles/paper.toml``), never here. ``typed(profile)`` gives the
-frozen ``Profile``; ``validate`` is what ``profiles.load`` and ``profiles.override`` call.
+frozen ``Profile`` (what ``profiles.load`` and ``profiles.override`` return); stages read its tables
+(``profile.fz.steps``), and ``profile["fz"]`` is the table as written, which identities and provenance record.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ class MetricsSettings:
 @dataclass(frozen=True)
 class AblationSettings:
     blocks: tuple[str, ...]
-    criterion: str = field(metadata=choice(*(criterion.name for criterion in stored_criteria())))
+    criterion: str  # a stored criterion of analyses.criteria, checked when the profile is (see RELATIONS)
     stimulus_set: str = field(metadata=choice("fz", "top9"))
     trials: int = field(metadata=POSITIVE)
     scales: tuple[float, ...]
@@ -189,7 +190,7 @@ class RunSettings:
     scheduler: str  # address of a running Dask scheduler, "" for none
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # equal as mappings (to its record, or another profile's)
 class Profile(Mapping):
     """A whole profile: its tables typed (``profile.fz.steps``), and, read by key (``profile["fz"]``), the
     profile as written and recorded (``record``), which is what identity hashes and stored provenance use."""
@@ -216,6 +217,8 @@ class Profile(Mapping):
 
     def __len__(self) -> int:
         return len(self.record)
+
+    __hash__ = None  # a mapping over mutable tables
 
 
 def typed(profile: Mapping, *, where: str = "profile") -> Profile:
@@ -269,6 +272,10 @@ RELATIONS = [
      lambda p: f"fz.random_scale {list(p.fz.random_scale)} must be a non-empty list of positive factors"),
     (lambda p: all(v >= 0 for taps in p.fz.jitter.values() for v in taps.values()),
      lambda p: "fz.jitter values must be 0 or more pixels"),
+    # read from the registry at each check, so a criterion registered later can be ablated
+    (lambda p: p.ablation.criterion in {criterion.name for criterion in stored_criteria()},
+     lambda p: f"ablation.criterion must be one of {', '.join(c.name for c in stored_criteria())}, "
+               f"not {p.ablation.criterion!r}"),
     (lambda p: p.natural.crop <= p.natural.resize,
      lambda p: f"natural.crop ({p.natural.crop}) must be at most natural.resize ({p.natural.resize})"),
     (lambda p: p.ablation.trials <= p.ablation.max_draws,
@@ -281,10 +288,6 @@ RELATIONS = [
     (lambda p: min(p.alignment.train_stimuli, p.alignment.eval_stimuli, p.alignment.max_stimuli) >= 10,
      lambda p: "alignment.train_stimuli, eval_stimuli and max_stimuli must be at least 10"),
 ]
-
-
-def validate(profile: Mapping, *, where: str = "profile") -> None:
-    typed(profile, where=where)
 
 
 def _build(cls, table: Any, where: str, prefix: str):

@@ -15,12 +15,11 @@ else is ``run_stage``'s, the same for every stage:
 * ``finish``: the stage's closing attributes, then each group's ``complete`` flag (every unit of its layout
   done) and the store's consolidated metadata.
 
-Unit names are the markers' names: one scheme per stage, given by the stage's ``Group.units``.
+Unit names are the markers' names, one scheme per stage; ``Group.units`` lists those that complete a group.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -67,8 +66,9 @@ class Stage:
     """A computation over the store. Subclasses set ``title`` and implement ``groups``, ``units`` and
     ``compute``; ``inputs``, ``context``, ``finish`` and ``here_model`` have defaults."""
 
-    title: ClassVar[str]
+    title: str  # the progress bar's and messages' name
     uses_model: ClassVar[bool] = True  # False: workers build no model for this stage's units
+    profile: Mapping  # a stage that uses a model keeps its profile: Dask workers build the model from its [model]
 
     def inputs(self) -> list[str]:
         """The groups this stage reads: a newer version of one makes its groups stale."""
@@ -90,7 +90,8 @@ class Stage:
         raise NotImplementedError
 
     def finish(self, results: list) -> Mapping[str, Mapping[str, Any]]:
-        """Closing attributes by group, from the units' results (in order); may write closing units."""
+        """Closing attributes by group, from this run's units' results (wave by wave, within a wave the
+        executor's units before those run here); may write closing units."""
         return {}
 
     # The model a unit uses, placed on the run's device; Dask workers call it on the model they build, so it
@@ -111,17 +112,6 @@ class Stage:
 
     def already_complete(self, store: Store) -> str:
         return f"{self.title}: already complete in {store.path}"
-
-
-@dataclass
-class StageRun:
-    """Where a stage runs: its store, the model (and its record), the executor and device."""
-
-    store: Store
-    model: Any
-    weights: Mapping
-    executor: Any = field(default_factory=Serial)
-    device: Any = None
 
 
 def compute_unit(model, work: Work, unit):
@@ -162,7 +152,8 @@ def run_stage(stage: Stage, store: Store, model, weights: Mapping, *, executor=N
                       units_expected=len(group.units) if group.count_units else None)
     device = devices.resolve(device)
     work = Work(stage.compute, stage.context(), str(store.path))
-    results, done, checked, local = [], done_units(store, groups), False, None
+    results, done, checked = [], done_units(store, groups), False
+    placed, local, local_made = None, None, False  # each made once, at the first wave that needs it
     while True:
         wave = list(stage.units(done))
         if not wave:
@@ -171,17 +162,20 @@ def run_stage(stage: Stage, store: Store, model, weights: Mapping, *, executor=N
         if remote and not checked:
             executor.check_store(store.path, groups[0].name)
             checked = True
-        results += executor.map(compute_unit, remote, context=work, model=model if stage.uses_model else None,
-                                device=device, prepare=stage.prepare if stage.uses_model else None,
+        if remote and stage.uses_model and isinstance(executor, Serial) and placed is None:
+            placed = stage.prepare(model, device)  # in this process: once for every wave
+        results += executor.map(compute_unit, remote, context=work, model=placed if placed is not None else
+                                (model if stage.uses_model else None), device=device,
+                                prepare=stage.prepare if stage.uses_model and placed is None else None,
                                 model_settings=stage_model_settings(stage), desc=stage.title,
                                 weights_sha256=weights.get("weights_sha256", ""))
         here = [unit for unit in wave if getattr(unit, "here", False)]
-        if here:
-            local = local or stage.here_model(model, device)
-            results += [write_parts(store, stage.compute_here(local, unit)) for unit in here]
+        if here and not local_made:
+            local, local_made = stage.here_model(model, device), True
+        results += [write_parts(store, stage.compute_here(local, unit)) for unit in here]
         now = done_units(store, groups)
-        if now == done:  # a wave that marks nothing would repeat forever
-            break
+        if now == done:  # a wave that marks nothing would repeat forever: the stage's units() is wrong
+            raise RuntimeError(f"{stage.title}: a wave of {len(wave)} unit(s) marked none done ({wave[:3]}...)")
         done = now
     closing = stage.finish(results)
     for group in groups:
@@ -191,14 +185,8 @@ def run_stage(stage: Stage, store: Store, model, weights: Mapping, *, executor=N
 
 def stage_model_settings(stage: Stage) -> Mapping | None:
     """The model settings workers build their model from (the stage's profile's [model] table)."""
-    profile = getattr(stage, "profile", None)
-    return profile["model"] if profile is not None else None
-
-
-def timed(title: str, action: Callable[[], Any]) -> Any:
-    """Run one pipeline step under its title, saying how long it took."""
-    started = time.perf_counter()
-    click.echo(f"== {title}")
-    value = action()
-    click.echo(f"   {title}: {time.perf_counter() - started:.1f} s")
-    return value
+    if not stage.uses_model:
+        return None
+    if getattr(stage, "profile", None) is None:
+        raise TypeError(f"stage {type(stage).__name__} uses a model but keeps no profile to build it from")
+    return stage.profile["model"]

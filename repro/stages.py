@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from analyses import criteria
 from repro.errors import UserError
 from repro.objectives import OBJECTIVES
 
@@ -131,8 +130,8 @@ STAGES = {entry.name: entry for entry in [
         IMAGES,
         Option(("--blocks",), "Blocks to ablate, e.g. 2.1,3.1 (default: the profile's).", setting="ablation.blocks",
                read=lambda text: parse_list(text, "--blocks")),
-        Option(("--criterion",), "Which paper's invariance criterion.", setting="ablation.criterion",
-               click={"type": "choice", "choices": [criterion.name for criterion in criteria.stored()]}),
+        Option(("--criterion",), "Which invariance criterion (a stored one of analyses.criteria: naturally, "
+               "interpreting, ...); checked with the profile.", setting="ablation.criterion"),
         Option(("--channels",), "BLOCK=LIST, e.g. 2.1=13,15,18 (instead of metrics).", argument="channel_sets",
                read=channel_sets, click={"multiple": True}),
         Option(("--trials",), "Accepted random trials per block.", setting="ablation.trials", click={"type": int}),

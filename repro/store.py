@@ -636,7 +636,8 @@ class Store:
         attrs = _group_node_attrs(self.path / group / "zarr.json")
         if attrs is None:
             return GroupState(group, "damaged", 0, None, "its metadata is unreadable: run `repro check --repair`")
-        done, expected = len(self.done(group)), attrs.get("units_expected")
+        markers = self.markers(group) if self.has(group) else {}
+        done, expected = len(markers), attrs.get("units_expected")
         why = self._stale_reason(group, attrs, _seen | {group})
         if why:
             return GroupState(group, "stale", done, expected, why)
@@ -644,10 +645,12 @@ class Store:
             return GroupState(group, "damaged", done, expected, "repaired; rerun its stage to rewrite it")
         if attrs.get("complete"):
             return GroupState(group, "complete", done, expected)
-        if expected and done >= expected:
+        finished_after = attrs.get("finished", "") >= max((m.get("written", "") for m in markers.values()), default="")
+        if expected and done >= expected and not finished_after:
             return GroupState(group, "unfinished", done, expected, "every unit is done but the stage did not "
                               "finish; rerun it")
-        return GroupState(group, "partial", done, expected)
+        # A stage that finished its group incomplete says why (e.g. metrics of channels whose FZs are missing).
+        return GroupState(group, "partial", done, expected, attrs.get("incomplete", ""))
 
     def _stale_reason(self, group: str, attrs: Mapping, seen: frozenset) -> str:
         for name, version in sorted((attrs.get("inputs") or {}).items()):
@@ -740,9 +743,13 @@ class Store:
         with _quiet_zarr():
             array = zarr.open_array(str(self.path / group / name), mode="r")
         (self.path / group / name / array.metadata.encode_chunk_key(coords)).unlink(missing_ok=True)
-        for unit, marker in self.markers(group).items():
-            if name in marker["variables"] and coords in set(_chunks_of(array, marker["region"])):
-                shutil.rmtree(self.path / group / UNITS / _unit_node(unit), ignore_errors=True)
+        self.unmark(group, [unit for unit, marker in self.markers(group).items()
+                            if name in marker["variables"] and coords in set(_chunks_of(array, marker["region"]))])
+
+    def unmark(self, group: str, units: Iterable[str]) -> None:
+        """Remove these units' markers (their arrays stay; a rerun writes them again)."""
+        for unit in units:
+            shutil.rmtree(self.path / group / UNITS / _unit_node(unit), ignore_errors=True)
 
     def repair(self, damage: Iterable[Damage]) -> None:
         """Un-mark damaged units, remove invalid markers, mark groups for re-declaration, remove groups

@@ -1,14 +1,10 @@
-"""Running `repro` as a user does, for the store tests: in a forked process (a kill or a refusal ends only it),
-with the arrays of a group hashed to compare stores."""
+"""Running `repro` as a user does, for the store tests: in a forked process (a kill or a refusal ends only it)."""
 from __future__ import annotations
 
 import subprocess
 import tempfile
 from pathlib import Path
 
-import xarray as xr
-
-from repro.hashing import dataset_digest
 
 from helpers import cli_process
 from repro.store import FAULT_ENV
@@ -33,11 +29,6 @@ def finished(started) -> subprocess.CompletedProcess:
 def repro(*args, fault: str | None = None) -> subprocess.CompletedProcess:
     """`repro ARGS` as a user runs it, in its own (forked) process: a kill or a refusal ends only it."""
     return finished(start(*args, fault=fault))
-
-
-def group_digest(store: Path, group: str) -> str:
-    """Every variable's values and coords, hashed: equal digests mean equal arrays."""
-    return dataset_digest(xr.open_zarr(store, group=group, consolidated=False).load())
 
 
 def one_line_error(result) -> str:

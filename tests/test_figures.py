@@ -112,7 +112,7 @@ def test_scale_metric_terms_sum_to_the_scale_metric():
     response = xr.DataArray(rng.uniform(0.1, 2.0, (3, channels, 3, 3)), dims=("tap", "channel", "source", "transform"),
                             coords={"tap": labels("IBO"), "channel": np.arange(channels), "source": labels("IBO"),
                                     "transform": labels(["none", "S", "S_inv"])})
-    computed = repro_metrics.channel_metrics(response, repro_metrics.mix_settings(profiles.load("paper")))
+    computed = repro_metrics.channel_metrics(response, repro_metrics.metrics_settings(profiles.load("paper")))
     metrics = computed.expand_dims(block=labels(["2.1"])).assign(
         valid=(("block", "channel"), np.ones((1, channels), bool)))
     responses = xr.Dataset({"response": response.expand_dims(block=labels(["2.1"]))})

@@ -225,7 +225,7 @@ def test_channel_metrics_strict_mix_bounds_and_failed_channels():
     response = xr.DataArray(values, dims=("tap", "channel", "source", "transform"),
                             coords={"tap": list(TAPS), "channel": [0, 1, 2], "source": list(TAPS),
                                     "transform": list(TRANSFORMS)})
-    result = metrics.channel_metrics(response, metrics.mix_settings(profiles.load("paper")))
+    result = metrics.channel_metrics(response, metrics.metrics_settings(profiles.load("paper")))
     np.testing.assert_allclose(result["mix"].values, [1.5, 1.2, 5.0])
     assert result["mix_ok"].values.tolist() == [False, True, False]
     assert result["failed_fz"].values.tolist() == [False, False, True]
@@ -531,3 +531,33 @@ def test_missing_or_incomplete_fz_is_a_clear_error(tmp_path):
         marker.unlink()
     with pytest.raises(UserError, match="FZs of all three taps done"):
         metrics.run(store, model, record, profile)
+
+
+def test_metrics_of_the_channels_whose_fzs_exist_equal_those_of_a_full_run(tmp_path, capsys):
+    """FZs of channels 0-7 only (one chunk of 8): their metrics are the full run's, the rest are missing and
+    listed in one line; once the other FZs exist, the rerun makes the block whole and equal."""
+    from repro import fz
+
+    profile = profiles.override(profiles.load("tiny"), {"fz.channel_batch": 8})
+    model, record = load_model(ModelSpec.from_profile(profile["model"]))
+    part = Store.create_or_open(tmp_path / "part.zarr", profile, record)
+    whole = Store.create_or_open(tmp_path / "whole.zarr", profile, record)
+    fz.run(part, model, record, profile, blocks=["3.1"], channels=range(6))  # makes the chunk of channels 0-7
+    fz.run(whole, model, record, profile, blocks=["3.1"])
+    for store in (part, whole):
+        metrics.run(store, model, record, profile, blocks=["3.1"])
+    assert "left missing: 3.1 (8: 8-15)" in capsys.readouterr().err
+    mine, theirs = (store.dataset("metrics").sel(block="3.1", stimulus_set="fz").load() for store in (part, whole))
+    made, missing = list(range(8)), list(range(8, 16))
+    for name in ("mix", "up_delta", "down_delta", "scale_metric", "invariant_naturally", "invariant_naturally_frequency"):
+        np.testing.assert_array_equal(mine[name].sel(channel=made).values, theirs[name].sel(channel=made).values)
+    assert mine["mix"].sel(channel=missing).isnull().all()
+    assert mine["invariant_naturally_frequency"].sel(channel=missing).isnull().all()
+    state = part.group_state("metrics")
+    assert state.state == "partial" and "3.1 (8-15)" in state.why  # finished, but incomplete, and why
+    fz.run(part, model, record, profile, blocks=["3.1"])
+    metrics.run(part, model, record, profile, blocks=["3.1"])
+    assert not any(":without-" in unit for unit in part.done("metrics") | part.done("responses"))
+    for name in ("mix", "invariant_naturally_frequency"):
+        np.testing.assert_array_equal(part.dataset("metrics")[name].sel(block="3.1").values,
+                                      whole.dataset("metrics")[name].sel(block="3.1").values)

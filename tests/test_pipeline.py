@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from residual_stream.cli import main
 from test_alignment_stage import check_alignment_group
-from store_runs import group_digest
+from repro.hashing import group_digest
 
 pytestmark = pytest.mark.slow
 

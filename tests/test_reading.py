@@ -138,8 +138,8 @@ def test_each_metric_item_alone_equals_the_codes_formula_by_hand(item):
     response = planted_responses(np.random.default_rng(item))
     profile = profiles.override(profiles.load("tiny"), ONE_ITEM[item])
     items = reading.items_of(profile)
-    got = check_against_by_hand(response, metrics.mix_settings(profile), items)
-    paper = metrics.channel_metrics(response, metrics.mix_settings(profiles.load("tiny")))
+    got = check_against_by_hand(response, metrics.metrics_settings(profile), items)
+    paper = metrics.channel_metrics(response, metrics.metrics_settings(profiles.load("tiny")))
     for name in CHANGED[item]:
         assert not np.array_equal(np.nan_to_num(got[name].values), np.nan_to_num(paper[name].values)), name
     if item == 4:  # the criteria agree; only the stored M and the failed-FZ edge differ
@@ -150,8 +150,8 @@ def test_each_metric_item_alone_equals_the_codes_formula_by_hand(item):
 def test_the_code_reading_computes_every_metric_item_at_once():
     response = planted_responses(np.random.default_rng(9))
     profile = profiles.override(profiles.load("tiny"), {"reading": "code"})
-    check_against_by_hand(response, metrics.mix_settings(profile), CODE)
-    check_against_by_hand(response, metrics.mix_settings(profiles.load("tiny")), PAPER)
+    check_against_by_hand(response, metrics.metrics_settings(profile), CODE)
+    check_against_by_hand(response, metrics.metrics_settings(profiles.load("tiny")), PAPER)
 
 
 def test_the_histogram_clamps_the_codes_unclamped_mix():

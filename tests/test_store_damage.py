@@ -25,7 +25,8 @@ from PIL import Image
 from repro import pipeline, profiles
 from repro.store import FAULT_ENV, FAULT_SIGNAL_ENV, UNITS, Store
 from residual_stream.cli import main
-from store_runs import group_digest, repro
+from repro.hashing import group_digest
+from store_runs import repro
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from store_runs import finished, group_digest, one_line_error, repro, start
+from repro.hashing import group_digest
+from store_runs import finished, one_line_error, repro, start
 from repro import pipeline, profiles
 from repro.store import Store
 from residual_stream.cli import main

@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fzs", type=int, default=64)
     parser.add_argument("--taps", default="2.1:B,3.1:B")
+    parser.add_argument("--ways", default="staged:drawn:16,staged:canvas:64,fused:canvas:64",
+                        help="engine ways to time, each resample:forward_size:micro_batch")
     args = parser.parse_args()
     profile = profiles.override(profiles.load("toy"), {"fz.steps": args.steps})
     model, _ = load_model(ModelSpec.from_profile(profile["model"]))
@@ -40,10 +42,13 @@ def main() -> None:
         seeds = range(-(-args.fzs // len(channels)))
         ways = {"Lucent's chain (visualize)": lambda: fz.visualize(
             prepared, profile, block, tap, (channels * len(seeds))[:args.fzs], jitter=jitter, seed=0)}
-        for micro in (16, 32, 64):
-            chosen = profiles.override(profile, {"fz.micro_batch": micro})
+        for way in args.ways.split(","):
+            resample, forward_size, micro = way.split(":")
+            chosen = profiles.override(profile, {"fz.micro_batch": int(micro), "fz.resample": resample,
+                                                 "fz.forward_size": forward_size})
             names = fz_names(chosen, block, tap, channels, seeds, jitter=jitter)[:args.fzs]
-            ways[f"engine, micro_batch {micro}"] = lambda chosen=chosen, names=names: optimize(prepared, chosen, names)
+            ways[f"engine {resample}, {forward_size}, micro {micro}"] = (
+                lambda chosen=chosen, names=names: optimize(prepared, chosen, names))
         times = {way: [] for way in ways}
         for _ in range(args.repeats):
             for way, run in ways.items():
@@ -54,7 +59,7 @@ def main() -> None:
         print(f"\n{block} {tap} (jitter {jitter})")
         for way, seconds in times.items():
             median = statistics.median(seconds)
-            print(f"  {way:<28} {args.fzs * args.steps / median:7.1f} FZ-steps/s   {median / base:5.2f}x the time of "
+            print(f"  {way:<34} {args.fzs * args.steps / median:7.1f} FZ-steps/s   {median / base:5.2f}x the time of "
                   f"Lucent's chain")
     print(f"\nload after {os.getloadavg()}")
 

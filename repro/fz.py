@@ -451,7 +451,7 @@ class FZStage(Stage):
         same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in self.every_job if len(job.labels) > 1]
         attrs = {"objective": self.objective, "aliased": self.profile.model.aliased,
                  "steps": self.profile.fz.steps, "channel_batch": self.batch, "same_fz": same_fz,
-                 "resample": self.profile.fz.resample, **provenance(self.profile, self.weights_record, stage="fz")}
+                 "resample": self.profile.fz.resample, "forward_size": self.profile.fz.forward_size, **provenance(self.profile, self.weights_record, stage="fz")}
         return [Group(self.group, template(self.layout, self.batch), attrs,
                       group_settings(self.profile, self.layout), frozenset(), count_units=False)]
 

@@ -17,7 +17,7 @@ the chain's output size depends on the scale draw, so the forward runs once per 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -60,6 +60,7 @@ class EngineResult:
     initial_objective: torch.Tensor  # [n]: at the first step, on the initial image under that step's draw
     final_objective: torch.Tensor  # [n]: at the last step
     trace: torch.Tensor  # [n, steps // trace_every]: after steps k, 2k, ... (1-based)
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # step → images after that many steps
 
 
 def _one_tap(names: Sequence[FZName], profile: Mapping, resample: str) -> FZName:
@@ -74,12 +75,14 @@ def _one_tap(names: Sequence[FZName], profile: Mapping, resample: str) -> FZName
 
 
 def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], *, steps: int | None = None,
-             precision: str | None = None, trace_every: int | None = None, resample: str | None = None) -> EngineResult:
+             precision: str | None = None, trace_every: int | None = None, resample: str | None = None,
+             snapshot_at: Sequence[int] = ()) -> EngineResult:
     """Optimize the named FZs together; ``model`` frozen and in eval mode (``repro.fz.prepare``).
 
     ``steps``, ``precision`` (autocast dtype of the network's forward and backward) and ``trace_every``
     default to the profile's. ``resample`` (default ``fz.resample``): the chain as one fused resample or as
-    Lucent's sequence (``repro.fz_transforms.apply``); it is part of the names' recipe.
+    Lucent's sequence (``repro.fz_transforms.apply``); it is part of the names' recipe. ``snapshot_at``: keep
+    the images after these many steps too (a run's trajectory does not depend on how many steps follow).
     """
     if not names:
         raise ValueError("no FZs to optimize")
@@ -103,7 +106,7 @@ def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], 
                                              fft=bool(settings["fft"]), device=device)
     optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
     values = torch.empty(len(names))
-    initial, traced = None, []
+    initial, traced, snapshots = None, [], {}
     with devices.lucent_on(device):
         for step in range(steps):
             draws = draw(schedule, generators)
@@ -124,6 +127,9 @@ def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], 
                 initial = values.clone()
             if (step + 1) % every == 0:
                 traced.append(values.clone())
+            if step + 1 in snapshot_at:
+                with torch.no_grad():
+                    snapshots[step + 1] = image_f().detach().float().cpu()
         images = image_f().detach().float().cpu()
     trace = torch.stack(traced, dim=1) if traced else torch.empty(len(names), 0)
-    return EngineResult(images, initial, values.clone(), trace)
+    return EngineResult(images, initial, values.clone(), trace, snapshots)

@@ -56,6 +56,7 @@ class FZSettings:
     batch_images: int = field(metadata=POSITIVE)
     micro_batch: int = field(metadata=POSITIVE)
     resample: str = field(metadata=choice("staged", "fused"))
+    forward_size: str = field(metadata=choice("drawn", "canvas"))
     objective: str = field(metadata=choice(*OBJECTIVES))
     decorrelate: bool
     fft: bool

@@ -7,7 +7,8 @@ from repro import fz, profiles
 from repro.fz_engine import fz_names, optimize
 from repro.model import ModelSpec, load_model
 from repro.store import Store
-from store_runs import group_digest, repro
+from repro.hashing import group_digest
+from store_runs import repro
 
 VARIABLES = ("image", "activation", "initial_objective", "final_objective", "objective_trace")
 BLOCK = "3.1"
@@ -95,26 +96,3 @@ def test_a_run_killed_mid_batch_resumes_to_the_same_arrays(tmp_path):
     assert 0 < len(done) < len(Store(whole).done("fz"))
     assert repro(*args, "--store", str(resumed)).returncode == 0
     assert group_digest(resumed, "fz") == group_digest(whole, "fz")
-
-
-def test_metrics_of_six_channels_equal_those_channels_of_a_full_run(tiny, full, tmp_path, capsys):
-    from repro import metrics
-
-    profile, model, record = tiny
-    six = Store.create_or_open(tmp_path / "six.zarr", profile, record)
-    fz.run(six, model, record, profile, blocks=[BLOCK], channels=range(6))
-    for store in (six, full):
-        metrics.run(store, model, record, profile, blocks=[BLOCK])
-    assert "left missing: 3.1 (10: 6-15)" in capsys.readouterr().err
-    assert not six.group_attrs("metrics")["complete"]
-    mine, theirs = (store.dataset("metrics").sel(block=BLOCK, stimulus_set="fz").load() for store in (six, full))
-    for name in ("mix", "up_delta", "down_delta", "scale_metric", "invariant_naturally", "invariant_naturally_frequency"):
-        np.testing.assert_array_equal(mine[name].sel(channel=range(6)).values, theirs[name].sel(channel=range(6)).values)
-    assert mine["mix"].sel(channel=range(6, 16)).isnull().all()
-    assert mine["invariant_naturally_frequency"].sel(channel=range(6, 16)).isnull().all()
-    # The rest of the FZs made, the rerun computes the block whole: equal to the full run's, and complete.
-    fz.run(six, model, record, profile, blocks=[BLOCK])
-    metrics.run(six, model, record, profile, blocks=[BLOCK])
-    for name in ("mix", "invariant_naturally_frequency"):
-        np.testing.assert_array_equal(six.dataset("metrics")[name].sel(block=BLOCK).values,
-                                      full.dataset("metrics")[name].sel(block=BLOCK).values)

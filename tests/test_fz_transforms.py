@@ -18,7 +18,10 @@ from repro.optvis import param as lucent_param
 from repro.optvis import transform as lucent_transform
 
 # The toy profile: 64 px images; jitter 0 (scale and rotation only) and 4 (pad, jitter 4, ..., jitter 2, crop).
-PROFILE = profiles.load("toy")
+# Against Lucent image by image, each unpadded image at the size its draw gives ("drawn"); the toy's own
+# "canvas" placement is that image centered on the largest draw's canvas (test_canvas_centers_the_drawn_image).
+CANVAS = profiles.load("toy")
+PROFILE = profiles.override(CANVAS, {"fz.forward_size": "drawn"})
 JITTERS = (0, 4)
 
 # Draws (first shift, scale, angle, second shift) whose chain is a single resample in Lucent too: here the
@@ -166,6 +169,32 @@ def test_output_sizes_and_canvas(resample):
     assert groups == {64: [1], 65: [2], 68: [0, 3]}
     # Outside an image's own size its canvas is zero.
     assert transformed.canvas[1, :, 64:].abs().max() == 0 and transformed.canvas[1, :, :, 64:].abs().max() == 0
+
+
+@pytest.mark.parametrize("resample", ft.RESAMPLES)
+@pytest.mark.parametrize("jitter", JITTERS)
+def test_canvas_centers_the_drawn_image(jitter, resample):
+    """``forward_size="canvas"``: every image on the 68 px canvas, the drawn image at (68 - size) // 2 and zeros
+    around it; padded chains (64 px after the crop) are unchanged."""
+    rows = [((1, 2), s, a, (1, 0)) for s, a in ((1.05, 3), (1.0, -2), (0.95, 5), (0.975, 0), (1.025, -4))]
+    images = noise_images(len(rows), seed=7)
+    drawn = ft.apply(images, ft.Schedule.from_profile(PROFILE, jitter), draws_of(rows), resample)
+    placed = ft.apply(images, ft.Schedule.from_profile(CANVAS, jitter), draws_of(rows), resample)
+    if jitter:
+        assert torch.equal(placed.canvas, drawn.canvas) and placed.sizes == drawn.sizes == [64] * len(rows)
+        return
+    assert placed.sizes == [68] * len(rows) and len(placed.groups()) == 1
+    for i, size in enumerate(drawn.sizes):
+        start = (68 - size) // 2
+        torch.testing.assert_close(placed.canvas[i, :, start:start + size, start:start + size], own_image(drawn, i),
+                                   atol=1e-5, rtol=0)
+        outside = torch.ones(68, 68, dtype=torch.bool)
+        outside[start:start + size, start:start + size] = False
+        assert not outside.any() or placed.canvas[i][:, outside].abs().max() == 0
+
+
+def test_forward_size_is_part_of_the_recipe():
+    assert ft.recipe_digest(CANVAS) != ft.recipe_digest(PROFILE)
 
 
 # ---------------------------------------------------------------- names and streams

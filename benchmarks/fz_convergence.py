@@ -1,14 +1,19 @@
 """How converged are a profile's FZs? Center activation at the profile's steps against 4x the steps.
 
 For every FZ job of the profile (each tensor at its jitter, so every tap is covered), a subset of channels
-is optimized for ``4 * steps`` steps with the profile's recipe (optionally another lr); the image after
-``steps`` steps is kept on the way (Adam's trajectory does not depend on how many steps follow, so it is
-exactly the image a ``steps``-step run saves). Both images are saved as uint8 and measured as the stages
-measure them (``fz.measure``: the tap's true center value). Per tap the figure is the median over channels
-(and seeds) of activation(steps) / activation(4 * steps), over channels whose 4x activation is positive.
+is optimized by the stage's engine (``repro.fz_engine.optimize``, FZs by name) for ``4 * steps`` steps with
+the profile's recipe (optionally another lr); the images after ``steps / 4``, ``steps / 2``, ``steps`` and
+``2 * steps`` steps are kept on the way (an FZ's trajectory does not depend on how many steps follow, so each
+is exactly the image a run of that many steps saves). Every image is saved as uint8 and measured as the
+stages measure it (``fz.measure``: the tap's true center value). Per tap the figure is the median over
+channels (and seeds) of activation(n) / activation(4 n), over channels whose 4 n activation is positive, for
+n = steps (the verdict) and for n = steps / 4 and steps / 2 (the trend).
+
+The forwards run at the job's size (``fz.micro_batch`` = the number of FZs), which changes the names'
+recipe digest and so their draws, not the recipe.
 
     python benchmarks/fz_convergence.py --profile toy                      # the profile's recipe
-    python benchmarks/fz_convergence.py --profile toy --steps 128 --lr 0.1 --channels 16 --seeds 0 1 2
+    python benchmarks/fz_convergence.py --profile toy --steps 1024 --channels 4 --blocks 3.0 3.1
 
 Writes a JSON record and a markdown table under benchmarks/results/ (the name carries profile, steps, lr).
 """
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 
 from repro import fz, profiles
+from repro.fz_engine import fz_names, optimize
 from repro.model import ModelSpec, load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,22 +45,29 @@ def spread(values: np.ndarray, count: int) -> list[int]:
 
 
 def converge_job(model, profile, job: fz.Job, channels: list[int], seeds: list[int], steps: int) -> dict:
-    """Activation at ``steps`` and at ``4 * steps`` for the channels of one job, per seed."""
-    early, late = [], []
-    for seed in seeds:
-        result = fz.visualize(model, profile, job.block, job.tap, channels, jitter=job.jitter,
-                              seed=fz.chunk_seed(seed, job.block, job.tap, job.jitter, 0), steps=4 * steps,
-                              snapshot_at=[steps])
-        early.append(fz.measure(model, profile, job.block, job.tap, fz.to_uint8(result.snapshots[steps]), channels))
-        late.append(fz.measure(model, profile, job.block, job.tap, fz.to_uint8(result.images), channels))
-    early, late = np.concatenate(early), np.concatenate(late)
+    """Activations after steps/4, steps/2, steps, 2 steps and 4 steps for the channels of one job, all seeds."""
+    chosen = profiles.override(profile, {"fz.micro_batch": len(channels) * len(seeds)})
+    names = fz_names(chosen, job.block, job.tap, channels, seeds, jitter=job.jitter)
+    marks = [steps // 4, steps // 2, steps, 2 * steps]
+    result = optimize(model, chosen, names, steps=4 * steps, snapshot_at=marks)
+    images = {**result.snapshots, 4 * steps: result.images}
+    rows = list(channels) * len(seeds)
+    activation = {n: np.asarray(fz.measure(model, profile, job.block, job.tap, fz.to_uint8(images[n]), rows))
+                  for n in images}
+    late = activation[4 * steps]
     reached = late > 0
-    ratios = early[reached] / late[reached]
+
+    def ratio(early: int, final: int) -> np.ndarray:
+        keep = activation[final] > 0
+        return activation[early][keep] / activation[final][keep]
+
+    trend = {f"{n}/{4 * n}": float(np.median(ratio(n, 4 * n))) for n in (steps // 4, steps // 2, steps)}
+    ratios = ratio(steps, 4 * steps)
     return {"labels": [f"{b} {t}" for b, t in job.labels], "jitter": job.jitter, "channels": channels,
             "median_ratio": float(np.median(ratios)) if len(ratios) else float("nan"),
             "ratio_q25": float(np.quantile(ratios, 0.25)) if len(ratios) else float("nan"),
-            "ratio_of_medians": float(np.median(early) / np.median(late)) if np.median(late) > 0 else float("nan"),
-            "fzs": int(len(early)), "positive_at_4x": int(reached.sum())}
+            "trend": trend, "median_activation": {str(n): float(np.median(a)) for n, a in activation.items()},
+            "fzs": int(len(late)), "positive_at_4x": int(reached.sum())}
 
 
 def main() -> None:
@@ -83,25 +96,27 @@ def main() -> None:
         row = converge_job(engine, profile, job, spread(job.channels, args.channels), args.seeds, steps)
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
-        print(f"{' = '.join(row['labels']):>12}  jitter {job.jitter:2d}  median a({steps})/a({4 * steps}) "
-              f"{row['median_ratio']:.3f}  (q25 {row['ratio_q25']:.3f}, {row['fzs']} FZs, {row['seconds']} s)",
-              flush=True)
+        trend = "  ".join(f"{k} {v:.3f}" for k, v in row["trend"].items())
+        print(f"{' = '.join(row['labels']):>12}  jitter {job.jitter:2d}  median a(n)/a(4n): {trend}  "
+              f"(q25 at n={steps}: {row['ratio_q25']:.3f}, {row['fzs']} FZs, {row['seconds']} s)", flush=True)
     record = {"profile": args.profile, "steps": steps, "lr": lr, "steps_compared": 4 * steps,
               "channels_per_job": args.channels, "seeds": args.seeds, "threads": args.threads,
               "load_before": load_before, "load_after": os.getloadavg(),
               "seconds": round(time.perf_counter() - started, 1), "target": TARGET,
               "worst_tap_median": min(row["median_ratio"] for row in rows), "jobs": rows,
-              "command": "python benchmarks/fz_convergence.py --profile {} --steps {} --lr {} --channels {} --seeds {}"
-                         .format(args.profile, steps, lr, args.channels, " ".join(map(str, args.seeds)))}
+              "command": "python benchmarks/fz_convergence.py --profile {} --steps {} --lr {} --channels {} --seeds {}{}"
+                         .format(args.profile, steps, lr, args.channels, " ".join(map(str, args.seeds)),
+                                 f" --blocks {' '.join(args.blocks)}" if args.blocks else "")}
     RESULTS.mkdir(exist_ok=True)
-    stem = f"fz_convergence-{args.profile}-steps{steps}-lr{lr:g}"
+    stem = f"fz_convergence-{args.profile}-steps{steps}-lr{lr:g}" + (f"-blocks{'-'.join(args.blocks)}" if args.blocks else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = [f"# FZ convergence: {args.profile}, {steps} vs {4 * steps} steps, lr {lr:g}", "",
              f"`{record['command']}`; load average before {load_before[0]:.2f}, after {record['load_after'][0]:.2f}; "
              f"{record['seconds']} s.", "",
-             "| taps | jitter | median a(n)/a(4n) | q25 | FZs |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {' = '.join(r['labels'])} | {r['jitter']} | {r['median_ratio']:.3f} | {r['ratio_q25']:.3f} | {r['fzs']} |"
-              for r in rows]
+             f"| taps | jitter | {' | '.join(f'median a({k})' for k in rows[0]['trend'])} | q25 (n={steps}) | FZs |",
+             "| --- | --- | " + "--- | " * len(rows[0]["trend"]) + "--- | --- |"]
+    lines += [f"| {' = '.join(r['labels'])} | {r['jitter']} | {' | '.join(f'{v:.3f}' for v in r['trend'].values())} "
+              f"| {r['ratio_q25']:.3f} | {r['fzs']} |" for r in rows]
     lines += ["", f"Worst tap: {record['worst_tap_median']:.3f} (target ≥ {TARGET})."]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"worst tap median {record['worst_tap_median']:.3f}; written {RESULTS / stem}.json/.md")

@@ -3,12 +3,15 @@
 The algorithm is the papers' (see docs/method.md, "Feature visualization (FZ)"): Lucent's
 ``param.image(size, decorrelate=True, fft=True)``, Adam over its parameters, Lucent's transforms chosen
 by the tap's jitter, the profile's normalisation, and the objective "minus the center neuron of channel
-c at the tap". What makes it fast is only how the same computation is arranged:
+c at the tap". The stage optimizes FZs by name (``repro.fz_engine``): an FZ (seed, tensor, channel, jitter,
+objective, recipe) draws its initial image and every transform setting from a random stream of its own, and
+every forward runs a fixed number of images (``fz.micro_batch``), so an FZ is the same array whatever batch,
+chunk, selection, worker or resumed run makes it (docs/method.md). How the work is arranged:
 
-* all channels of one tap are optimized together, one image per channel (chunked by
-  ``fz.channel_batch``). The loss is the sum of the per-image objectives, so each image receives exactly
-  the gradient of its own objective (images never interact: every transform and the eval-mode model act
-  per image), and Adam is elementwise, so each image follows its own single-image trajectory;
+* FZs are packed into batches of about ``fz.batch_images``: whole pieces of one tap (the channels still to
+  do in one chunk of ``fz.channel_batch``, one seed), several seeds together. The loss is the sum of the
+  per-image objectives, so each image receives exactly the gradient of its own objective, and Adam is
+  elementwise;
 * the forward stops right after the tap and the weights are frozen, so nothing after the tap and no
   weight gradient is computed;
 * taps that are the same tensor (``O`` of 2.0 is ``I`` of 2.1) are optimized once when their jitter
@@ -16,13 +19,11 @@ c at the tap". What makes it fast is only how the same computation is arranged:
   ``I`` of 3.1 has 16), they are different FZs and are made separately, unless ``fz.input_jitter =
   "previous_output"`` (the authors' code) gives the I tap its O tap's jitter.
 
-Lucent's transforms draw one random setting per call for the whole batch (numpy's global generator), so
-the images of one chunk share their transform draws. The method does not need independent draws per
-image: an image's trajectory is still a valid single-image FZ for that draw sequence. Each chunk is
-seeded from (FZ seed, tensor block and tap, jitter, chunk index), so a resumed or repeated run gives
-identical images for the same profile and chunking, and seed s of a several-seed run is the FZ a one-seed
-run with seed s makes. ``fz.seeds`` lists the seeds: one FZ per seed and neuron (dim ``seed``); any one
-of them is the papers' single-FZ method, the others measure how much its conclusions depend on the seed.
+What is done is read from the done units' regions (``covered``): ``repro fz --channels 5`` makes exactly
+channel 5 of every seed, and a later full run makes the rest. ``fz.seeds`` lists the seeds: one FZ per seed
+and neuron (dim ``seed``); any one of them is the papers' single-FZ method, the others measure how much its
+conclusions depend on the seed. ``visualize`` is Lucent's recipe as Lucent runs it (one transform draw for
+the whole batch), the reference the engine is compared with (tests, ``benchmarks/``).
 
 Values are the taps' true values (``repro.model.run``); ``model.aliased`` reproduces the by-reference
 hook of Lucent (and of the authors' FZs) for reference compatibility only.
@@ -62,6 +63,8 @@ from repro.optvis import transform as lucent_transform
 from repro.images import normalize as normalize_image
 from repro.errors import UserError
 from repro.settings import Profile, as_profile
+from repro.fz_engine import fz_names, optimize
+from repro.fz_transforms import FZName
 from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
@@ -238,13 +241,15 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def measure(model: torch.nn.Module, profile: Mapping, block: str, tap: str, images: np.ndarray,
             channels: Sequence[int]) -> np.ndarray:
-    """The clean (non-aliased) center value of channel ``channels[i]`` on saved uint8 image i."""
+    """The clean (non-aliased) center value of channel ``channels[i]`` on saved uint8 image i, one image per
+    forward: a convolution's last bits depend on its batch size, and an FZ's value must not."""
     device = next(model.parameters()).device
     pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255
     index = torch.as_tensor(list(channels), dtype=torch.long, device=device)
     with torch.no_grad():
-        values = tap_values(model, normalizer(profile)(pixels), block, tap, index, objective="neuron", aliased=False)
-    return values.float().cpu().numpy()
+        values = [tap_values(model, normalizer(profile)(pixels[i:i + 1]), block, tap, index[i:i + 1],
+                             objective="neuron", aliased=False) for i in range(len(index))]
+    return torch.cat(values).float().cpu().numpy() if values else np.empty(0, np.float32)
 
 
 # ---------------------------------------------------------------- what to make
@@ -328,7 +333,8 @@ def template(selection: Selection, channel_batch: int) -> xr.Dataset:
     """The group's layout: every variable's dims, coords, dtype and chunks (no data but ``valid``)."""
     ns, nb, nt, nc = len(selection.seeds), len(selection.blocks), len(selection.taps), len(selection.channels)
     size, nk = selection.image_size, len(selection.trace)
-    per_tap = (1, 1, 1, nc)
+    # every variable chunked as the images: FZs of different channel chunks never share a chunk
+    per_tap = (1, 1, 1, min(channel_batch, nc))
     dims = ("seed", "block", "tap", "channel")
     lazy = {
         "image": (dims + ("y", "x", "rgb"),
@@ -389,20 +395,47 @@ def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndar
                "channel": np.array(channels)})
 
 
-class FZStage(Stage):
-    """The FZ stage: a unit is one channel chunk of one job for one seed, stored under each of its labels.
+@dataclass(frozen=True)
+class Piece:
+    """FZs of one seed in one channel chunk of a job: a contiguous channel range, written as one unit per label."""
+    seed: int
+    channels: tuple[int, ...]
 
+
+@dataclass(frozen=True)
+class Batch:
+    """FZs optimized together: pieces of one job (one tensor at one jitter), whole chunks, any seeds."""
+    job: Job
+    pieces: tuple[Piece, ...]
+
+
+def pack(job: Job, pieces: Sequence[Piece], batch_images: int) -> list[Batch]:
+    """Pieces into batches of about ``batch_images`` FZs, in order; a piece is never split (units running
+    side by side must not write one chunk), so a piece larger than the budget is a batch of its own."""
+    batches, current = [], []
+    for piece in pieces:
+        if current and sum(len(p.channels) for p in current) + len(piece.channels) > batch_images:
+            batches.append(Batch(job, tuple(current)))
+            current = []
+        current.append(piece)
+    return batches + ([Batch(job, tuple(current))] if current else [])
+
+
+class FZStage(Stage):
+    """The FZ stage. Each FZ is a function of its name (``repro.fz_engine``): seed, tensor, channel, jitter,
+    objective and recipe. What is still to do is read from the done units' regions; the FZs of one chunk of
+    channels still to do form a piece (a contiguous range; one already made inside it is made again,
+    identically), and pieces of one tensor, all seeds, are packed into batches of about ``fz.batch_images``.
     The group's layout is every tap and channel of the profile's blocks (plus any other block asked for),
-    so runs with different selections fill the same group. A channel selection makes the whole chunks that
-    hold those channels: chunks, and so seeds, stay those of a full run."""
+    so runs with different selections fill the same group; ``--channels 5`` makes exactly channel 5."""
 
     prepare = staticmethod(prepare)
 
-    def __init__(self, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
+    def __init__(self, store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
                  blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
                  channels: Iterable[int] | None = None, group: str | None = None):
         profile = as_profile(profile)
-        self.profile, self.objective = profile, profile.fz.objective
+        self.store, self.profile, self.objective = store, profile, profile.fz.objective
         self.group = group or group_name(self.objective)
         self.title = f"{self.group} ({self.objective})"
         self.wanted = select(model, profile, blocks, taps, channels)
@@ -418,63 +451,87 @@ class FZStage(Stage):
         same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in self.every_job if len(job.labels) > 1]
         attrs = {"objective": self.objective, "aliased": self.profile.model.aliased,
                  "steps": self.profile.fz.steps, "channel_batch": self.batch, "same_fz": same_fz,
-                 **provenance(self.profile, self.weights_record, stage="fz")}
-        every_unit = {unit_name(seed, label, job.jitter, chunk) for seed in self.layout.seeds
-                      for job in self.every_job for chunk in chunks(job, self.batch) for label in job.labels}
+                 "resample": self.profile.fz.resample, "forward_size": self.profile.fz.forward_size, **provenance(self.profile, self.weights_record, stage="fz")}
         return [Group(self.group, template(self.layout, self.batch), attrs,
-                      group_settings(self.profile, self.layout), frozenset(every_unit))]
+                      group_settings(self.profile, self.layout), frozenset(), count_units=False)]
 
-    def units(self, done: Mapping[str, set[str]]) -> list["ChunkUnit"]:
-        done = done[self.group]
-        return [ChunkUnit(job, seed, k, chunk, tuple(label for label in job.labels
-                                                       if unit_name(seed, label, job.jitter, chunk) not in done))
-                for seed in self.layout.seeds for job in self.jobs for k, chunk in enumerate(chunks(job, self.batch))
-                if set(self.wanted.channels) & set(chunk)
-                and any(unit_name(seed, label, job.jitter, chunk) not in done for label in job.labels)]
+    def _missing(self, made: np.ndarray, labels: Sequence[Label], channels: Iterable[int]) -> np.ndarray:
+        """[seed, channel]: the FZs of these channels some label of the job still lacks (``made``: ``covered``)."""
+        blocks, taps, index = list(self.layout.blocks), list(self.layout.taps), list(self.layout.channels)
+        index = [index.index(c) for c in channels]
+        lacking = np.zeros((len(self.layout.seeds), len(index)), dtype=bool)
+        for block, tap in labels:
+            lacking |= ~made[:, blocks.index(block), taps.index(tap)][:, index]
+        return lacking
 
-    def context(self) -> "ChunkContext":
-        return ChunkContext(self.group, self.profile)
+    def complete(self, store: Store, group: Group) -> bool:
+        if not store.has(group.name):
+            return False
+        made = covered(store, group.name)
+        return all(not self._missing(made, job.labels, job.channels).any() for job in self.every_job)
+
+    def units(self, done: Mapping[str, set[str]]) -> list[Batch]:
+        made, batches = covered(self.store, self.group), []
+        for job in self.jobs:
+            pieces = []
+            for seed_index, seed in enumerate(self.layout.seeds):
+                for chunk in chunks(job, self.batch):
+                    wanted = [c for c in chunk if c in set(self.wanted.channels)]
+                    if not wanted:
+                        continue
+                    lacking = self._missing(made, job.labels, wanted)[seed_index]
+                    todo = [c for c, missing in zip(wanted, lacking) if missing]
+                    if todo:
+                        pieces.append(Piece(seed, tuple(c for c in chunk if todo[0] <= c <= todo[-1])))
+            batches += pack(job, pieces, self.profile.fz.batch_images)
+        return batches
+
+    def context(self) -> "BatchContext":
+        return BatchContext(self.group, self.profile)
 
     @staticmethod
-    def compute(model: torch.nn.Module, context: "ChunkContext", unit: "ChunkUnit") -> Iterator[Part]:
-        return make_chunk(model, context, unit)
+    def compute(model: torch.nn.Module, context: "BatchContext", batch: Batch) -> Iterator[Part]:
+        return make_batch(model, context, batch)
 
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
         channels: Iterable[int] | None = None, group: str | None = None, executor=None,
         device: torch.device | str | None = None) -> xr.Dataset:
-    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping done
-    units (``FZStage``). Other FZ settings (steps, seed, chunking) replace the group, and only it."""
-    stage = FZStage(model, weights_record, profile, blocks=blocks, taps=taps, channels=channels, group=group)
+    """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping those
+    made (``FZStage``). Other FZ settings (steps, seeds, recipe, chunking) replace the group, and only it."""
+    stage = FZStage(store, model, weights_record, profile, blocks=blocks, taps=taps, channels=channels, group=group)
     run_stage(stage, store, model, weights_record, executor=executor, device=device)
     return store.dataset(stage.group)
 
 
 @dataclass(frozen=True)
-class ChunkContext:
-    """What every unit of one run shares (sent to each worker once)."""
+class BatchContext:
+    """What every batch of one run shares (sent to each worker once)."""
     group: str
     profile: Profile
 
 
-@dataclass(frozen=True)
-class ChunkUnit:
-    """One channel chunk of a job for one seed: optimized once, stored under each label still to do."""
-    job: Job
-    seed: int
-    index: int
-    channels: tuple[int, ...]
-    labels: tuple[Label, ...]
+def batch_names(profile: Profile, batch: Batch) -> list[FZName]:
+    """The batch's FZ names, piece by piece, seed-major within a piece."""
+    job = batch.job
+    return [name for piece in batch.pieces
+            for name in fz_names(profile, job.block, job.tap, piece.channels, [piece.seed], jitter=job.jitter,
+                                 resample=profile.fz.resample)]
 
 
-def make_chunk(model: torch.nn.Module, context: ChunkContext, unit: ChunkUnit) -> Iterator[Part]:
-    """Optimize one chunk's FZs; its parts (images and activations) as one unit per label."""
-    job, profile = unit.job, context.profile
-    seed = chunk_seed(unit.seed, job.block, job.tap, job.jitter, unit.index)
-    result = visualize(model, profile, job.block, job.tap, unit.channels, jitter=job.jitter, seed=seed)
-    images = to_uint8(result.images)
-    activation = measure(model, profile, job.block, job.tap, images, unit.channels)
-    for label in unit.labels:
-        part = _unit_part(unit.seed, label, unit.channels, images, result, activation)
-        yield Part(context.group, unit_name(unit.seed, label, job.jitter, unit.channels), part)
+def make_batch(model: torch.nn.Module, context: BatchContext, batch: Batch) -> Iterator[Part]:
+    """Optimize one batch's FZs; each piece's images and activations as one unit per label."""
+    job, profile = batch.job, context.profile
+    result = optimize(model, profile, batch_names(profile, batch), resample=profile.fz.resample)
+    start = 0
+    for piece in batch.pieces:
+        rows = slice(start, start + len(piece.channels))
+        start = rows.stop
+        images = to_uint8(result.images[rows])
+        activation = measure(model, profile, job.block, job.tap, images, piece.channels)
+        own = FZResult(result.images[rows], result.initial_objective[rows], result.final_objective[rows],
+                       result.trace[rows])
+        for label in job.labels:
+            part = _unit_part(piece.seed, label, piece.channels, images, own, activation)
+            yield Part(context.group, unit_name(piece.seed, label, job.jitter, piece.channels), part)

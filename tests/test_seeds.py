@@ -243,10 +243,13 @@ def test_aliased_b_fzs_maximise_lucents_hook_the_post_relu_block_output(aliased_
         post_relu = torch.relu(fz.tap_values(engine, pixels, "1.1", "O", index))
     torch.testing.assert_close(aliased, lucent_value, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lucent_value, post_relu, rtol=1e-5, atol=1e-5)
-    # The stored images are exactly the FZs of that objective: a rerun with the unit's seed reproduces them.
-    jitter = fz.jitter_of(profile, "1.1", "B")
-    again = fz.visualize(engine, profile, "1.1", "B", list(range(8)), jitter=jitter, aliased=True,
-                         seed=fz.chunk_seed(0, "1.1", "B", jitter, 0))
+    # The stored images are exactly the FZs of that objective: their names, optimized again, reproduce them.
+    from repro.fz_engine import fz_names, optimize
+
+    aliased_profile = profiles.override(profile, {"model.aliased": True})
+    names = fz_names(aliased_profile, "1.1", "B", list(range(8)), [0], jitter=fz.jitter_of(profile, "1.1", "B"),
+                     resample=profile["fz"]["resample"])
+    again = optimize(engine, aliased_profile, names, resample=profile["fz"]["resample"])
     np.testing.assert_array_equal(fz.to_uint8(again.images), group["image"].values)
 
 

@@ -64,7 +64,7 @@ from repro.images import normalize as normalize_image
 from repro.errors import UserError
 from repro.settings import Profile, as_profile
 from repro.fz_engine import fz_names, optimize
-from repro.fz_transforms import FZName
+from repro.fz_transforms import FZName, recipe_digest
 from repro.stage import Group, Part, Stage, run_stage
 from repro.store import Store, labels, provenance
 
@@ -274,6 +274,7 @@ class Job:
     jitter: int
     labels: tuple[Label, ...]
     channels: tuple[int, ...]
+    aliased_alike: bool = False  # its aliased reading is its true value (repro.model.aliased_alike)
 
     @property
     def title(self) -> str:
@@ -314,8 +315,18 @@ def plan(model: torch.nn.Module, profile: Mapping, selection: Selection) -> list
     jobs = []
     for (block, tap, jitter), stored_as in grouped.items():
         width = selection.layout.width(stored_as[0][0])
-        jobs.append(Job(block, tap, jitter, tuple(stored_as), tuple(c for c in selection.channels if c < width)))
+        alike = all(taps_model.aliased_alike(model, *label) for label in stored_as)
+        jobs.append(Job(block, tap, jitter, tuple(stored_as), tuple(c for c in selection.channels if c < width),
+                        alike))
     return jobs
+
+
+def job_profile(profile: Profile, job: Job) -> Profile:
+    """The profile a job's FZs are made under: a tap the aliased reading reads truly is made as a true-reading
+    FZ, so it has that FZ's name and pixels (and the aliased comparison can reuse it)."""
+    if profile.model.aliased and job.aliased_alike:
+        return as_profile(profiles.override(profile, {"model.aliased": False}))
+    return profile
 
 
 def chunks(job: Job, channel_batch: int) -> list[tuple[int, ...]]:
@@ -380,6 +391,9 @@ def done_taps(stored: xr.Dataset, made: np.ndarray) -> set[Label]:
             for t, tap in enumerate(stored["tap"].values) if made[:, b, t][:, valid[b]].all()}
 
 
+PER_FZ = ("image", "activation", "initial_objective", "final_objective", "objective_trace")
+
+
 def _unit_part(seed: int, label: Label, channels: Sequence[int], images: np.ndarray, result: FZResult,
                activation: np.ndarray) -> xr.Dataset:
     """One seed's and label's chunk, placed in the group by its seed, block, tap and channel labels."""
@@ -400,6 +414,15 @@ class Piece:
     """FZs of one seed in one channel chunk of a job: a contiguous channel range, written as one unit per label."""
     seed: int
     channels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """FZs of one piece taken from another group, where the very same FZs (same names) are made already."""
+    job: Job
+    piece: Piece
+    source: str
+    here = True  # read and written in this process, no model needed
 
 
 @dataclass(frozen=True)
@@ -433,9 +456,10 @@ class FZStage(Stage):
 
     def __init__(self, store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
                  blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
-                 channels: Iterable[int] | None = None, group: str | None = None):
+                 channels: Iterable[int] | None = None, group: str | None = None, reuse: str | None = None):
         profile = as_profile(profile)
         self.store, self.profile, self.objective = store, profile, profile.fz.objective
+        self.reuse = reuse  # a group whose FZs of equal names this stage copies instead of making
         self.group = group or group_name(self.objective)
         self.title = f"{self.group} ({self.objective})"
         self.wanted = select(model, profile, blocks, taps, channels)
@@ -451,7 +475,9 @@ class FZStage(Stage):
         same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in self.every_job if len(job.labels) > 1]
         attrs = {"objective": self.objective, "aliased": self.profile.model.aliased,
                  "steps": self.profile.fz.steps, "channel_batch": self.batch, "same_fz": same_fz,
-                 "resample": self.profile.fz.resample, "forward_size": self.profile.fz.forward_size, **provenance(self.profile, self.weights_record, stage="fz")}
+                 "resample": self.profile.fz.resample, "forward_size": self.profile.fz.forward_size,
+                 "recipe": recipe_digest(self.profile), "trace_every": self.profile.fz.trace_every,
+                 **provenance(self.profile, self.weights_record, stage="fz")}
         return [Group(self.group, template(self.layout, self.batch), attrs,
                       group_settings(self.profile, self.layout), frozenset(), count_units=False)]
 
@@ -470,7 +496,7 @@ class FZStage(Stage):
         made = covered(store, group.name)
         return all(not self._missing(made, job.labels, job.channels).any() for job in self.every_job)
 
-    def units(self, done: Mapping[str, set[str]]) -> list[Batch]:
+    def units(self, done: Mapping[str, set[str]]) -> list[Batch | Copy]:
         made, batches = covered(self.store, self.group), []
         for job in self.jobs:
             pieces = []
@@ -483,8 +509,33 @@ class FZStage(Stage):
                     todo = [c for c, missing in zip(wanted, lacking) if missing]
                     if todo:
                         pieces.append(Piece(seed, tuple(c for c in chunk if todo[0] <= c <= todo[-1])))
-            batches += pack(job, pieces, self.profile.fz.batch_images)
+            copies = [Copy(job, piece, self.reuse) for piece in pieces if self._reusable(job, piece)]
+            batches += copies + pack(job, [p for p in pieces if all(c.piece != p for c in copies)],
+                                     self.profile.fz.batch_images)
         return batches
+
+    def _reusable(self, job: Job, piece: Piece) -> bool:
+        """Whether the ``reuse`` group holds this piece's FZs under the same names, made the same way: its
+        recipe (the job's), steps, trace, objective and weights equal, and every one of them done there."""
+        if not self.reuse or not self.store.has(self.reuse):
+            return False
+        attrs, profile = self.store.group_attrs(self.reuse), job_profile(self.profile, job)
+        same = {"recipe": recipe_digest(profile), "steps": profile.fz.steps, "trace_every": profile.fz.trace_every,
+                "objective": self.objective, "weights_sha256": self.weights_record.get("weights_sha256")}
+        if any(attrs.get(key) != value for key, value in same.items()):
+            return False
+        source = self.store.dataset(self.reuse)
+        made = covered(self.store, self.reuse)
+        index = {dim: list(source[dim].values) for dim in ("seed", "block", "tap", "channel")}
+        if piece.seed not in index["seed"] or not set(piece.channels) <= set(index["channel"]):
+            return False
+        rows = [index["channel"].index(c) for c in piece.channels]
+        return all(block in index["block"] and tap in index["tap"] and made[
+            index["seed"].index(piece.seed), index["block"].index(block), index["tap"].index(tap)][rows].all()
+            for block, tap in job.labels)
+
+    def compute_here(self, model, unit: Copy) -> Iterator[Part]:
+        return copy_piece(self.store, self.group, unit)
 
     def context(self) -> "BatchContext":
         return BatchContext(self.group, self.profile)
@@ -496,13 +547,26 @@ class FZStage(Stage):
 
 def run(store: Store, model: torch.nn.Module, weights_record: Mapping, profile: Mapping, *,
         blocks: Iterable[str] | None = None, taps: Iterable[str] | None = None,
-        channels: Iterable[int] | None = None, group: str | None = None, executor=None,
+        channels: Iterable[int] | None = None, group: str | None = None, reuse: str | None = None, executor=None,
         device: torch.device | str | None = None) -> xr.Dataset:
     """Make the selected FZs into the store (group ``fz`` or ``fz_channel``, or ``group``), skipping those
-    made (``FZStage``). Other FZ settings (steps, seeds, recipe, chunking) replace the group, and only it."""
-    stage = FZStage(store, model, weights_record, profile, blocks=blocks, taps=taps, channels=channels, group=group)
+    made (``FZStage``). Other FZ settings (steps, seeds, recipe, chunking) replace the group, and only it.
+    ``reuse``: a group whose FZs of the same names are copied rather than made again (the aliased comparison
+    takes the taps its reading reads truly from ``fz``)."""
+    stage = FZStage(store, model, weights_record, profile, blocks=blocks, taps=taps, channels=channels, group=group,
+                    reuse=reuse)
     run_stage(stage, store, model, weights_record, executor=executor, device=device)
     return store.dataset(stage.group)
+
+
+def copy_piece(store: Store, group: str, unit: Copy) -> Iterator[Part]:
+    """The piece's FZs read from ``unit.source``, written into ``group`` as the units a batch would write."""
+    source = store.dataset(unit.source)
+    piece = unit.piece
+    for label in unit.job.labels:
+        part = source[list(PER_FZ)].sel(seed=[piece.seed], block=[label[0]], tap=[label[1]],
+                                        channel=list(piece.channels)).load()
+        yield Part(group, unit_name(piece.seed, label, unit.job.jitter, piece.channels), part.drop_attrs())
 
 
 @dataclass(frozen=True)
@@ -513,7 +577,7 @@ class BatchContext:
 
 
 def batch_names(profile: Profile, batch: Batch) -> list[FZName]:
-    """The batch's FZ names, piece by piece, seed-major within a piece."""
+    """The batch's FZ names, piece by piece, seed-major within a piece (``profile``: the job's)."""
     job = batch.job
     return [name for piece in batch.pieces
             for name in fz_names(profile, job.block, job.tap, piece.channels, [piece.seed], jitter=job.jitter,
@@ -522,7 +586,8 @@ def batch_names(profile: Profile, batch: Batch) -> list[FZName]:
 
 def make_batch(model: torch.nn.Module, context: BatchContext, batch: Batch) -> Iterator[Part]:
     """Optimize one batch's FZs; each piece's images and activations as one unit per label."""
-    job, profile = batch.job, context.profile
+    job = batch.job
+    profile = job_profile(context.profile, job)
     result = optimize(model, profile, batch_names(profile, batch), resample=profile.fz.resample)
     start = 0
     for piece in batch.pieces:

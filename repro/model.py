@@ -366,6 +366,14 @@ def check_taps(model: nn.Module, wanted: Iterable[tuple[str, str]]) -> list[tupl
     return wanted
 
 
+def aliased_alike(model: nn.Module, block: str, tap: str) -> bool:
+    """Whether the aliased (by-reference) reading of a tap is its true value: a ResNet block's ``I`` that is a
+    tensor of its own (the downsample branch's output, or the first block's input), which no in-place
+    operation touches. Every other tap reads the post-ReLU block output or stream under that reading."""
+    family = family_of(model)
+    return tap == "I" and family.name == "resnet" and family.own_input(model, block)
+
+
 def same_tensor(model: nn.Module, block: str, tap: str) -> tuple[str, str]:
     """The canonical (block, tap) holding this tap's tensor: the ``I`` of a block that reads the stream
     straight from the block before it is that block's ``O``."""

@@ -169,7 +169,7 @@ def first_seed_aliased(profile: Mapping) -> Mapping:
 # The aliased comparison, measured with the true taps like every other FZ (FZ stimuli only).
 ALIASED_STEPS = (
     Step("fz (aliased taps, first seed)", "fz", when=lambda p: p["fz"]["compare_aliased"],
-         settings=first_seed_aliased, arguments={"group": ALIASED_FZ}),
+         settings=first_seed_aliased, arguments={"group": ALIASED_FZ, "reuse": "fz"}),
     Step("metrics (aliased FZs)", "metrics", when=lambda p: p["fz"]["compare_aliased"],
          arguments={"fz_group": ALIASED_FZ, "groups": ALIASED_GROUPS, "top9": False}),
 )

@@ -96,3 +96,33 @@ def test_a_run_killed_mid_batch_resumes_to_the_same_arrays(tmp_path):
     assert 0 < len(done) < len(Store(whole).done("fz"))
     assert repro(*args, "--store", str(resumed)).returncode == 0
     assert group_digest(resumed, "fz") == group_digest(whole, "fz")
+
+
+def test_the_aliased_comparison_copies_the_taps_its_reading_reads_truly(tiny, tmp_path, monkeypatch):
+    """A downsample block's I reads the same tensor under the aliased reading: the aliased group takes those
+    FZs from ``fz`` (no optimization), and they are what making them would give; B and O are made."""
+    from repro.stages import first_seed_aliased
+
+    profile, model, record = tiny
+    aliased = profiles.override(profile, first_seed_aliased(profile))
+    store = Store.create_or_open(tmp_path / "s.zarr", profile, record)
+    fz.run(store, model, record, profile, blocks=["2.0"])
+    made = []
+    real_optimize = fz.optimize
+
+    def counting(model, profile, names, **kwargs):
+        made.extend((name.block, name.tap) for name in names)
+        return real_optimize(model, profile, names, **kwargs)
+
+    monkeypatch.setattr(fz, "optimize", counting)
+    fz.run(store, model, record, aliased, blocks=["2.0"], group="fz_aliased", reuse="fz")
+    assert made and ("2.0", "I") not in made and {("2.0", "B"), ("2.0", "O")} <= set(made)
+    copied = store.dataset("fz_aliased").sel(seed=0, block="2.0", tap="I").load()
+    np.testing.assert_array_equal(copied["image"].values,
+                                  store.dataset("fz").sel(seed=0, block="2.0", tap="I")["image"].values)
+    # Made rather than copied (no group to reuse), the same arrays.
+    alone = Store.create_or_open(tmp_path / "alone.zarr", profile, record)
+    fz.run(alone, model, record, aliased, blocks=["2.0"], taps=["I"], group="fz_aliased")
+    assert_same_fz(alone.dataset("fz_aliased").sel(seed=0, block="2.0", tap="I").load(), copied)
+    stored = store.dataset("fz_aliased")
+    assert {("2.0", t) for t in "IBO"} <= fz.done_taps(stored, fz.covered(store, "fz_aliased"))

@@ -8,10 +8,22 @@ ran one process per channel). Copying and process start-up are not timed, which 
 The engine (``repro.fz``): all channels of the tap in one batch (chunked by ``fz.channel_batch``), the
 forward stopped after the tap, frozen weights, true tap values. Same recipe, same number of steps.
 
-Random resnet18 weights, 224 px (the paper profile), so nothing is downloaded. Modes:
+Three ways side by side (the default mode), FZ-steps per second, each run interleaved ``--repeats`` times:
+Lucent's ``render_vis`` as above (float32: Lucent has no autocast); the Lucent chain on a batch with one draw
+for the batch (``repro.fz.visualize``, the engine before FZs were made by name); and the per-name engine
+(``repro.fz_engine.optimize``) under the profile's own recipe (resample, forward size, micro batch,
+precision). Beside them: FLOPs per FZ-step of the engine (``torch.utils.flop_counter``, forward and backward
+of the cut network) and the GFLOP/s it achieves, against this machine's measured rate for a plain 3x3
+convolution at the engine's precision.
+
+    # toy profile (its weights, 64 px) and the paper profile (random weights, 224 px; few steps)
+    python benchmarks/fz_vs_lucent.py --profile toy --taps 1.1:B,2.1:B,3.1:B --channels 32 --steps 16
+    python benchmarks/fz_vs_lucent.py --profile paper --taps 1.1:B,3.1:B --channels 8 --steps 4
+
+Random resnet18 weights, 224 px (the paper profile), so nothing is downloaded. Other modes:
 
     # CPU comparison: 16 channels of 1.1 B and 3.1 B, 32 steps each way, time and ratio per tap
-    python benchmarks/fz_vs_lucent.py
+    python benchmarks/fz_vs_lucent.py --autocast bf16
     # a GPU machine: the whole tap 3.1 B (256 channels, 2560 steps) and an extrapolation of the paper's sweep
     python benchmarks/fz_vs_lucent.py --device cuda --full-tap
     # bf16 autocast and channels_last, checked against float32 FZs of the same seeds
@@ -37,6 +49,7 @@ from lucent.optvis import param as lucent_param
 
 from repro import device as devices
 from repro import fz, profiles
+from repro.fz_engine import PRECISIONS, fz_names, optimize
 from repro.model import ModelSpec, load_model
 
 PAPER_FZ_COUNT = 4672  # the paper's sweep: 7 blocks x 3 taps, a tensor shared by two taps counted once
@@ -95,6 +108,86 @@ def engine_fzs(prepared, profile, block, tap, channels, steps, device, **options
         seconds += elapsed
         images.append(fz.to_uint8(result.images))
     return seconds, np.concatenate(images)
+
+
+def named_engine_fzs(prepared, profile, block, tap, channels, steps, device) -> tuple[float, int]:
+    """Seconds for the per-name engine to make one FZ per channel and seed of the profile, as the stage packs
+    a tap's seeds into one batch, and the number of FZs made."""
+    names = fz_names(profile, block, tap, channels, profile["fz"]["seeds"], jitter=fz.jitter_of(profile, block, tap))
+    seconds, _ = timed(device, lambda: optimize(prepared, profile, names, steps=steps))
+    return seconds, len(names)
+
+
+def flops_per_fz_step(prepared, profile, block, tap, channels) -> float:
+    """FLOPs of one engine step per FZ (the cut network's forward and backward; blank fill images included,
+    as they are computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = fz_names(profile, block, tap, channels, profile["fz"]["seeds"], jitter=fz.jitter_of(profile, block, tap))
+    with FlopCounterMode(display=False) as counter:
+        optimize(prepared, profile, names, steps=1)
+    return counter.get_total_flops() / len(names)
+
+
+def conv_rate(device, dtype, repeats: int = 10) -> float:
+    """GFLOP/s of a plain 3x3 convolution (64 -> 64 channels, 32 images of 32 x 32) forward and backward
+    under autocast at ``dtype`` (None: float32): what this machine's convolutions reach."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device)
+    x = torch.randn(32, 64, 32, 32, device=device, requires_grad=True)
+    flops = 3 * 2 * 32 * 64 * 32 * 32 * 64 * 9  # forward, and backward for input and weight
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            conv(x).float().sum().backward()
+
+    step()
+    seconds = [timed(device, step)[0] for _ in range(repeats)]
+    return flops / float(np.median(seconds)) / 1e9
+
+
+def three_ways(args, model, profile, device) -> None:
+    """Lucent's render_vis and the one-draw chain (one FZ per channel), and the per-name engine (one per
+    channel and seed of the profile, packed as the stage packs them), interleaved, per tap."""
+    prepared = fz.prepare(model, device)
+    dtype = PRECISIONS[profile["fz"]["precision"]]
+    rate = conv_rate(device, dtype)
+    load_before = os.getloadavg()
+    print(f"{args.profile}: {args.channels} channels x {args.steps} steps per tap, {profile['model']['image_size']} px,"
+          f" device {device}, {torch.get_num_threads()} threads, medians of {args.repeats} interleaved runs; "
+          f"engine recipe: {profile['fz']['resample']}, forward size {profile['fz']['forward_size']}, micro batch "
+          f"{profile['fz']['micro_batch']}, {profile['fz']['precision']}; 3x3 conv rate {rate:.0f} GFLOP/s; "
+          f"load {load_before}")
+    # Each way: (seconds, FZs made) for the channels.
+    ways = {"lucent": lambda b, t, c, n: (lucent_fzs(model, profile, b, t, c, n, device), len(c)),
+            "chain": lambda b, t, c, n: (engine_fzs(prepared, profile, b, t, c, n, device)[0], len(c)),
+            "engine": lambda b, t, c, n: named_engine_fzs(prepared, profile, b, t, c, n, device)}
+    rows = []
+    for block, tap in parse_taps(args.taps):
+        channels = list(range(args.channels))
+        for way in ways.values():  # kernel set-up charged to neither side
+            way(block, tap, channels[:1], 1)
+        times, made = {name: [] for name in ways}, {}
+        for _ in range(args.repeats):
+            for name, way in ways.items():
+                seconds, made[name] = way(block, tap, channels, args.steps)
+                times[name].append(seconds)
+        rate_of = {name: made[name] * args.steps / float(np.median(values)) for name, values in times.items()}
+        flops = flops_per_fz_step(prepared, profile, block, tap, channels)
+        row = {"block": block, "tap": tap, "seconds": times, "fzs": made, "fz_steps_per_second": rate_of,
+               "engine_vs_lucent": rate_of["engine"] / rate_of["lucent"],
+               "engine_vs_chain": rate_of["engine"] / rate_of["chain"], "gflop_per_fz_step": flops / 1e9,
+               "engine_gflop_per_second": flops * rate_of["engine"] / 1e9}
+        rows.append(row)
+        print(f"{block} {tap}: FZ-steps/s lucent {rate_of['lucent']:.1f}, chain {rate_of['chain']:.1f}, engine "
+              f"{rate_of['engine']:.1f} ({row['engine_vs_lucent']:.2f}x Lucent, {row['engine_vs_chain']:.2f}x the chain);"
+              f" {flops / 1e9:.3f} GFLOP per FZ-step, {row['engine_gflop_per_second']:.0f} GFLOP/s "
+              f"({row['engine_gflop_per_second'] / rate:.0%} of the conv rate)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "mode": "three_ways", "profile": args.profile, "taps": rows, "conv_gflop_per_second": rate,
+            "load_before": load_before, "load_after": os.getloadavg(),
+            "recipe": {key: profile["fz"][key] for key in ("resample", "forward_size", "micro_batch", "precision")},
+            "settings": {k: str(v) for k, v in vars(args).items()}}, indent=1) + "\n")
 
 
 def parse_taps(text: str) -> list[tuple[str, str]]:
@@ -213,6 +306,7 @@ def full_tap(args, model, profile, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="paper", help="paper (random weights, 224 px) or toy (its weights)")
     parser.add_argument("--taps", default="1.1:B,3.1:B", help="BLOCK:TAP list (B taps, or I of a downsample block)")
     parser.add_argument("--channels", type=int, help="channels per tap, 0..N-1 (default 16; --full-tap: 256)")
     parser.add_argument("--steps", type=int, help="steps per FZ (default 32; --full-tap: the profile's 2560)")
@@ -230,15 +324,21 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile = profiles.override(profiles.load("paper"), {"model.weights": "random:0",
-                                                         "fz.channel_batch": args.channel_batch})
+    base = profiles.load(args.profile)
+    overrides = {"fz.channel_batch": args.channel_batch}
+    if args.profile == "paper":
+        overrides["model.weights"] = "random:0"  # nothing downloads
+    profile = profiles.override(base, overrides)
     model, _ = load_model(ModelSpec.from_profile(profile["model"]))
     device = torch.device(args.device)
     if args.full_tap:
         full_tap(args, model, profile, device)
-    else:
+    elif args.autocast or args.channels_last:
         args.channels, args.steps = args.channels or 16, args.steps or 32
         compare(args, model, profile, device)
+    else:
+        args.channels, args.steps = args.channels or 16, args.steps or 32
+        three_ways(args, model, profile, device)
 
 
 if __name__ == "__main__":

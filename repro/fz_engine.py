@@ -17,6 +17,7 @@ the chain's output size depends on the scale draw, so the forward runs once per 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -52,6 +53,29 @@ def micro_batches(transformed, size: int):
             if len(rows) < size:
                 part = torch.cat([part, part.new_zeros((size - len(rows), *part.shape[1:]))])
             yield rows, part
+
+
+def map_extent(model: torch.nn.Module, profile: Mapping, label: tuple[str, str], size: int,
+               aliased: bool) -> tuple[int, int]:
+    """The tap's map height and width for an image of ``size`` px (one blank forward)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        taps, _ = taps_model.run(model, torch.zeros(1, 3, size, size, device=device), [label], stop=True,
+                                 aliased=aliased)
+    return tuple(taps[label].shape[-2:])
+
+
+def own_map_values(chosen, maps: torch.Tensor, channels: torch.Tensor, extents: Sequence[tuple[int, int]]):
+    """The objective of each image on its own map: the canvas forward's map cropped to the extent the image's
+    drawn size gives (the feature grid starts at the top left corner either way), so the center neuron is the
+    one Lucent's forward of the drawn image reads."""
+    values = torch.zeros(len(channels), device=maps.device)
+    for shape in sorted(set(extents)):
+        rows = torch.tensor([i for i, e in enumerate(extents) if e == shape], device=maps.device)
+        own = maps.index_select(0, rows)[:, :, :shape[0], :shape[1]]
+        read = taps_model.center_of(own) if chosen.center else own
+        values = values.index_copy(0, rows, chosen.value(read, channels.index_select(0, rows)).float())
+    return values
 
 
 @dataclass
@@ -105,6 +129,8 @@ def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], 
     params, image_f = image_parameterization(generators, size, decorrelate=bool(settings["decorrelate"]),
                                              fft=bool(settings["fft"]), device=device)
     optimizer = torch.optim.Adam(params, lr=float(settings["lr"]))
+    extent = functools.lru_cache(maxsize=None)(
+        lambda drawn: map_extent(model, profile, (first.block, first.tap), drawn, aliased))
     values = torch.empty(len(names))
     initial, traced, snapshots = None, [], {}
     with devices.lucent_on(device):
@@ -116,8 +142,15 @@ def optimize(model: torch.nn.Module, profile: Mapping, names: Sequence[FZName], 
             for index, images in micro_batches(transformed, micro):
                 with amp:
                     taps, _ = taps_model.run(model, normalize(images, profile), [(first.block, first.tap)],
-                                             stop=True, aliased=aliased, center=chosen.center)
-                    group_values = chosen.value(taps[(first.block, first.tap)][:len(index)], channels[index]).float()
+                                             stop=True, aliased=aliased,
+                                             center=chosen.center and transformed.drawn is None)
+                    tap = taps[(first.block, first.tap)][:len(index)]
+                    if transformed.drawn is None:
+                        group_values = chosen.value(tap, channels[index]).float()
+                    else:
+                        drawn = [transformed.drawn[i] for i in index.tolist()]
+                        group_values = own_map_values(chosen, tap, channels[index],
+                                                      [extent(size) for size in drawn])
                 # The sum gives every image the gradient of its own objective alone.
                 loss = loss - group_values.sum()
                 values[index.cpu()] = group_values.detach().cpu()

@@ -77,9 +77,9 @@ UNIFORMS_PER_STEP = 6
 
 
 RESAMPLES = ("fused", "staged")
-# Where an unpadded chain's image lies for the forward: at the size its scale draw gives, as Lucent ("drawn":
-# one forward per distinct size), or centered on the largest draw's canvas with zeros around it ("canvas":
-# one forward size for the whole batch).
+# What the forward gets of an unpadded chain's image: the image at the size its scale draw gives, as Lucent
+# ("drawn": one forward per distinct size), or the largest draw's canvas with the image in its top left corner,
+# where Lucent's chain puts it, and zeros right of and below it ("canvas": one forward size for the batch).
 FORWARD_SIZES = ("drawn", "canvas")
 
 
@@ -173,7 +173,7 @@ class Schedule:
     scales: tuple[float, ...]
     angles: tuple[int, ...]  # degrees
     pad_from_jitter: int
-    centered: bool = False  # fz.forward_size "canvas": an unpadded image centered on the canvas
+    on_canvas: bool = False  # fz.forward_size "canvas": an unpadded image forwarded on the whole canvas
 
     @classmethod
     def from_profile(cls, profile: Mapping, jitter: int) -> "Schedule":
@@ -211,12 +211,6 @@ class Schedule:
     def rotated_canvas_size(self) -> int:
         """The largest canvas the rotation acts on (the resize's output with its zero padding)."""
         return max(resized + 2 * padding for _, resized, padding in map(self.scaled, self.scales))
-
-    def placement(self, sizes: np.ndarray) -> np.ndarray:
-        """Each image's first row and column on the canvas: 0 (top left), or centered (``centered``)."""
-        if not self.centered or self.padded:
-            return np.zeros(len(sizes), dtype=np.int64)
-        return (self.canvas_size - np.asarray(sizes, dtype=np.int64)) // 2
 
     @property
     def canvas_size(self) -> int:
@@ -331,10 +325,11 @@ def sampling(schedule: Schedule, draws: Draws) -> Sampling:
 
 @dataclass
 class Transformed:
-    """A batch after the chain: image i is ``canvas[i, :, :sizes[i], :sizes[i]]`` (with ``sizes[i]`` the
-    canvas for a centered schedule, whose images lie in its middle with zeros around them)."""
+    """A batch after the chain: image i is ``canvas[i, :, :sizes[i], :sizes[i]]`` (``sizes[i]`` is the whole
+    canvas when the schedule forwards on it: the image in its top left corner, zeros right and below)."""
     canvas: torch.Tensor  # [n, 3, canvas, canvas]; zero outside each image's own size
-    sizes: list[int]
+    sizes: list[int]  # what each image's forward reads of the canvas
+    drawn: list[int] | None = None  # each image's own size, where it differs from ``sizes`` (on the canvas)
 
     def groups(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, images) per distinct output size, for forwards that need one size per call."""
@@ -380,8 +375,6 @@ def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str 
         raise ValueError(f"resample {resample!r}: one of {RESAMPLES}")
     device, canvas = images.device, schedule.canvas_size
     maps = sampling(schedule, draws)
-    start = schedule.placement(maps.sizes)
-    maps = _placed(maps, start)
 
     def per_image(values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(values, dtype=torch.float32, device=device)
@@ -402,8 +395,7 @@ def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str 
                            per_image(high)[:, None, None])
             mask = weight if mask is None else mask.mul_(weight)
     pixels = torch.arange(canvas, device=device, dtype=torch.float32)
-    first, stop = per_image(start)[:, None], per_image(start + maps.sizes)[:, None]
-    rows = cols = ((pixels[None, :] >= first) & (pixels[None, :] < stop)).float()  # the image's own pixels
+    rows = cols = (pixels[None, :] < per_image(maps.sizes)[:, None]).float()  # the image's own size
     for shift, high in maps.output_supports:
         cols = cols * _tent(pixels[None, :] + per_image(shift[:, 0])[:, None], per_image(high)[:, None])
         rows = rows * _tent(pixels[None, :] + per_image(shift[:, 1])[:, None], per_image(high)[:, None])
@@ -413,20 +405,17 @@ def apply(images: torch.Tensor, schedule: Schedule, draws: Draws, resample: str 
     reach = 1 + schedule.pad / half_in
     resampled = F.grid_sample(images, grid.clamp_(-reach, reach), mode="bilinear",
                               padding_mode="reflection" if schedule.padded else "border", align_corners=True)
-    sizes = maps.sizes if not schedule.centered else np.full(len(start), canvas)
-    return Transformed(resampled * mask[:, None], [int(s) for s in sizes])
+    return Transformed(resampled * mask[:, None], _forward_sizes(schedule, maps.sizes), _drawn(schedule, maps.sizes))
 
 
-def _placed(maps: Sampling, start: np.ndarray) -> Sampling:
-    """The maps with output pixel (x, y) moved to (x, y) + start: the image drawn at an offset on its canvas."""
-    if not start.any():
-        return maps
-    shift = np.stack([start, start], axis=1).astype(np.float64)  # [n, 2]
-    linear = maps.source[:, :, :2]
-    source = maps.source.copy()
-    source[:, :, 2] -= np.einsum("nij,nj->ni", linear, shift)
-    outputs = tuple((offset - shift, high) for offset, high in maps.output_supports)
-    return Sampling(source, maps.source_supports, outputs, maps.sizes)
+def _forward_sizes(schedule: Schedule, sizes: np.ndarray) -> list[int]:
+    """Each image's size for the forward: its own, or the whole canvas (``on_canvas``; the same for padded
+    chains, whose images are all the image size)."""
+    return [schedule.canvas_size if schedule.on_canvas else int(size) for size in sizes]
+
+
+def _drawn(schedule: Schedule, sizes: np.ndarray) -> list[int] | None:
+    return [int(size) for size in sizes] if schedule.on_canvas and not schedule.padded else None
 
 
 def _resample(images: torch.Tensor, inverse: np.ndarray, size: int) -> torch.Tensor:
@@ -473,12 +462,9 @@ def _apply_staged(images: torch.Tensor, schedule: Schedule, draws: Draws) -> Tra
     center, cos, sin = (steps.rotated - 1) / 2, steps.cos, steps.sin
     turn = np.stack([np.stack([cos, -sin, center * (1 - cos + sin)], axis=1),
                      np.stack([sin, cos, center * (1 - sin - cos)], axis=1)], axis=1)
-    start = schedule.placement(steps.rotated)  # a centered image: canvas pixel q is rotated pixel q - start
-    turn[:, :, 2] -= np.einsum("nij,nj->ni", turn[:, :, :2], np.stack([start, start], axis=1).astype(np.float64))
-    images = _resample(images, turn, canvas) * _box(canvas, start, start + steps.rotated - 1, device)
+    images = _resample(images, turn, canvas) * _box(canvas, np.zeros(n, dtype=np.int64), steps.rotated - 1, device)
     if not schedule.padded:
-        sizes = np.full(n, canvas) if schedule.centered else steps.rotated
-        return Transformed(images, [int(s) for s in sizes])
+        return Transformed(images, _forward_sizes(schedule, steps.rotated), _drawn(schedule, steps.rotated))
     # The second jitter and the center crop: output pixel x reads x + top - second.
     images = _resample(images, _translation(steps.second - steps.top[:, None]), schedule.image_size)
     return Transformed(images, [schedule.image_size] * n)

@@ -19,7 +19,7 @@ from repro.optvis import transform as lucent_transform
 
 # The toy profile: 64 px images; jitter 0 (scale and rotation only) and 4 (pad, jitter 4, ..., jitter 2, crop).
 # Against Lucent image by image, each unpadded image at the size its draw gives ("drawn"); the toy's own
-# "canvas" placement is that image centered on the largest draw's canvas (test_canvas_centers_the_drawn_image).
+# "canvas" forward is that image in the top left corner of the largest draw's canvas (test_canvas_holds_...).
 CANVAS = profiles.load("toy")
 PROFILE = profiles.override(CANVAS, {"fz.forward_size": "drawn"})
 JITTERS = (0, 4)
@@ -173,9 +173,9 @@ def test_output_sizes_and_canvas(resample):
 
 @pytest.mark.parametrize("resample", ft.RESAMPLES)
 @pytest.mark.parametrize("jitter", JITTERS)
-def test_canvas_centers_the_drawn_image(jitter, resample):
-    """``forward_size="canvas"``: every image on the 68 px canvas, the drawn image at (68 - size) // 2 and zeros
-    around it; padded chains (64 px after the crop) are unchanged."""
+def test_canvas_holds_the_drawn_image_in_its_top_left_corner(jitter, resample):
+    """``forward_size="canvas"``: every image on the 68 px canvas, the drawn image in its top left corner (where
+    Lucent's chain puts it) and zeros right and below; padded chains (64 px after the crop) are unchanged."""
     rows = [((1, 2), s, a, (1, 0)) for s, a in ((1.05, 3), (1.0, -2), (0.95, 5), (0.975, 0), (1.025, -4))]
     images = noise_images(len(rows), seed=7)
     drawn = ft.apply(images, ft.Schedule.from_profile(PROFILE, jitter), draws_of(rows), resample)
@@ -185,12 +185,35 @@ def test_canvas_centers_the_drawn_image(jitter, resample):
         return
     assert placed.sizes == [68] * len(rows) and len(placed.groups()) == 1
     for i, size in enumerate(drawn.sizes):
-        start = (68 - size) // 2
-        torch.testing.assert_close(placed.canvas[i, :, start:start + size, start:start + size], own_image(drawn, i),
-                                   atol=1e-5, rtol=0)
-        outside = torch.ones(68, 68, dtype=torch.bool)
-        outside[start:start + size, start:start + size] = False
-        assert not outside.any() or placed.canvas[i][:, outside].abs().max() == 0
+        assert torch.equal(placed.canvas[i, :, :size, :size], own_image(drawn, i))
+        assert placed.canvas[i, :, size:].abs().max() == 0 if size < 68 else True
+        assert placed.canvas[i, :, :, size:].abs().max() == 0 if size < 68 else True
+
+
+def test_a_center_neuron_on_the_canvas_is_the_drawn_images():
+    """On the canvas the feature grid starts at the top left corner as in the drawn image, so the engine reads
+    each image's objective on the canvas map cropped to its drawn image's map (``own_map_values``); for a tap
+    whose receptive field stays inside the drawn image that is the value Lucent's forward of it gives."""
+    from repro import model as taps_model
+    from repro.fz_engine import map_extent, own_map_values
+    from repro.model import ModelSpec, load_model
+    from repro.objectives import OBJECTIVES
+
+    network, _ = load_model(ModelSpec.from_profile(profiles.override(PROFILE, {"model.weights": "random:0"})["model"]))
+    rows = [((0, 0), s, a, (0, 0)) for s, a in ((1.05, 3), (1.0, -2), (0.95, 5), (0.975, 0), (1.025, -4))]
+    images = smooth_images(len(rows), seed=8)
+    drawn = ft.apply(images, ft.Schedule.from_profile(PROFILE, 0), draws_of(rows), "fused")
+    placed = ft.apply(images, ft.Schedule.from_profile(CANVAS, 0), draws_of(rows), "fused")
+    assert placed.drawn == drawn.sizes
+    label, channels = ("1.1", "B"), torch.tensor([0, 3, 5, 7, 2])
+    with torch.no_grad():
+        maps, _ = taps_model.run(network, placed.canvas, [label], stop=True)
+        extents = [map_extent(network, PROFILE, label, size, False) for size in placed.drawn]
+        assert len(set(extents)) > 1  # the center moves with the drawn size, as in Lucent's forwards
+        ours = own_map_values(OBJECTIVES["neuron"], maps[label], channels, extents)
+        for i in range(len(rows)):
+            alone, _ = taps_model.run(network, own_image(drawn, i)[None], [label], stop=True, center=True)
+            torch.testing.assert_close(ours[i], alone[label][0, channels[i]], atol=1e-4, rtol=1e-4)
 
 
 def test_forward_size_is_part_of_the_recipe():

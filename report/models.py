@@ -66,4 +66,5 @@ def labels(models: Sequence[Model]) -> list[str]:
     """One distinct label per store, "profile · arch", with the weights (then a count) where that repeats."""
     found = [f"{model.profile} · {model.arch}" for model in models]
     found = [f"{label} · {model.weights}" if found.count(label) > 1 else label for label, model in zip(found, models)]
-    return [f"{label} ({index + 1})" if found.count(label) > 1 else label for index, label in enumerate(found)]
+    return [f"{label} ({found[:index + 1].count(label)})" if found.count(label) > 1 else label
+            for index, label in enumerate(found)]

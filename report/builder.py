@@ -4,7 +4,8 @@
 
 * ``figures/<id>.png`` and ``.svg`` (and ``<id>.cells.json``: where each channel's grid lies, for grid
   figures), ``tables/<id>.csv``, ``.md`` and ``.outcome.txt`` (the table's outcome in words);
-* ``_quarto.yml``, ``index.qmd`` (what this store is and shows, claims at a glance, default vs aliased taps),
+* ``_quarto.yml``, ``index.qmd`` (what this store is and shows, claims at a glance, default vs aliased taps,
+  seeds, and the universality section across every compared store),
   one ``.qmd`` per paper, and ``alignment.qmd``;
 * ``_site/*.html``: rendered by ``report.render`` (Quarto, else pandoc, else markdown-it-py), and the channel
   browser ``_site/units/`` (``report.units``).

@@ -502,7 +502,7 @@ FIGURES_STORE = [
            "of the block's channels passing each stored invariance criterion. FZ stimuli, first FZ seed. One line "
            "per store: this one and each store passed with --compare.",
            universality.spectrum_figure, {"metrics": METRICS_FZ}, section=UNIVERSALITY_SECTION, across_stores=True),
-    Table("tbl-universality-spectrum", "store", "—", "The spectrum and invariant fractions per architecture and block",
+    Table("tbl-universality-spectrum", "store", "—", "Spectrum and invariant fractions per architecture and block",
           "Per store and block: channels (valid), computed (with a mix ratio), failed FZs, the overwrite, mix and skip "
           "fractions of the computed channels, the median mix ratio, and each stored criterion's invariant fraction "
           "of the block's channels; depth is the block's position over the number of blocks studied.",

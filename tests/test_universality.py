@@ -133,20 +133,22 @@ def test_a_compared_store_of_the_same_model_feeds_the_readings_and_every_store_t
     monkeypatch.setattr(spec, "FIGURES_ALIGNMENT", [])
     main_store = synthetic_store(tmp_path / "main.zarr", 0)
     same = synthetic_store(tmp_path / "same.zarr", 1)
-    other = synthetic_store(tmp_path / "other.zarr", 2, arch="resnet34")
+    other = synthetic_store(tmp_path / "other.zarr", 2, arch="repro.zoo:tiny_convnext")
     assert builder.reading_store(main_store, [other, same]) is same
     assert builder.reading_store(main_store, [other]) is None
     builder.build(main_store, tmp_path / "out", how="python", compare=[other, same])
     index = (tmp_path / "out" / "index.qmd").read_text()
     readings_part, section = index.split(f"## {SECTION}")
     assert "| criterion | stimuli | block |" in readings_part  # the same model's store, the other reading
-    assert "resnet34" not in readings_part
+    assert "tiny_convnext" not in readings_part
     table = pd.read_csv(tmp_path / "out" / "tables" / "tbl-universality-spectrum.csv")
     labels = list(dict.fromkeys(table["model"]))
-    assert labels == ["paper · resnet18 · imagenet (1)", "paper · resnet34", "paper · resnet18 · imagenet (2)"]
+    convnext = "paper · repro.zoo:tiny_convnext"
+    assert labels == ["paper · resnet18 · imagenet (1)", convnext, "paper · resnet18 · imagenet (2)"]
     assert all(f"| {label} |" in section for label in labels)
+    assert f"| {convnext} | `repro.zoo:tiny_convnext` | convnext |" in section
     expected = universality.spectrum(other.dataset("metrics").load())
-    got = table[table["model"] == "paper · resnet34"].set_index("block")
+    got = table[table["model"] == convnext].set_index("block")
     assert np.allclose(got["skip"], expected["skip"]) and np.allclose(got["invariant_naturally"],
                                                                       expected["invariant_naturally"])
 

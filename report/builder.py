@@ -443,9 +443,9 @@ def reading_section(store, context: StoreContext, compare=None) -> str:
              "published top-9 numbers came from a configuration the repository does not show.\n"]
     other = readings.other_metrics(store, compare)
     if other is None or not store.has("metrics"):
-        parts.append("No second reading to compare with: make a second store under the other reading and pass it "
-                     "with `repro report --store S --compare S2` (or copy its `metrics` group into this store as "
-                     "`metrics_code` or `metrics_paper`).\n")
+        parts.append("No second reading to compare with: make a second store of the same model (architecture and "
+                     "weights) under the other reading and pass it with `repro report --store S --compare S2` (or copy "
+                     "its `metrics` group into this store as `metrics_code` or `metrics_paper`).\n")
         return "\n".join(parts)
     metrics, theirs, where = other
     names = readings.names_for(context.reading, theirs)

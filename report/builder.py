@@ -4,7 +4,8 @@
 
 * ``figures/<id>.png`` and ``.svg`` (and ``<id>.cells.json``: where each channel's grid lies, for grid
   figures), ``tables/<id>.csv``, ``.md`` and ``.outcome.txt`` (the table's outcome in words);
-* ``_quarto.yml``, ``index.qmd`` (what this store is and shows, claims at a glance, default vs aliased taps),
+* ``_quarto.yml``, ``index.qmd`` (what this store is and shows, claims at a glance, default vs aliased taps,
+  seeds, and the universality section across every compared store),
   one ``.qmd`` per paper, and ``alignment.qmd``;
 * ``_site/*.html``: rendered by ``report.render`` (Quarto, else pandoc, else markdown-it-py), and the channel
   browser ``_site/units/`` (``report.units``).
@@ -38,7 +39,7 @@ from analyses import measures
 from analyses.levels import Level
 from repro import resources as repro_resources
 from repro.hashing import digest
-from report import outcomes, readings, reference, render, rules, spec, units, verify
+from report import models, outcomes, readings, reference, render, rules, spec, units, verify
 from report.loader import Loader
 
 SITE = render.SITE
@@ -97,6 +98,39 @@ class StoreContext:
                 f" (sha256 `{weights_hash or 'n/a'}`) · commit `{commit}`")
 
 
+@dataclass
+class Shown:
+    """A store the universality section sets side by side with the others: its label there, its model and
+    how to read it."""
+    label: str
+    model: models.Model
+    store: Any
+    loader: Loader
+    context: StoreContext
+
+
+def shown_stores(store, loader: Loader, context: StoreContext, compared: Sequence) -> list[Shown]:
+    """This store first, then every compared one, each labelled by its profile and architecture."""
+    stores = [store, *compared]
+    found = [models.of(one.attrs) for one in stores]
+    return [Shown(label, model, one, loader if one is store else Loader(one),
+                  context if one is store else StoreContext.of(one))
+            for label, model, one in zip(models.labels(found), found, stores)]
+
+
+def reading_store(store, compared: Sequence):
+    """The first compared store of this store's model (architecture and weights): the other reading."""
+    mine = models.of(store.attrs)
+    return next((other for other in compared if models.of(other.attrs).same_as(mine)), None)
+
+
+def compared_stores(compare) -> list:
+    """``compare`` as a list: None, one store, or several."""
+    if compare is None:
+        return []
+    return list(compare) if isinstance(compare, (list, tuple)) else [compare]
+
+
 # ---------------------------------------------------------------- figures and tables, cached
 
 @dataclass
@@ -126,8 +160,8 @@ def _source_hash(function) -> str:
         return "unknown"
 
 
-def entry_key(entry: spec.Figure | spec.Table, store, context: StoreContext) -> str:
-    """Hash of what an entry's output depends on."""
+def entry_key(entry: spec.Figure | spec.Table, store, context: StoreContext, across: Sequence[Shown] = ()) -> str:
+    """Hash of what an entry's output depends on (for an entry across stores, every store's groups too)."""
     payload = {
         "id": entry.id, "kind": entry.kind,
         "function": f"{entry.function.__module__}.{entry.function.__qualname__}",
@@ -137,6 +171,10 @@ def entry_key(entry: spec.Figure | spec.Table, store, context: StoreContext) -> 
                    for name, sel in entry.inputs.items()},
         "store": str(context.path), "version": repro.__version__,
     }
+    if entry.across_stores:
+        payload["across"] = [[shown.label, str(shown.context.path),
+                              {sel.group: shown.context.stamp(shown.store, sel.group) for sel in entry.inputs.values()}]
+                             for shown in across]
     return digest(payload, length=None)
 
 
@@ -189,22 +227,34 @@ def _missing_groups(entry: spec.Figure | spec.Table, store) -> list[str]:
     return [sel.group for sel in entry.inputs.values() if not sel.optional and not store.has(sel.group)]
 
 
+def _inputs(entry: spec.Figure | spec.Table, loader: Loader, across: Sequence[Shown]) -> dict:
+    """The entry's arguments from the store: for an entry across stores, {label: dataset} per input over the
+    stores that have its group."""
+    if not entry.across_stores:
+        return loader.inputs(entry.inputs)
+    return {name: {shown.label: shown.loader.load(selection) for shown in across if shown.store.has(selection.group)}
+            for name, selection in entry.inputs.items()}
+
+
 def make(entry: spec.Figure | spec.Table, store, loader: Loader, context: StoreContext, out_dir: Path,
-         cache: dict, keep_going: bool = False) -> Artifact:
+         cache: dict, keep_going: bool = False, across: Sequence[Shown] = ()) -> Artifact:
     """Build one figure or table, or reuse it when its key is unchanged; an analysis error stops the build
-    (``EntryError``) unless ``keep_going``."""
+    (``EntryError``) unless ``keep_going``. ``across``: the stores an entry across stores reads (this one
+    alone when empty)."""
+    if entry.across_stores and not across:
+        across = shown_stores(store, loader, context, [])
     if entry.comparable_only and not context.comparable:
         return Artifact(entry, "skipped", "the paper's own channel choices, shown only for a store comparable "
                                           "with the paper")
     missing = _missing_groups(entry, store)
     if missing:
         return Artifact(entry, "missing", f"needs the store's {', '.join(missing)} group, not made yet")
-    key = entry_key(entry, store, context)
+    key = entry_key(entry, store, context, across)
     files = _outputs(entry)
     if cache.get(entry.id) == key and all((out_dir / path).is_file() for path in files.values()):
         return Artifact(entry, "cached", files=files, key=key)
     try:
-        result = entry.function(**loader.inputs(entry.inputs), **entry.args)
+        result = entry.function(**_inputs(entry, loader, across), **entry.args)
         files = _save(result, entry, out_dir)
     except Exception as error:
         message = f"{entry.id} failed: {type(error).__name__}: {error}".replace("\n", " ")
@@ -325,6 +375,8 @@ def figure_html(artifact: Artifact, label: str, out_dir: Path) -> str:
 def provenance_markdown(entry: spec.Figure | spec.Table, backing: Sequence[verify.Result], context: StoreContext) -> str:
     sources = (f"from {', '.join(selection.describe() for selection in entry.inputs.values())}; {context.provenance()}"
                if entry.inputs else f"(a seeded simulation; reads no store group; package {repro.__version__})")
+    if entry.across_stores:
+        sources += ", and of every compared store named in this section"
     overall = combined_badge([result.outcome.badge for result in backing])
     claims = ", ".join(f"[{result.claim.id}](#{result.claim.id}) {own_badge(result.outcome)}" for result in backing)
     return ("::: {.provenance}\n" + (badge(overall) + " " if overall else "")
@@ -391,9 +443,9 @@ def reading_section(store, context: StoreContext, compare=None) -> str:
              "published top-9 numbers came from a configuration the repository does not show.\n"]
     other = readings.other_metrics(store, compare)
     if other is None or not store.has("metrics"):
-        parts.append("No second reading to compare with: make a second store under the other reading and pass it "
-                     "with `repro report --store S --compare S2` (or copy its `metrics` group into this store as "
-                     "`metrics_code` or `metrics_paper`).\n")
+        parts.append("No second reading to compare with: make a second store of the same model (architecture and "
+                     "weights) under the other reading and pass it with `repro report --store S --compare S2` (or copy "
+                     "its `metrics` group into this store as `metrics_code` or `metrics_paper`).\n")
         return "\n".join(parts)
     metrics, theirs, where = other
     names = readings.names_for(context.reading, theirs)
@@ -520,8 +572,29 @@ def _reference_section(results: Sequence[verify.Result]) -> list[str]:
             claims_table(mine)]
 
 
+def universality_intro(shown: Sequence[Shown]) -> str:
+    """What the universality section compares, every store named by its model, or how to add others."""
+    parts = ["Both papers end on universality: do the skip/overwrite/mix spectrum and scale invariance appear "
+             "beyond ResNet18? Here every block of this store and of each store passed with `--compare` is placed "
+             "by its normalised depth, so networks of other families and depths share one axis. A compared store of "
+             "this store's own model (architecture and weights) also feeds the comparison of readings above.\n"]
+    if shown:
+        rows = ["| shown as | architecture | family | weights | profile | reading | store |",
+                "|---|---|---|---|---|---|---|"]
+        rows += [f"| {_inline(one.label)} | `{one.model.arch}` | {_inline(one.model.family)} | `{one.model.weights}` "
+                 f"(sha256 `{one.model.weights_sha256[:12] or 'n/a'}`) | `{one.model.profile}` | "
+                 f"{_inline(one.context.reading)} | `{one.context.path}` |" for one in shown]
+        parts.append("\n".join(rows) + "\n")
+    if len(shown) <= 1:
+        parts.append("Only this store is shown. To set other architectures beside it, make a store of each (a "
+                     "profile whose `[model] arch` is, say, `convnext_tiny`, `vit_b_16` or `repro.zoo:tiny_convnext`) "
+                     "and pass them with `repro report --store S --compare S2 --compare S3`.\n")
+    return "\n".join(parts)
+
+
 def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Result], context: StoreContext,
-              out_dir: Path, chapters: Sequence[str], labels: dict[str, str], compare=None) -> str:
+              out_dir: Path, chapters: Sequence[str], labels: dict[str, str], compare=None,
+              shown: Sequence[Shown] = ()) -> str:
     profile = verify.store_profile(context.attrs)
     comparable = ("Published-number claims are **comparable**: torchvision resnet18 IMAGENET1K_V1 weights and the "
                   "paper's settings." if context.comparable else
@@ -556,6 +629,8 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
         parts.append(f"## {heading}\n")
         if section == spec.ALIASED_SECTION and not store.has("metrics_aliased"):
             parts.append(_aliased_how_to(context))
+        if section == spec.UNIVERSALITY_SECTION:
+            parts.append(universality_intro(shown))
         parts += [entry_markdown(artifact, results, context, out_dir, labels, entries, level=3)
                   for artifact in store_entries if artifact.entry.section == section]
     return "\n".join(parts)
@@ -599,9 +674,9 @@ def _load_cache(out_dir: Path) -> dict:
         return {}
 
 
-def _sources(store, artifacts, results, context, out_dir, chapters, compare=None) -> dict[str, str]:
+def _sources(store, artifacts, results, context, out_dir, chapters, compare=None, shown=()) -> dict[str, str]:
     labels = numbers(artifacts, out_dir)
-    sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels, compare),
+    sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels, compare, shown),
                "_quarto.yml": quarto_yml(chapters), "report.css": CSS_FILE.read_text(),
                f"{METHOD_PAGE[0]}.qmd": method_qmd()}
     for chapter in PAPER_CHAPTERS:
@@ -621,7 +696,9 @@ def _write_changed(out_dir: Path, sources: dict[str, str]) -> None:
 def build(store, out_dir, how: str | None = None, keep_going: bool = False, compare=None) -> Path:
     """Rebuild both papers' figures, tables and claims from ``store`` into ``out_dir``; returns the HTML entry page.
 
-    ``compare``: a second store, made under the other reading, shown beside this one (``readings``)."""
+    ``compare``: other stores (one, or a list), each shown beside this one in the universality section; the
+    first of this store's model (architecture and weights), made under the other reading, also feeds the
+    comparison of readings (``readings``)."""
     started = time.monotonic()
     out_dir = Path(out_dir)
     for folder in ("figures", "tables"):
@@ -630,12 +707,14 @@ def build(store, out_dir, how: str | None = None, keep_going: bool = False, comp
     results = verify.evaluate(store, reference.claims_for(str(store.attrs.get("profile_name", ""))))
     cache = _load_cache(out_dir)
     loader = Loader(store)
+    compared = compared_stores(compare)
+    shown = shown_stores(store, loader, context, compared)
     entries = [*spec.FIGURES, *spec.FIGURES_ALIGNMENT]
-    artifacts = [make(entry, store, loader, context, out_dir, cache.get("entries", {}), keep_going)
+    artifacts = [make(entry, store, loader, context, out_dir, cache.get("entries", {}), keep_going, shown)
                  for entry in entries]
     has_alignment = any(entry.chapter == "alignment" for entry in entries)
     chapters = ["store", *PAPER_CHAPTERS] + (["alignment"] if has_alignment else [])
-    sources = _sources(store, artifacts, results, context, out_dir, chapters, compare)
+    sources = _sources(store, artifacts, results, context, out_dir, chapters, reading_store(store, compared), shown)
     _write_changed(out_dir, sources)
     how = how or render.renderer()
     render_key = hashlib.sha256(json.dumps([how, sources, [a.key for a in artifacts]]).encode()).hexdigest()

@@ -13,20 +13,27 @@ from repro.store import Store
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--keep-going", is_flag=True, help="Show a failing analysis as an error box and build the rest.")
-@click.option("--compare", "compare_path", type=click.Path(path_type=Path),
-              help="A second store (made under the other reading) to compare invariant channels with.")
-def report(store_path, out_dir, keep_going, compare_path):
+@click.option("--compare", "compare_paths", type=click.Path(path_type=Path), multiple=True,
+              help="Another store, shown beside this one in the universality section (repeatable); one of the "
+                   "same model (architecture and weights) made under the other reading is also compared with "
+                   "this store's invariant channels.")
+def report(store_path, out_dir, keep_going, compare_paths):
     """Rebuild both papers' figures and tables from a store and render HTML."""
     from report import builder
 
     store = Store.existing(store_path)
     refuse_stale(store)
-    compare = Store.existing(compare_path) if compare_path else None
-    if compare is not None:
-        refuse_stale(compare)
-        if not compare.has("metrics"):
-            raise UserError(f"store {compare.path} has no metrics group to compare with; run `repro metrics` on it")
-    builder.build(store, out_dir, keep_going=keep_going, compare=compare)
+    compared = [compared_store(path) for path in compare_paths]
+    builder.build(store, out_dir, keep_going=keep_going, compare=compared)
+
+
+def compared_store(path: Path) -> Store:
+    """A store passed with --compare: current, with a metrics group."""
+    store = Store.existing(path)
+    refuse_stale(store)
+    if not store.has("metrics"):
+        raise UserError(f"store {store.path} has no metrics group to compare with; run `repro metrics` on it")
+    return store
 
 
 @click.command()

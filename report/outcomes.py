@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from analyses import ablation, stats
+from analyses import ablation, stats, universality
 from analyses import figures as fg
 
 ALPHA = 0.05
@@ -82,6 +82,17 @@ def aliased(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
             f"{int(table['aliased'].sum())}, {int(table['shared'].sum())} shared ({mean}).")
 
 
+def spectra(table: pd.DataFrame, args: Mapping[str, Any]) -> str:
+    """Each model's spectrum and invariant fractions pooled over its blocks."""
+    parts = []
+    for model, row in universality.model_summary(table).iterrows():
+        kinds = ", ".join(f"{kind} {row[kind]:.0%}" for kind in universality.KINDS)
+        invariant = ", ".join(f"{column.removeprefix('invariant_')} {row[column]:.0%}"
+                              for column in row.index if column.startswith("invariant_"))
+        parts.append(f"{model}: {kinds}" + (f" (invariant: {invariant})" if invariant else ""))
+    return "Pooled over each model's blocks, " + "; ".join(parts) + "."
+
+
 DESCRIBERS: dict[Callable, Callable[[pd.DataFrame, Mapping[str, Any]], str]] = {
     fg.channel_list_table: channel_lists,
     ablation.accuracy_table: ablation_accuracies,
@@ -90,6 +101,7 @@ DESCRIBERS: dict[Callable, Callable[[pd.DataFrame, Mapping[str, Any]], str]] = {
     stats.tuning_mix: skip_overwrite,
     fg.percent_invariant_table: percent_invariant,
     fg.aliased_comparison_table: aliased,
+    universality.spectrum_table: spectra,
 }
 
 

@@ -2,7 +2,7 @@
 
 A store's groups record the reading items they read (``repro.reading``) in their settings; a group made
 before the items existed computed the paper's reading. The comparison takes the other reading's metrics
-from a second store (``repro report --store S --compare S2``) or from a group of this store named
+from a second store of the same model (``repro report --store S --compare S2``) or from a group of this store named
 ``metrics_code`` / ``metrics_paper`` (copied in, as ``metrics_aliased`` is), and shows per block and
 criterion the invariant channels under each reading, their overlap, and which reading the published
 channel list is closer to. Stores with several FZ seeds are compared seed by seed, against the seed noise

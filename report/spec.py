@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
-from analyses import ablation, convergence, noise, stats
+from analyses import ablation, convergence, noise, stats, universality
 from analyses import alignment_figures as af
 from analyses import figures as fg
 from analyses import measures as m
@@ -65,6 +65,9 @@ class _Entry:
     args: Mapping[str, Any] = field(default_factory=dict)
     comparable_only: bool = False  # the paper's own channel choices: shown only where its numbers compare
     section: str = ""  # the part of its chapter's page it is shown in (``STORE_SECTIONS`` on the store page)
+    # True: each input is {store label: dataset} over this store and every store compared with it
+    # (``repro report --compare``), so the entry sets models side by side.
+    across_stores: bool = False
 
 
 @dataclass(frozen=True)
@@ -463,9 +466,12 @@ CLAIMS_INTERPRETING = [
 # ---------------------------------------------------------------- this store: default vs aliased taps, seeds
 
 # The store page's sections, in its order: its heading by key.
-ALIASED_SECTION, SEEDS_SECTION = "aliased", "seeds"
+ALIASED_SECTION, SEEDS_SECTION, UNIVERSALITY_SECTION = "aliased", "seeds", "universality"
 STORE_SECTIONS = {ALIASED_SECTION: "Default taps and reference-compatibility (aliased) taps",
-                  SEEDS_SECTION: "FZ seeds and convergence"}
+                  SEEDS_SECTION: "FZ seeds and convergence",
+                  UNIVERSALITY_SECTION: "Universality: the spectrum and invariance across architectures"}
+SPECTRUM_WORDS = ("overwrite M ≤ 2/3, mix 2/3 < M < 3/2, skip M ≥ 3/2 (the mix criterion's bounds as the store "
+                  "records them), over the block's channels with a computed M")
 
 FIGURES_STORE = [
     Figure("fig-fz-convergence", "store", "—", "FZ convergence per block",
@@ -490,6 +496,17 @@ FIGURES_STORE = [
     Figure("fig-aliased-mix", "store", "—", "Mix ratio with default and aliased taps",
            "Each channel's mix ratio with the default taps against the aliased taps, per block.",
            fg.aliased_mix_scatter, ALIASED_INPUTS, section=ALIASED_SECTION),
+    Figure("fig-universality-spectrum", "store", "—", "Skip, overwrite and mix across architectures",
+           f"Per block, against its normalised depth (its position over the number of blocks studied): the "
+           f"fractions of channels the papers' rules call {SPECTRUM_WORDS}; the median mix ratio; and the fraction "
+           "of the block's channels passing each stored invariance criterion. FZ stimuli, first FZ seed. One line "
+           "per store: this one and each store passed with --compare.",
+           universality.spectrum_figure, {"metrics": METRICS_FZ}, section=UNIVERSALITY_SECTION, across_stores=True),
+    Table("tbl-universality-spectrum", "store", "—", "Spectrum and invariant fractions per architecture and block",
+          "Per store and block: channels (valid), computed (with a mix ratio), failed FZs, the overwrite, mix and skip "
+          "fractions of the computed channels, the median mix ratio, and each stored criterion's invariant fraction "
+          "of the block's channels; depth is the block's position over the number of blocks studied.",
+          universality.spectrum_table, {"metrics": METRICS_FZ}, section=UNIVERSALITY_SECTION, across_stores=True),
 ]
 
 FIGURES = [*FIGURES_STORE, *FIGURES_NATURALLY, *FIGURES_INTERPRETING]

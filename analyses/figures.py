@@ -341,7 +341,7 @@ WEIGHTS = {"bn2": ("bn2_weight_abs", "|bn2 weight|"), "conv2": ("conv2_weight_me
 
 def weight_mix_scatter(metrics: xr.Dataset, blocks: Sequence[str] = ("1.1", "2.1", "3.1")) -> Figure:
     """Paper 2 Fig. 3: weight magnitudes against mix ratio with Spearman rho and p per block."""
-    blocks = [block for block in blocks if block in stats.blocks_of(metrics)]
+    blocks = stats.shown_blocks(metrics, blocks)
     correlations = stats.weight_mix_correlations(metrics, blocks)
     figure, axes = _panels(len(blocks), rows=2)
     for column, block in enumerate(blocks):
@@ -371,7 +371,7 @@ def _skip_overwrite_panel(axis, mix: pd.Series, values: np.ndarray, ylabel: str,
 def activation_tuning_mix(metrics: xr.Dataset, responses: xr.Dataset,
                           blocks: Sequence[str] = ("1.1", "2.1", "3.1")) -> Figure:
     """Paper 2 Fig. 4: B_c(X_I) (top) and input-block tuning rho (bottom) against M, skip vs overwrite ANOVA."""
-    blocks = [block for block in blocks if block in stats.blocks_of(metrics)]
+    blocks = stats.shown_blocks(metrics, blocks)
     figure, axes = _panels(len(blocks), rows=2)
     for column, block in enumerate(blocks):
         mix = stats.per_channel(metrics, "mix", block)

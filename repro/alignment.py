@@ -285,7 +285,9 @@ def network_representations(centres: dict, samples: dict, settings: Settings) ->
     return representations, unexplained
 
 
-def network_part(scores: ab.PairScores, pairs: Sequence[tuple[str, str]], settings: Settings) -> xr.Dataset:
+def network_part(scores: ab.PairScores, blocks: Sequence[str], settings: Settings,
+                 partner_blocks: Sequence[str] | None = None) -> xr.Dataset:
+    pairs = pair_list(blocks, partner_blocks)
     shape = (len(REPRESENTATIONS), len(METRICS), len(pairs))
     value, low, high = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     gain, gain_low, gain_high = (np.full(shape[1:], np.nan) for _ in range(3))
@@ -324,7 +326,7 @@ def compare_networks(store: Store, model: torch.nn.Module, partner: torch.nn.Mod
         metrics = ab.METRICS if index < len(blocks) else settings.cross_metrics  # the matching pairs come first
         pairs += [(f"a:{block_a}:{kind}", f"b:{block_b}:{kind}", metrics) for kind in ("raw", "sae")]
     scores = ab.score_pairs(representations, pairs, settings.bootstrap, seed=[settings.seed, 2])
-    return network_part(scores, pair_list(blocks, partner_blocks), settings), {"network_images": int(chosen.size),
+    return network_part(scores, blocks, settings, partner_blocks), {"network_images": int(chosen.size),
                                                      "network_sae_samples": int(samples[("a", blocks[0])].shape[0]),
                                                      "network_sae_unexplained_variance": unexplained}
 

@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
+from analyses import alignment_bootstrap as ab
 from residual_stream.cli import main
 from repro import profiles
 
@@ -110,3 +111,38 @@ def test_a_vit_refuses_unpadded_fz_taps_in_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert "0.attn:I" in result.stderr and "pad_from_jitter" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+TWIN = """
+[alignment]
+blocks = ["1.1", "2.1", "3.1", "4.1"]
+partner_profile = "tiny_convnext"
+partner_weights = ""
+partner_blocks = ["1.0", "2.0", "3.1", "4.0"]
+"""
+
+
+def test_a_resnet_aligns_with_a_convnext_twin(tmp_path):
+    """The alignment of two networks with a partner of another family, widths and map sizes: the i-th blocks
+    are matched and get every metric."""
+    from repro.pipeline import toy_images
+
+    profile = here_profile(tmp_path, "tiny", TWIN)
+    images = toy_images(profiles.load(profile))
+    store = str(tmp_path / "twin.zarr")
+    runner = CliRunner()
+    for command in (["natural", "--images", str(images)], ["alignment"]):
+        result = runner.invoke(main, [*command, "--profile", profile, "--store", store])
+        assert result.exit_code == 0, result.output
+    alignment = xr.open_zarr(store, group="alignment").load()
+    assert list(alignment.pair.values[:4]) == ["1.1~1.0", "2.1~2.0", "3.1~3.1", "4.1~4.0"]
+    matching = alignment.network.isel(pair=slice(0, 4)).sel(representation="raw", metric=list(ab.METRICS))
+    assert bool(matching.notnull().all()), matching
+    assert alignment.attrs["partner_state_sha256"]
+
+
+def test_partner_blocks_must_pair_with_the_blocks_compared(tmp_path):
+    uneven = TWIN.replace('["1.0", "2.0", "3.1", "4.0"]', '["1.0", "2.0"]')
+    result = CliRunner().invoke(main, ["alignment", "--profile", here_profile(tmp_path, "tiny", uneven),
+                                       "--store", str(tmp_path / "twin.zarr")])
+    assert result.exit_code == 2 and "pair them one to one" in result.output

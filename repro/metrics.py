@@ -41,8 +41,11 @@ an 8-bit PNG round trip; ``interpreting_criterion = "mix_up"`` drops down from t
 per (block, channel, stimulus_set), over the seeds: ``<flag>_frequency``, the fraction of seeds in which
 the channel passes each criterion flag, and ``<flag>_robust``, frequency ≥ ``metrics.robust_fraction``
 (the label that does not hang on one seed); and per (block, channel): ``bn2_weight_abs`` = |bn2.weight[c]| and ``conv2_weight_mean_abs`` = mean
-|conv2.weight[c]| (for a Bottleneck block, the block's last BN and conv: bn3 and conv3), ``tuning_rho``
-(Spearman ρ of I_c and B_c over the natural images with I_c > 0), ``valid``; per block: ``downsample``.
+|conv2.weight[c]| (for a Bottleneck block, the block's last BN and conv: bn3 and conv3; in another family the
+parts its adapter's ``weight_parts`` names, a ConvNeXt's layer scale and last Linear; NaN where it names none,
+as in a ViT, the reason per block in the attr ``weights_missing``), ``tuning_rho``
+(Spearman ρ of I_c and B_c over the natural images with I_c > 0), ``valid``; per block: ``downsample`` (the
+block's I comes through a layer of its own: a downsample branch, a ConvNeXt's downsampling layer).
 
 Work is batched: a block's stimuli for all channels of one source tap go through the model together
 (``metrics.batch_size`` images per forward, default 64), each forward reads the three taps' center

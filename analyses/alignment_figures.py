@@ -274,7 +274,10 @@ def _gain_frame(alignment: xr.Dataset) -> pd.DataFrame:
 
 
 def _matched(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["block_a"] == frame["block_b"]]
+    """The matching block pairs: the group stores them first, one per block (equal labels when the partner is
+    the same architecture, the i-th blocks of each network when it is another)."""
+    pairs = list(dict.fromkeys(frame["pair"]))
+    return frame[frame["pair"].isin(pairs[:len(set(frame["block_a"]))])]
 
 
 def plot_networks(alignment: xr.Dataset, metrics=NETWORK_METRICS) -> Figure:

@@ -225,8 +225,8 @@ def _present(metrics: xr.Dataset, block: str, channels: Sequence[int]) -> list[t
 def exemplary_invariant_grids(fz, natural, image_cache, metrics, blocks: Sequence[str] = ("2.1", "3.1"),
                               count: int = 6, criterion: str = "naturally", fz_channel=None) -> Figure:
     """Paper 1 Fig. 1: the store's top ``count`` invariant channels by scale metric, one row per block."""
-    rows = [(block, stats.top_by_scale_metric(metrics, block, count, criterion)) for block in blocks
-            if block in stats.blocks_of(metrics)]
+    blocks = stats.shown_blocks(metrics, blocks)  # another family's store: its simple blocks
+    rows = [(block, stats.top_by_scale_metric(metrics, block, count, criterion)) for block in blocks]
     rows = [(block, channels) for block, channels in rows if channels]
     chosen = [(block, channel) for block, channels in rows for channel in channels]
     layout = [(row, column) for row, (_, channels) in enumerate(rows) for column in range(len(channels))]
@@ -260,6 +260,7 @@ def named_channel_grids(fz, natural, image_cache, metrics, channels: Mapping[str
 
 def spectrum_example_grids(fz, natural, image_cache, metrics, block: str = "1.1", fz_channel=None) -> Figure:
     """Paper 2 Fig. 1A: the store's overwrite, mix and skip example channels of one block."""
+    block = next(iter(stats.shown_blocks(metrics, [block])), block)  # another family's: its first simple block
     if block not in stats.blocks_of(metrics):
         return _empty(f"block {block} is not in this store")
     examples = spectrum_examples(metrics, block)
@@ -341,7 +342,7 @@ WEIGHTS = {"bn2": ("bn2_weight_abs", "|bn2 weight|"), "conv2": ("conv2_weight_me
 
 def weight_mix_scatter(metrics: xr.Dataset, blocks: Sequence[str] = ("1.1", "2.1", "3.1")) -> Figure:
     """Paper 2 Fig. 3: weight magnitudes against mix ratio with Spearman rho and p per block."""
-    blocks = [block for block in blocks if block in stats.blocks_of(metrics)]
+    blocks = stats.shown_blocks(metrics, blocks)
     correlations = stats.weight_mix_correlations(metrics, blocks)
     figure, axes = _panels(len(blocks), rows=2)
     for column, block in enumerate(blocks):
@@ -371,7 +372,7 @@ def _skip_overwrite_panel(axis, mix: pd.Series, values: np.ndarray, ylabel: str,
 def activation_tuning_mix(metrics: xr.Dataset, responses: xr.Dataset,
                           blocks: Sequence[str] = ("1.1", "2.1", "3.1")) -> Figure:
     """Paper 2 Fig. 4: B_c(X_I) (top) and input-block tuning rho (bottom) against M, skip vs overwrite ANOVA."""
-    blocks = [block for block in blocks if block in stats.blocks_of(metrics)]
+    blocks = stats.shown_blocks(metrics, blocks)
     figure, axes = _panels(len(blocks), rows=2)
     for column, block in enumerate(blocks):
         mix = stats.per_channel(metrics, "mix", block)

@@ -227,12 +227,19 @@ def simple_blocks(metrics_ds: xr.Dataset) -> list[str]:
     return [block for block, has in zip(blocks_of(metrics_ds), downsample) if not has]
 
 
+def shown_blocks(metrics_ds: xr.Dataset, blocks: Sequence[str] | None) -> list[str]:
+    """The requested blocks the store has, in order; when it has none of them (a model of another family,
+    whose labels are not the paper's "L.i"), every simple block of the store; None: every simple block."""
+    here = [block for block in blocks or () if block in blocks_of(metrics_ds)]
+    return here or simple_blocks(metrics_ds)
+
+
 def weight_mix_correlations(metrics_ds: xr.Dataset, blocks: Sequence[str] | None = None,
                             stimulus_set: str = "fz") -> pd.DataFrame:
     """Per block (default: every simple block), Spearman ρ and p of |bn2 weight| and mean |conv2 weight|
     against M (Fig. 3): columns ``n``, ``bn2_rho``, ``bn2_p``, ``conv2_rho``, ``conv2_p``."""
     rows = []
-    for block in blocks if blocks is not None else simple_blocks(metrics_ds):
+    for block in shown_blocks(metrics_ds, blocks):
         mix = per_channel(metrics_ds, "mix", block, stimulus_set)
         bn2_rho, bn2_p = spearman(per_channel(metrics_ds, "bn2_weight_abs", block), mix)
         conv2_rho, conv2_p = spearman(per_channel(metrics_ds, "conv2_weight_mean_abs", block), mix)
@@ -243,7 +250,7 @@ def weight_mix_correlations(metrics_ds: xr.Dataset, blocks: Sequence[str] | None
 
 def _skip_overwrite_table(metrics_ds, values_of, blocks, stimulus_set) -> pd.DataFrame:
     rows = []
-    for block in blocks if blocks is not None else blocks_of(metrics_ds):
+    for block in blocks_of(metrics_ds) if blocks is None else shown_blocks(metrics_ds, blocks):
         mix = per_channel(metrics_ds, "mix", block, stimulus_set)
         values = values_of(block, mix.index.to_numpy())
         rows.append({"block": block, **anova_skip_overwrite(values, mix.to_numpy())._asdict()})

@@ -404,9 +404,16 @@ def _plan(block, width, invariant, valid, natural, settings) -> BlockPlan:
 # ---------------------------------------------------------------- random draws and screening
 
 
+def label_entropy(block: str) -> list[int]:
+    """A block label as seed words: its numeric parts as they are (a ResNet's "2.1" → 2, 1; a ConvNeXt's
+    likewise), any other part (a ViT's "attn", "mlp") as the first 4 bytes of its SHA-256."""
+    return [int(part) if part.isdigit() else int.from_bytes(hashlib.sha256(part.encode()).digest()[:4], "big")
+            for part in block.split(".")]
+
+
 def random_draw(seed: int, block: str, draw: int, candidates: Sequence[int], size: int) -> list[int]:
     """Draw number ``draw`` for ``block``: ``size`` distinct candidates, the same on every run."""
-    rng = np.random.default_rng([seed, *(int(part) for part in block.split(".")), draw])
+    rng = np.random.default_rng([seed, *label_entropy(block), draw])
     return sorted(int(c) for c in rng.choice(np.asarray(candidates), size=size, replace=False))
 
 

@@ -49,7 +49,7 @@ from analyses import alignment as al
 from analyses import alignment_bootstrap as ab
 from analyses import superposition as sp
 from repro import images as imgs
-from repro import resources
+from repro import profiles, resources
 from repro.errors import UserError
 from repro.settings import AlignmentSettings, Profile, as_profile
 from repro.model import ModelSpec, block_widths, load_model, run as run_model
@@ -92,6 +92,13 @@ def sae_settings(settings: Settings, seed: int, latents: int | None = None, topk
                        seed=seed, threads=settings.threads)
 
 
+def recorded_settings(settings: Settings) -> dict:
+    """The settings a group records: the optional partner keys only when set, so groups made before they
+    existed keep their settings."""
+    return {key: value for key, value in asdict(settings).items()
+            if key not in ("partner_profile", "partner_blocks") or value}
+
+
 def partner_path(settings: Settings) -> str:
     """The partner's weights: ``random:SEED``, or a path (``resources.locate``: the current directory, else
     the shipped checkpoints)."""
@@ -104,9 +111,12 @@ def partner_path(settings: Settings) -> str:
 # ---------------------------------------------------------------- group layout
 
 
-def pair_list(blocks: Sequence[str]) -> list[tuple[str, str]]:
-    """Matching blocks first, then every other ordered pair (the store's network's block, the partner's)."""
-    return [(b, b) for b in blocks] + [(a, b) for a in blocks for b in blocks if a != b]
+def pair_list(blocks: Sequence[str], partner_blocks: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """Matching blocks first (the i-th block of each network: equal labels when the partner is the same
+    architecture), then every other ordered pair (the store's network's block, the partner's)."""
+    partner_blocks = list(partner_blocks or blocks)
+    return (list(zip(blocks, partner_blocks))
+            + [(a, b) for i, a in enumerate(blocks) for j, b in enumerate(partner_blocks) if i != j])
 
 
 def pair_label(block_a: str, block_b: str) -> str:
@@ -117,8 +127,8 @@ def _nan(shape) -> da.Array:
     return da.full(shape, np.nan, dtype=np.float64, chunks=-1)
 
 
-def template(settings: Settings, blocks: Sequence[str]) -> xr.Dataset:
-    pairs = pair_list(blocks)
+def template(settings: Settings, blocks: Sequence[str], partner_blocks: Sequence[str] | None = None) -> xr.Dataset:
+    pairs = pair_list(blocks, partner_blocks)
     r, m, d, s, p = len(REPRESENTATIONS), len(METRICS), len(settings.neurons), settings.seeds, len(pairs)
     per_d = ("representation", "metric", "d")
     per_pair = ("representation", "metric", "pair")
@@ -221,29 +231,34 @@ def _usable_images(cache: xr.Dataset, limit: int, rng: np.random.Generator) -> n
     return usable if usable.size <= limit else np.sort(rng.choice(usable, limit, replace=False))
 
 
-def tap_vectors(models: Mapping[str, torch.nn.Module], cache: xr.Dataset, chosen: np.ndarray, profile: Mapping,
-                blocks: Sequence[str], settings: Settings, rng: np.random.Generator) -> tuple[dict, dict]:
+def tap_vectors(networks: Mapping[str, tuple[torch.nn.Module, Sequence[str]]], cache: xr.Dataset, chosen: np.ndarray,
+                profile: Mapping, settings: Settings, rng: np.random.Generator) -> tuple[dict, dict]:
     """Per (network, block): the post-ReLU tap's center vectors (images × channels) and its vectors at
-    random positions of the same images (the SAE's training data; the same positions for both networks)."""
-    taps = [(block, settings.tap) for block in blocks]
+    random positions of the same images (the SAE's training data). ``networks``: name → (model, its blocks),
+    the i-th blocks of the networks compared with each other; they share the positions where their maps
+    have one size, and a network of another map size draws its own."""
     per_image = max(1, -(-settings.network_sae_samples // chosen.size))
-    centres = {(name, block): [] for name in models for block in blocks}
-    samples = {(name, block): [] for name in models for block in blocks}
+    centres = {(name, block): [] for name, (_, blocks) in networks.items() for block in blocks}
+    samples = {key: [] for key in centres}
     with torch.inference_mode():
         for start in range(0, chosen.size, settings.batch_size):
             rows = chosen[start:start + settings.batch_size]
             inputs = imgs.eval_from_cache(cache.pixels.values[rows], profile, cache.resized_height.values[rows],
                                           cache.resized_width.values[rows])
-            maps = {name: run_model(model, inputs.to(next(model.parameters()).device), taps, stop=True)[0]
-                    for name, model in models.items()}
-            for block in blocks:
-                _, channels, height, width = maps[next(iter(models))][(block, settings.tap)].shape
-                positions = rng.integers(0, height * width, size=(rows.size, per_image))
-                for name in models:
-                    tensor = torch.relu(maps[name][(block, settings.tap)]).flatten(2).float().cpu()  # N, C, H·W
-                    centres[(name, block)].append(tensor[:, :, (height // 2) * width + width // 2].numpy())
+            maps = {name: run_model(model, inputs.to(next(model.parameters()).device),
+                                    [(block, settings.tap) for block in blocks], stop=True)[0]
+                    for name, (model, blocks) in networks.items()}
+            for index in range(len(next(iter(networks.values()))[1])):
+                positions, drawn_for = None, None
+                for name, (_, blocks) in networks.items():
+                    tensor = torch.relu(maps[name][(blocks[index], settings.tap)])
+                    _, channels, height, width = tensor.shape
+                    if drawn_for != height * width:
+                        positions, drawn_for = rng.integers(0, height * width, size=(rows.size, per_image)), height * width
+                    tensor = tensor.flatten(2).float().cpu()  # N, C, H·W
+                    centres[(name, blocks[index])].append(tensor[:, :, (height // 2) * width + width // 2].numpy())
                     picked = torch.gather(tensor, 2, torch.from_numpy(positions)[:, None, :].expand(-1, channels, -1))
-                    samples[(name, block)].append(picked.permute(0, 2, 1).reshape(-1, channels).numpy())
+                    samples[(name, blocks[index])].append(picked.permute(0, 2, 1).reshape(-1, channels).numpy())
     join = lambda parts: {key: np.concatenate(value).astype(np.float64) for key, value in parts.items()}
     return join(centres), join(samples)
 
@@ -270,8 +285,9 @@ def network_representations(centres: dict, samples: dict, settings: Settings) ->
     return representations, unexplained
 
 
-def network_part(scores: ab.PairScores, blocks: Sequence[str], settings: Settings) -> xr.Dataset:
-    pairs = pair_list(blocks)
+def network_part(scores: ab.PairScores, blocks: Sequence[str], settings: Settings,
+                 partner_blocks: Sequence[str] | None = None) -> xr.Dataset:
+    pairs = pair_list(blocks, partner_blocks)
     shape = (len(REPRESENTATIONS), len(METRICS), len(pairs))
     value, low, high = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     gain, gain_low, gain_high = (np.full(shape[1:], np.nan) for _ in range(3))
@@ -295,21 +311,22 @@ def network_part(scores: ab.PairScores, blocks: Sequence[str], settings: Setting
 
 
 def compare_networks(store: Store, model: torch.nn.Module, partner: torch.nn.Module, profile: Mapping,
-                     blocks: Sequence[str], settings: Settings) -> tuple[xr.Dataset, dict]:
+                     blocks: Sequence[str], settings: Settings,
+                     partner_blocks: Sequence[str] | None = None) -> tuple[xr.Dataset, dict]:
+    """Every metric works on two widths (a partner of another family may have others), so none is required."""
     rng = np.random.default_rng([settings.seed, 1])
     cache = imgs.open_cache(store)
     chosen = _usable_images(cache, settings.max_stimuli, rng)
-    widths = (block_widths(model), block_widths(partner))
-    if any(widths[0][b] != widths[1][b] for b in blocks):
-        raise UserError("the partner network's blocks must have the store network's widths")
-    centres, samples = tap_vectors({"a": model, "b": partner}, cache, chosen, profile, blocks, settings, rng)
+    partner_blocks = list(partner_blocks or blocks)
+    centres, samples = tap_vectors({"a": (model, blocks), "b": (partner, partner_blocks)}, cache, chosen, profile,
+                                   settings, rng)
     representations, unexplained = network_representations(centres, samples, settings)
     pairs = []
-    for block_a, block_b in pair_list(blocks):
-        metrics = ab.METRICS if block_a == block_b else settings.cross_metrics
+    for index, (block_a, block_b) in enumerate(pair_list(blocks, partner_blocks)):
+        metrics = ab.METRICS if index < len(blocks) else settings.cross_metrics  # the matching pairs come first
         pairs += [(f"a:{block_a}:{kind}", f"b:{block_b}:{kind}", metrics) for kind in ("raw", "sae")]
     scores = ab.score_pairs(representations, pairs, settings.bootstrap, seed=[settings.seed, 2])
-    return network_part(scores, blocks, settings), {"network_images": int(chosen.size),
+    return network_part(scores, blocks, settings, partner_blocks), {"network_images": int(chosen.size),
                                                      "network_sae_samples": int(samples[("a", blocks[0])].shape[0]),
                                                      "network_sae_unexplained_variance": unexplained}
 
@@ -317,10 +334,34 @@ def compare_networks(store: Store, model: torch.nn.Module, partner: torch.nn.Mod
 # ---------------------------------------------------------------- the stage
 
 
+def partner_model_table(profile: Mapping, settings: Settings) -> Mapping:
+    """The [model] table that builds the partner: this profile's, or ``alignment.partner_profile``'s (a
+    network of any family; its own weights unless ``partner_weights`` names others)."""
+    if not settings.partner_profile:
+        return {**profile["model"], "weights": partner_path(settings),
+                "weights_sha256": settings.partner_weights_sha256}
+    table = profiles.load(settings.partner_profile)["model"]
+    if settings.partner_weights:
+        table = {**table, "weights": partner_path(settings), "weights_sha256": settings.partner_weights_sha256}
+    return table
+
+
 def load_partner(profile: Mapping, settings: Settings) -> tuple[torch.nn.Module, dict]:
-    spec = ModelSpec.from_profile({**profile["model"], "weights": partner_path(settings),
-                                   "weights_sha256": settings.partner_weights_sha256})
-    return load_model(spec)
+    return load_model(ModelSpec.from_profile(partner_model_table(profile, settings)))
+
+
+def partner_blocks(partner: torch.nn.Module, settings: Settings, blocks: Sequence[str]) -> list[str]:
+    """The partner's blocks paired with ``blocks``, checked against the partner (one line when they do not fit)."""
+    chosen = list(settings.partner_blocks or blocks)
+    known = list(block_widths(partner))
+    unknown = [block for block in chosen if block not in known]
+    if unknown:
+        raise UserError(f"alignment.partner_blocks: the partner network has no block(s) {', '.join(unknown)}; "
+                        f"it has {', '.join(known)}")
+    if len(chosen) != len(blocks):
+        raise UserError(f"alignment.partner_blocks names {len(chosen)} blocks for the {len(blocks)} blocks compared "
+                        f"({', '.join(blocks)}); pair them one to one")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -337,6 +378,7 @@ class NetworksUnit:
     partner: torch.nn.Module
     profile: Profile
     blocks: tuple[str, ...]
+    partner_blocks: tuple[str, ...] = ()
     here = True
 
 
@@ -360,7 +402,8 @@ def make_networks(model: torch.nn.Module, store: Store, unit: NetworksUnit, sett
     """Unit ``networks``: the store network against the partner, block by block; returns (unit, seconds)."""
     started = time.perf_counter()
     with threadpool_limits(limits=settings.threads):
-        part, facts = compare_networks(store, model, unit.partner, unit.profile, list(unit.blocks), settings)
+        part, facts = compare_networks(store, model, unit.partner, unit.profile, list(unit.blocks), settings,
+                                       list(unit.partner_blocks))
     store.update_attrs(GROUP, **facts)  # before the unit's marker: a done unit always has its facts
     yield Part(GROUP, NETWORKS_UNIT, part, region={"representation": slice(None), "metric": slice(None),
                                                    "pair": slice(None)})
@@ -379,7 +422,9 @@ class AlignmentStage(Stage):
         self.store, self.weights, self.profile = store, weights, as_profile(profile)
         self.settings = settings = stage_settings(profile)
         self.blocks = list(settings.blocks or self.profile.model.blocks)
-        self.partner, self.partner_record = load_partner(profile, settings) if settings.partner_weights else (None, {})
+        has_partner = bool(settings.partner_weights or settings.partner_profile)
+        self.partner, self.partner_record = load_partner(profile, settings) if has_partner else (None, {})
+        self.partner_blocks = partner_blocks(self.partner, settings, self.blocks) if has_partner else list(self.blocks)
         if self.partner is not None:
             if store.fresh:
                 raise UserError("the alignment of two networks reads the store's image cache, which --new-store "
@@ -397,16 +442,17 @@ class AlignmentStage(Stage):
                            partner_weights_file_sha256=record.get("weights_file_sha256", ""),
                            partner_state_sha256=record.get("weights_sha256", ""),
                            interval_level=LEVEL, bootstrap=settings.bootstrap, draws=settings.seeds)
-        settings_read = {"alignment": asdict(settings), "blocks": self.blocks,
+        settings_read = {"alignment": recorded_settings(settings), "blocks": self.blocks,
                          "partner_state_sha256": record.get("weights_sha256", "")}
         units = {recovery_unit(d) for d in settings.neurons} | ({NETWORKS_UNIT} if self.partner is not None else set())
-        return [Group(GROUP, template(settings, self.blocks), attrs, settings_read, frozenset(units))]
+        return [Group(GROUP, template(settings, self.blocks, self.partner_blocks), attrs, settings_read,
+                      frozenset(units))]
 
     def units(self, done: Mapping[str, set[str]]) -> list:
         done = done[GROUP]
         todo = [(index, d) for index, d in enumerate(self.settings.neurons) if recovery_unit(d) not in done]
         if self.partner is not None and NETWORKS_UNIT not in done:
-            todo.append(NetworksUnit(self.partner, self.profile, tuple(self.blocks)))
+            todo.append(NetworksUnit(self.partner, self.profile, tuple(self.blocks), tuple(self.partner_blocks)))
         return todo
 
     def context(self) -> RecoveryContext:
@@ -425,7 +471,7 @@ class AlignmentStage(Stage):
         for unit, seconds in results:
             timings[unit] = seconds
             if unit == NETWORKS_UNIT:
-                click.echo(f"alignment: two networks, {len(pair_list(self.blocks))} block pairs, "
+                click.echo(f"alignment: two networks, {len(pair_list(self.blocks, self.partner_blocks))} block pairs, "
                            f"{settings.bootstrap} bootstrap resamples, in {seconds} s")
             else:
                 click.echo(f"alignment: {unit} ({settings.seeds} draws) in {seconds} s")

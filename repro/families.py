@@ -68,6 +68,7 @@ class Family:
 
     name = "custom"
     block_classes: tuple[type, ...] = ()  # the classes that mark a model of this family (for inference)
+    fixed_image_size = False  # True: the model runs at one image size only (every FZ must be cropped back)
 
     def blocks(self, model: nn.Module) -> dict[str, nn.Module]:
         """Every block in forward order, by label; the module is the one whose parts compute the block."""
@@ -80,6 +81,15 @@ class Family:
     def own_input(self, model: nn.Module, block: str) -> bool:
         """Whether the block's ``I`` is a tensor of its own, rather than the ``O`` of the block before it."""
         raise NotImplementedError
+
+    def projects_input(self, model: nn.Module, block: str) -> bool:
+        """Whether the block's ``I`` is the stream carried through a layer of its own (a ResNet's downsample
+        branch, a ConvNeXt's downsampling layer): the papers' "downsample" blocks."""
+        return self.own_input(model, block) and block != next(iter(self.blocks(model)))
+
+    def weights_note(self) -> str:
+        """Which weights ``weight_parts`` names, in a few words (stored with the metrics)."""
+        return f"family {self.name} names no weights that make B"
 
     def stem(self, model: nn.Module, x: torch.Tensor) -> Any:
         """What runs before the first block: images to the stream the first block reads."""
@@ -148,9 +158,15 @@ class ResNetFamily(Family):
         names = list(self.blocks(model))
         return names.index(block) == 0 or self.blocks(model)[block].downsample is not None
 
+    def projects_input(self, model, block):
+        return self.blocks(model)[block].downsample is not None
+
     def weight_parts(self, model, block):
         bn, conv = self.last_bn_conv(self.blocks(model)[block])
         return bn.weight, conv.weight
+
+    def weights_note(self):
+        return "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck"
 
     def stem(self, model, x):
         return model.maxpool(F.relu(model.bn1(model.conv1(x))))
@@ -231,6 +247,11 @@ class ConvNeXtFamily(Family):
         module = self.blocks(model)[block]
         return module.layer_scale.flatten(), module.block[-2].weight  # the last Linear before the Permute
 
+    def weights_note(self):
+        # The layer scale multiplies B channel by channel as a ResNet's last BN weight does, and the last
+        # Linear (pointwise conv) writes B's channels as its last conv does.
+        return "bn2 = the layer scale (gamma); conv2 = the last Linear of the block (block[5])"
+
     def stem(self, model, x):
         return model.features[: self.stages(model)[0]](x)
 
@@ -266,6 +287,7 @@ class ViTFamily(Family):
 
     name = "vit"
     block_classes = (EncoderBlock,)
+    fixed_image_size = True  # the positional embedding has one token per patch of its own image size
     parts = ("attn", "mlp")
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
@@ -294,6 +316,9 @@ class ViTFamily(Family):
     def weight_parts(self, model, block):
         return (f"block {block}: a vit's summands have no per-channel scale (the last linear of B is "
                 f"{'self_attention.out_proj' if block.endswith('attn') else 'mlp[3]'})")
+
+    def weights_note(self):
+        return "none: a vit's summands have no per-channel scale"
 
     def stem(self, model, x):
         """Patch embedding, class token, positional embedding and the encoder's dropout."""

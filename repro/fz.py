@@ -103,6 +103,23 @@ def tap_jitter(model: torch.nn.Module, profile: Mapping, block: str, tap: str) -
     return jitter_of(profile, block, tap)
 
 
+def check_image_size(model: torch.nn.Module, profile: Mapping, blocks: Iterable[str]) -> None:
+    """A model that takes one image size only (a ViT: its positional embedding) needs every tap's FZ cropped
+    back to ``model.image_size``, that is a jitter of at least ``fz.pad_from_jitter``: an unpadded FZ's random
+    scale changes the image's size. A one-line UserError names the taps that are not."""
+    profile = as_profile(profile)
+    family = taps_model.family_of(model)
+    if not family.fixed_image_size:
+        return
+    floor = profile.fz.pad_from_jitter
+    unpadded = [f"{block}:{tap}" for block in blocks for tap in profile.model.taps
+                if tap_jitter(model, profile, block, tap) < floor]
+    if unpadded:
+        raise UserError(f"family {family.name} takes {profile.model.image_size} px images only, so every FZ must be "
+                        f"cropped back: fz.jitter must be at least fz.pad_from_jitter = {floor} for "
+                        f"{', '.join(unpadded)}")
+
+
 def transforms(profile: Mapping, jitter: int) -> list[Callable]:
     """Lucent's transform list for a tap of this jitter (the authors' schedule)."""
     profile = as_profile(profile)
@@ -466,6 +483,7 @@ class FZStage(Stage):
         profile_blocks = list(profile.model.blocks)
         self.layout = select(model, profile, profile_blocks + [b for b in self.wanted.blocks if b not in profile_blocks])
         wanted_labels = {(b, t) for b in self.wanted.blocks for t in self.wanted.taps}
+        check_image_size(model, profile, self.layout.blocks)
         self.every_job = plan(model, profile, self.layout)
         self.jobs = [job for job in self.every_job if wanted_labels & set(job.labels)]
         self.batch = profile.fz.channel_batch

@@ -41,8 +41,11 @@ an 8-bit PNG round trip; ``interpreting_criterion = "mix_up"`` drops down from t
 per (block, channel, stimulus_set), over the seeds: ``<flag>_frequency``, the fraction of seeds in which
 the channel passes each criterion flag, and ``<flag>_robust``, frequency ≥ ``metrics.robust_fraction``
 (the label that does not hang on one seed); and per (block, channel): ``bn2_weight_abs`` = |bn2.weight[c]| and ``conv2_weight_mean_abs`` = mean
-|conv2.weight[c]| (for a Bottleneck block, the block's last BN and conv: bn3 and conv3), ``tuning_rho``
-(Spearman ρ of I_c and B_c over the natural images with I_c > 0), ``valid``; per block: ``downsample``.
+|conv2.weight[c]| (for a Bottleneck block, the block's last BN and conv: bn3 and conv3; in another family the
+parts its adapter's ``weight_parts`` names, a ConvNeXt's layer scale and last Linear; NaN where it names none,
+as in a ViT, the reason per block in the attr ``weights_missing``), ``tuning_rho``
+(Spearman ρ of I_c and B_c over the natural images with I_c > 0), ``valid``; per block: ``downsample`` (the
+block's I comes through a layer of its own: a downsample branch, a ConvNeXt's downsampling layer).
 
 Work is batched: a block's stimuli for all channels of one source tap go through the model together
 (``metrics.batch_size`` images per forward, default 64), each forward reads the three taps' center
@@ -196,16 +199,26 @@ def channel_metrics(response: xr.DataArray, settings: MetricsSettings,
                       coords={"channel": response["channel"].values})
 
 
-def block_weights(block: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """|weight[c]| of the block's last BN and mean |weight[c, :, :, :]| of its last conv.
+def block_weights(model: nn.Module, block: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """|scale[c]| and mean |weight[c, ...]| of the parts that make the block's summand B, or why it has none.
 
-    BasicBlock: bn2 and conv2 (the papers' analysis). Bottleneck: bn3 and conv3, the modules that
-    play the same role (they produce the summand B).
+    ResNet: the last BN's weight and the last conv's (bn2/conv2 of a BasicBlock, the papers' analysis;
+    bn3/conv3 of a Bottleneck, the modules that play the same role). Other families: their adapter's
+    ``weight_parts`` (a ConvNeXt's layer scale and last Linear; a ViT has none).
     """
-    bn, conv = taps_model.last_bn_conv(block)
-    bn_abs = bn.weight.detach().abs().cpu().double().numpy()
-    conv_mean_abs = conv.weight.detach().abs().flatten(1).mean(1).cpu().double().numpy()
-    return bn_abs, conv_mean_abs
+    parts = taps_model.weight_parts(model, block)
+    if isinstance(parts, str):
+        return parts
+    scale, weight = parts
+    scale_abs = scale.detach().abs().cpu().double().numpy()
+    weight_mean_abs = weight.detach().abs().flatten(1).mean(1).cpu().double().numpy()
+    return scale_abs, weight_mean_abs
+
+
+def weight_gaps(model: nn.Module, blocks: Sequence[str]) -> dict[str, str]:
+    """{block: why its weight columns are NaN} for the blocks whose family names no weights that make B."""
+    return {block: parts for block in blocks
+            if isinstance(parts := taps_model.weight_parts(model, block), str)}
 
 
 def tuning_rho(input_activation: np.ndarray, block_activation: np.ndarray) -> np.ndarray:
@@ -572,18 +585,19 @@ def block_part(model: nn.Module, inputs: Inputs, block: str) -> xr.Dataset:
     channels = inputs.fz["channel"].values
     valid = inputs.fz["valid"].sel(block=block).values.astype(bool)
     present = channels[valid]
-    module = taps_model.blocks(model)[block]
     columns = {name: np.full(len(channels), np.nan, dtype=np.float32) for name in PER_CHANNEL_FLOATS}
-    bn_abs, conv_mean_abs = block_weights(module)
-    columns["bn2_weight_abs"][valid] = bn_abs[present]
-    columns["conv2_weight_mean_abs"][valid] = conv_mean_abs[present]
+    weights = block_weights(model, block)
+    if not isinstance(weights, str):  # else NaN, the reason in the group's weights_missing attr
+        bn_abs, conv_mean_abs = weights
+        columns["bn2_weight_abs"][valid] = bn_abs[present]
+        columns["conv2_weight_mean_abs"][valid] = conv_mean_abs[present]
     if inputs.natural is not None and block in inputs.natural["block"].values:
         activation = inputs.natural["activation"].sel(block=block, channel=present)
         columns["tuning_rho"][valid] = tuning_rho(activation.sel(tap="I").values.astype(np.float64),
                                                   activation.sel(tap="B").values.astype(np.float64))
     variables = {name: (("block", "channel"), data[None]) for name, data in columns.items()}
     variables["valid"] = (("block", "channel"), valid[None])
-    variables["downsample"] = (("block",), np.array([module.downsample is not None]))
+    variables["downsample"] = (("block",), np.array([taps_model.family_of(model).projects_input(model, block)]))
     return xr.Dataset(variables, coords={"block": labels([block]), "channel": channels})
 
 
@@ -611,10 +625,15 @@ class MetricsStage(Stage):
     their pass frequencies) or a block's per-channel columns (``stimulus_set == "channel"``)."""
 
     def __init__(self, store: Store, weights: Mapping, profile: Mapping, *, blocks: Sequence[str] | None = None,
-                 fz_group: str = "fz", groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True):
+                 fz_group: str = "fz", groups: tuple[str, str] = ("responses", "metrics"), top9: bool = True,
+                 model: nn.Module | None = None):
         store.require_intact([fz_group, "natural", imgs.CACHE_GROUP], units=False)
         self.store, self.weights, self.profile = store, weights, as_profile(profile)
         self.read = read_inputs(store, profile, blocks, fz_group=fz_group, top9=top9, groups=groups)
+        # What the weight columns are in this model's family, and the blocks where they are NaN, and why.
+        family = taps_model.family_of(model) if model is not None else None
+        self.weights_note = family.weights_note() if family else "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck"
+        self.weight_gaps = weight_gaps(model, self.read.layout_blocks) if model is not None else {}
         self.title = self.read.groups[1]
 
     def inputs(self) -> list[str]:
@@ -636,7 +655,8 @@ class MetricsStage(Stage):
                     "mix_conventions": MIX_CONVENTIONS[settings.mix_edges],
                     "mix_low": settings.mix_low, "mix_high": settings.mix_high, "mix_clamp": settings.mix_clamp,
                     "interpreting_criterion": settings.interpreting_criterion,
-                    "weights_note": "bn2/conv2 of a BasicBlock; bn3/conv3 of a Bottleneck",
+                    "weights_note": self.weights_note,
+                    "weights_missing": self.weight_gaps,
                     "robust_fraction": profile.metrics.robust_fraction,
                 }, settings_read, frozenset(layout_units | summary_units))]
 
@@ -685,7 +705,11 @@ def run(store: Store, model: nn.Module, weights: Mapping, profile: Mapping, *,
 
     ``fz_group`` and ``groups`` name the FZs read and the two groups written (the aliased comparison
     reads ``fz_aliased`` and writes ``responses_aliased`` / ``metrics_aliased``, FZ stimuli only)."""
-    stage = MetricsStage(store, weights, profile, blocks=blocks, fz_group=fz_group, groups=groups, top9=top9)
+    stage = MetricsStage(store, weights, profile, blocks=blocks, fz_group=fz_group, groups=groups, top9=top9,
+                         model=model)
+    if stage.weight_gaps:  # once per run, not once per block
+        click.echo(f"metrics: weight columns (bn2_weight_abs, conv2_weight_mean_abs) are NaN for "
+                   f"{len(stage.weight_gaps)} block(s): {next(iter(stage.weight_gaps.values()))}", err=True)
     run_stage(stage, store, model, weights, executor=executor, device=device)
 
 

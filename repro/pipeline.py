@@ -9,11 +9,11 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from repro import alignment, profiles, resources
+from repro import alignment, fz, profiles, resources
 from repro import device as devices
 from repro.errors import UserError
 from repro.executor import Serial
-from repro.model import ModelSpec, blocks as model_blocks, load_model
+from repro.model import ModelSpec, ResNetFamily, blocks as model_blocks, family_of, load_model
 from repro.settings import Profile
 from repro.stages import PIPELINE, STAGES
 from repro.store import Store
@@ -57,6 +57,14 @@ def check_stage_settings(model, profile: Profile) -> None:
         if unknown:
             raise UserError(f"{table}.blocks names unknown block(s) {', '.join(unknown)}; this model has "
                             f"blocks {', '.join(every_block)}")
+    family = family_of(model)
+    if not isinstance(family, ResNetFamily):  # aliased taps are a trait of torchvision's in-place ReLU
+        aliased = [key for key, on in (("model.aliased", profile["model"].get("aliased")),
+                                       ("fz.compare_aliased", profile["fz"].get("compare_aliased"))) if on]
+        if aliased:
+            raise UserError(f"{' and '.join(aliased)}: aliased taps reproduce an in-place ReLU of torchvision's "
+                            f"ResNets; family {family.name} has none (set them to false)")
+    fz.check_image_size(model, profile, profile["model"]["blocks"])
     alignment.check(profile.alignment)
 
 

@@ -155,6 +155,12 @@ class AlignmentSettings:
     batch_size: int = field(metadata=POSITIVE)
     seed: int
     threads: int = field(metadata=POSITIVE)
+    # Optional keys, left out of the base profile so that the profiles written before them keep their
+    # identity. partner_profile: a profile whose [model] table builds the partner (any family, its own
+    # adapter; "" = this profile's model); partner_blocks: its blocks, paired in order with the blocks
+    # compared ([] = the same labels).
+    partner_profile: str = ""
+    partner_blocks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -323,3 +323,34 @@ def test_profiles_check_the_family_key():
     with pytest.raises(UserError, match="model.family must be"):
         profiles.override(tiny, {"model.family": "not a family"})
     assert ModelSpec.from_profile(profiles.override(tiny, {"model.family": "vit"})["model"]).family == "vit"
+
+
+# ---------------------------------------------------------------- what the stages read of a family
+
+
+def test_downsample_blocks_are_those_whose_input_passes_a_layer_of_its_own():
+    projected = {name: [block for block in taps_model.blocks(built(name))
+                        if taps_model.family_of(built(name)).projects_input(built(name), block)]
+                 for name in ("resnet18", "bottleneck", "convnext", "vit")}
+    assert projected == {"resnet18": ["2.0", "3.0", "4.0"], "bottleneck": ["1.0", "2.0", "3.0", "4.0"],
+                         "convnext": ["2.0", "3.0", "4.0"], "vit": []}
+
+
+def test_the_weight_columns_read_the_layer_scale_and_last_linear_of_a_convnext_and_none_of_a_vit():
+    from repro import metrics
+
+    convnext = built("convnext")
+    scale_abs, weight_mean_abs = metrics.block_weights(convnext, "3.1")
+    block = taps_model.blocks(convnext)["3.1"]
+    assert scale_abs.tolist() == block.layer_scale.abs().flatten().double().tolist()
+    assert weight_mean_abs.shape == (64,)
+    assert metrics.weight_gaps(convnext, ["1.0", "3.1"]) == {}
+    gaps = metrics.weight_gaps(built("vit"), ["0.attn", "1.mlp"])
+    assert set(gaps) == {"0.attn", "1.mlp"} and "no per-channel scale" in gaps["1.mlp"]
+
+
+def test_random_draws_keep_a_resnets_seeds_and_take_any_label():
+    from repro.ablate import label_entropy, random_draw
+
+    assert label_entropy("2.1") == [2, 1] and label_entropy("0.mlp") != label_entropy("0.attn")
+    assert random_draw(0, "0.mlp", 3, range(32), 4) == random_draw(0, "0.mlp", 3, range(32), 4)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import xarray as xr
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from repro import metrics, profiles, stimulus
 from repro.errors import UserError
@@ -232,11 +232,12 @@ def test_channel_metrics_strict_mix_bounds_and_failed_channels():
 
 
 def test_block_weights_use_the_last_bn_and_conv_of_a_bottleneck():
-    block = Bottleneck(16, 4)
+    model = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=4, num_classes=10)
+    block = model.layer1[0]
     with torch.no_grad():
-        block.bn3.weight.copy_(-torch.arange(16.0))
-    bn_abs, conv_mean_abs = metrics.block_weights(block)
-    np.testing.assert_array_equal(bn_abs, np.arange(16.0))
+        block.bn3.weight.copy_(-torch.arange(float(block.bn3.num_features)))
+    bn_abs, conv_mean_abs = metrics.block_weights(model, "1.0")
+    np.testing.assert_array_equal(bn_abs, np.arange(float(block.bn3.num_features)))
     np.testing.assert_allclose(conv_mean_abs, block.conv3.weight.detach().abs().mean((1, 2, 3)).numpy(), rtol=1e-6)
 
 

@@ -281,7 +281,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fz, "visualize", interrupted)
+    monkeypatch.setattr(fz, "optimize", interrupted)  # the engine the stage runs
     result = CliRunner().invoke(main, ["fz", "--profile", "tiny", "--store", str(tmp_path / "s.zarr"),
                                        "--blocks", "1.1"])
     assert result.exit_code == 130 and "interrupted; rerun to resume" in result.output, result.output

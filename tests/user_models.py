@@ -20,6 +20,11 @@ def plain_convnext() -> ConvNeXt:
     return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], layer_scale=0.5, num_classes=4)
 
 
+def two_stage_convnext() -> ConvNeXt:
+    """A user's own small ConvNeXt with the toy world's ten classes (the tiny pipeline runs it)."""
+    return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], layer_scale=0.5, num_classes=10)
+
+
 class MyBlock(nn.Module):
     """A residual block of the user's own: no adapter knows it."""
 

@@ -14,8 +14,14 @@ def tiny_convnext() -> ConvNeXt:
     """Four stages of widths 16, 32, 64, 128 with 1, 1, 2, 1 blocks; maps of 8, 4, 2, 1 px at 32 px."""
     stages = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, 64, 1), CNBlockConfig(64, 128, 2),
               CNBlockConfig(128, None, 1)]
-    # layer_scale 0.1 rather than ConvNeXt's 1e-6, so that random blocks add more than rounding to the stream
-    return ConvNeXt(stages, layer_scale=0.1, num_classes=10)
+    # layer_scale 1 rather than ConvNeXt's 1e-6, and the blocks' linear layers at a variance-keeping scale
+    # rather than torchvision's std 0.02 (trained networks learn both): random blocks then add to the stream
+    # about as much as it carries, so their channels spread over skip, mix and overwrite
+    model = ConvNeXt(stages, layer_scale=1.0, num_classes=10)
+    for module in model.features.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+    return model
 
 
 def tiny_vit() -> VisionTransformer:

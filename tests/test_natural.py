@@ -283,7 +283,7 @@ workers = 0
     return path
 
 
-def kill_after_first_shard(arguments: list[str], store: Path, timeout: float = 60.0) -> None:
+def kill_after_first_shard(arguments: list[str], store: Path, timeout: float = 180.0) -> None:
     # A forked child starts without importing torch again; it is killed with SIGKILL, which it cannot catch.
     process = multiprocessing.get_context("fork").Process(target=paused_repro, args=(arguments,))
     process.start()

@@ -220,8 +220,10 @@ def test_a_kill_between_the_last_unit_and_finish_is_finished_by_the_rerun(stage,
 def test_ctrl_c_before_finish_on_dask_workers_is_one_line_and_the_rerun_finishes(copy, done):
     for group in ("responses", "metrics"):
         shutil.rmtree(copy / group)
-    command = [sys.executable, "-c", "from repro.cli import main; main()", "metrics", "--store", str(copy),
-               "--local-workers", "2"]
+    # Python keeps SIGINT ignored in a child whose parent ignored it; a Ctrl-C must reach this run whatever the
+    # test process inherited from earlier tests.
+    command = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "from repro.cli import main; main()", "metrics", "--store", str(copy), "--local-workers", "2"]
     environment = {**os.environ, FAULT_ENV: "finishing", FAULT_SIGNAL_ENV: "INT"}
     stopped = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 130, stopped.stderr[-3000:]

@@ -284,8 +284,9 @@ workers = 0
 
 
 def kill_after_first_shard(arguments: list[str], store: Path, timeout: float = 180.0) -> None:
-    # A forked child starts without importing torch again; it is killed with SIGKILL, which it cannot catch.
-    process = multiprocessing.get_context("fork").Process(target=paused_repro, args=(arguments,))
+    # A spawned child (a fork of a test process that already runs the shared Dask cluster's threads can inherit
+    # their held locks and hang); it is killed with SIGKILL, which it cannot catch.
+    process = multiprocessing.get_context("spawn").Process(target=paused_repro, args=(arguments,))
     process.start()
     deadline = time.monotonic() + timeout
     try:

@@ -443,6 +443,15 @@ class Copy:
 
 
 @dataclass(frozen=True)
+class ReuseSource:
+    """What the aliased comparison checks before it copies FZs from another group: that group's attrs, its
+    done FZs ([seed, block, tap, channel], ``covered``) and its coordinate labels by dimension."""
+    attrs: Mapping
+    made: np.ndarray
+    index: Mapping[str, list]
+
+
+@dataclass(frozen=True)
 class Batch:
     """FZs optimized together: pieces of one job (one tensor at one jitter), whole chunks, any seeds."""
     job: Job
@@ -516,6 +525,7 @@ class FZStage(Stage):
 
     def units(self, done: Mapping[str, set[str]]) -> list[Batch | Copy]:
         made, batches = covered(self.store, self.group), []
+        source = self._reuse_source()
         for job in self.jobs:
             pieces = []
             for seed_index, seed in enumerate(self.layout.seeds):
@@ -527,28 +537,34 @@ class FZStage(Stage):
                     todo = [c for c, missing in zip(wanted, lacking) if missing]
                     if todo:
                         pieces.append(Piece(seed, tuple(c for c in chunk if todo[0] <= c <= todo[-1])))
-            copies = [Copy(job, piece, self.reuse) for piece in pieces if self._reusable(job, piece)]
+            copies = [Copy(job, piece, self.reuse) for piece in pieces if self._reusable(source, job, piece)]
             batches += copies + pack(job, [p for p in pieces if all(c.piece != p for c in copies)],
                                      self.profile.fz.batch_images)
         return batches
 
-    def _reusable(self, job: Job, piece: Piece) -> bool:
+    def _reuse_source(self) -> ReuseSource | None:
+        """The ``reuse`` group's attrs, coordinates and done FZs, read once for all pieces."""
+        if not self.reuse or not self.store.has(self.reuse):
+            return None
+        stored = self.store.dataset(self.reuse)
+        return ReuseSource(self.store.group_attrs(self.reuse), covered(self.store, self.reuse),
+                           {dim: list(stored[dim].values) for dim in ("seed", "block", "tap", "channel")})
+
+    def _reusable(self, source: ReuseSource | None, job: Job, piece: Piece) -> bool:
         """Whether the ``reuse`` group holds this piece's FZs under the same names, made the same way: its
         recipe (the job's), steps, trace, objective and weights equal, and every one of them done there."""
-        if not self.reuse or not self.store.has(self.reuse):
+        if source is None:
             return False
-        attrs, profile = self.store.group_attrs(self.reuse), job_profile(self.profile, job)
+        profile = job_profile(self.profile, job)
         same = {"recipe": recipe_digest(profile), "steps": profile.fz.steps, "trace_every": profile.fz.trace_every,
                 "objective": self.objective, "weights_sha256": self.weights_record.get("weights_sha256")}
-        if any(attrs.get(key) != value for key, value in same.items()):
+        if any(source.attrs.get(key) != value for key, value in same.items()):
             return False
-        source = self.store.dataset(self.reuse)
-        made = covered(self.store, self.reuse)
-        index = {dim: list(source[dim].values) for dim in ("seed", "block", "tap", "channel")}
+        index = source.index
         if piece.seed not in index["seed"] or not set(piece.channels) <= set(index["channel"]):
             return False
         rows = [index["channel"].index(c) for c in piece.channels]
-        return all(block in index["block"] and tap in index["tap"] and made[
+        return all(block in index["block"] and tap in index["tap"] and source.made[
             index["seed"].index(piece.seed), index["block"].index(block), index["tap"].index(tap)][rows].all()
             for block, tap in job.labels)
 

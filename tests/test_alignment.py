@@ -282,7 +282,7 @@ def test_biased_cka_at_finite_n_follows_the_sample_participation_ratio():
     rng = fresh_rng("finite n")
     n, k, d = 500, 256, 32
     values, closed = [], []
-    for _ in range(6):
+    for _ in range(10):
         Z = sp.sample_gaussian_latents(n, k, rng)
         X, Y = Z @ sp.superposition_matrix(k, d, rng), Z @ sp.superposition_matrix(k, d, rng)
         values.append(linear_cka(X, Y))
@@ -296,7 +296,7 @@ def test_biased_cka_at_finite_n_follows_the_sample_participation_ratio():
 
 def test_partial_overlap_inverts_the_ordering():
     rng = fresh_rng("inversion")
-    draws = sp.simulate_partial_overlap(n=1000, n_draws=4, seed=rng)
+    draws = sp.simulate_partial_overlap(n=1000, n_draws=10, seed=rng)
     summary = sp.summarize(draws).set_index(["metric", "pair"])
     compressed, partial = sp.INVERSION_PAIRS
     for metric in ("cka", "rsa", "regression_r2"):

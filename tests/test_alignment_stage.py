@@ -238,12 +238,14 @@ def test_orthogonal_mixing_with_enough_neurons_keeps_every_metric_at_one():
 
 def test_overlap_map_agrees_with_its_closed_form_where_the_simulation_decides():
     rng = fresh_rng("overlap map")
-    draws = sp.simulate_overlap_map(k_total=64, shared=(8, 32, 56), ds=(4, 16, 64), n=600, n_draws=6, seed=rng)
+    draws = sp.simulate_overlap_map(k_total=64, shared=(8, 32, 56), ds=(4, 16, 64), n=600, n_draws=10, seed=rng)
     cells = sp.overlap_map(draws)
     assert len(cells) == 9
     expected = cells["k_shared"] / 64 - cells["d"] / (cells["d"] + 65)
     assert np.allclose(cells["closed_form"], expected)
-    decided = cells[cells["inverts_simulated"].notna()]
+    # A cell decides where its interval excludes 0 and its closed form lies beyond the 0.01 finite-n allowance
+    # (at k_s = 32, d = 64 the closed form is 0.004: either sign is within it).
+    decided = cells[cells["inverts_simulated"].notna() & (cells["closed_form"].abs() > 0.01)]
     assert len(decided) >= 6
     assert (decided["inverts_simulated"].astype(bool) == decided["inverts_closed_form"]).all()
     for side, group in draws.groupby(["side", "size"]):

@@ -105,6 +105,20 @@ def test_imagefolder_is_readable_by_torchvision(tmp_path):
     assert len(ImageFolder(str(folders["heldout"]))) == len(WORLD.classes)
 
 
+def test_concurrent_writers_of_a_split_leave_one_whole_split_and_other_settings_are_replaced(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = data.generate(WORLD, 2, "heldout", 2)
+    with ThreadPoolExecutor(4) as pool:
+        written = set(pool.map(lambda _: data.write_split(tmp_path, split), range(4)))
+    assert written == {tmp_path / "heldout"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout"]  # no staging folder left behind
+    assert len(ImageFolder(str(tmp_path / "heldout"))) == 2 * len(WORLD.classes)
+    data.write_split(tmp_path, data.generate(WORLD, 3, "heldout", 1))
+    assert data.read_manifest(tmp_path / "heldout")["seed"] == 3
+    assert len(ImageFolder(str(tmp_path / "heldout"))) == len(WORLD.classes)
+
+
 def test_wrong_weights_hash_is_refused(toy_profile):
     spec = ModelSpec.from_profile({**toy_profile["model"], "weights_sha256": "0" * 64})
     with pytest.raises(UserError, match="SHA-256 mismatch"):

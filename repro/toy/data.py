@@ -12,7 +12,11 @@ the same bytes as generation in order.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -319,15 +323,44 @@ def manifest(split: ToySplit) -> dict:
 
 
 def write_split(root: Path, split: ToySplit) -> Path:
-    """``root/<split>/<class folder>/<index:05d>.png`` plus ``root/<split>/toy_manifest.json``."""
-    split_dir = Path(root) / split.name
-    for folder in split.world.folders:
-        (split_dir / folder).mkdir(parents=True, exist_ok=True)
-    for index, pixels in enumerate(split.images):
-        Image.fromarray(pixels).save(split_dir / split.relative_path(index), optimize=False)
-    # ImageFolder takes only directories as classes, so a file beside them is not mistaken for one.
-    (split_dir / MANIFEST_NAME).write_text(json.dumps(manifest(split)))
+    """``root/<split>/<class folder>/<index:05d>.png`` plus ``root/<split>/toy_manifest.json``.
+
+    Written in a staging folder beside it and moved in whole, so a reader (a second run on the same machine)
+    never sees a half-written split; of two writers of the same split the first to move in wins."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    split_dir = root / split.name
+    staging = Path(tempfile.mkdtemp(prefix=f".{split.name}-", dir=root))
+    try:
+        for folder in split.world.folders:
+            (staging / folder).mkdir(parents=True, exist_ok=True)
+        for index, pixels in enumerate(split.images):
+            Image.fromarray(pixels).save(staging / split.relative_path(index), optimize=False)
+        # ImageFolder takes only directories as classes, so a file beside them is not mistaken for one.
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest(split)))
+        _replace_folder(staging, split_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return split_dir
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``, setting aside what ``target`` held (another split's settings, or a
+    half-written one from an older version); a concurrent writer's equal split moved in first is kept."""
+    manifest_text = (new / MANIFEST_NAME).read_text()
+    with contextlib.suppress(OSError):
+        if (target / MANIFEST_NAME).read_text() == manifest_text:
+            return
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(target, aside / target.name)
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if (target / MANIFEST_NAME).read_text() != manifest_text:
+            raise
 
 
 def write_imagefolder(root: Path, seed: int, per_class: Mapping[str, int], world: ToyWorld = ToyWorld(),

@@ -608,7 +608,7 @@ def index_qmd(store, artifacts: Sequence[Artifact], results: Sequence[verify.Res
         stem, title = spec.CHAPTERS[chapter]
         glance.append(f"| [{_inline(title)}]({stem}.qmd) | " + " | ".join(str(counts[b]) for b in rules.BADGES) + " |")
     entries = {artifact.entry.id: artifact.entry for artifact in artifacts}
-    parts = [front_matter("Residual stream of ResNet18: both papers rebuilt"),
+    parts = [front_matter(f"Residual stream of {models.of(context.attrs).name}: both papers rebuilt"),
              "## What this store shows\n", store_summary(results, context),
              "## What this store is\n",
              "| | |\n|---|---|\n" + "\n".join(f"| {k} | {_inline(v) if k == 'profile' else v} |"
@@ -656,10 +656,10 @@ def method_qmd() -> str:
     return front_matter(METHOD_PAGE[1]) + text.lstrip("\n")
 
 
-def quarto_yml(chapters: Sequence[str]) -> str:
+def quarto_yml(chapters: Sequence[str], network: str = "ResNet18") -> str:
     pages = "\n".join(f"      - href: {spec.CHAPTERS[c][0]}.qmd\n        text: \"{spec.CHAPTERS[c][1]}\"" for c in chapters)
     return ("project:\n  type: website\n  output-dir: _site\n  resources:\n    - figures/*\n    - tables/*\n"
-            "website:\n  title: \"Residual stream of ResNet18\"\n  navbar:\n    left:\n" + pages + "\n"
+            f"website:\n  title: \"Residual stream of {network}\"\n  navbar:\n    left:\n" + pages + "\n"
             f"      - href: {METHOD_PAGE[0]}.qmd\n        text: \"{METHOD_PAGE[1]}\"\n"
             "      - href: units/index.html\n        text: \"Channels\"\n"
             "format:\n  html:\n    toc: true\n    css: report.css\n")
@@ -677,7 +677,8 @@ def _load_cache(out_dir: Path) -> dict:
 def _sources(store, artifacts, results, context, out_dir, chapters, compare=None, shown=()) -> dict[str, str]:
     labels = numbers(artifacts, out_dir)
     sources = {"index.qmd": index_qmd(store, artifacts, results, context, out_dir, chapters, labels, compare, shown),
-               "_quarto.yml": quarto_yml(chapters), "report.css": CSS_FILE.read_text(),
+               "_quarto.yml": quarto_yml(chapters, models.of(context.attrs).name),
+               "report.css": CSS_FILE.read_text(),
                f"{METHOD_PAGE[0]}.qmd": method_qmd()}
     for chapter in PAPER_CHAPTERS:
         sources[f"{spec.CHAPTERS[chapter][0]}.qmd"] = chapter_qmd(chapter, artifacts, results, context, out_dir, labels)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 FAMILY_NAMES = (("convnext", "convnext"), ("vit", "vit"), ("resnet", "resnet"), ("resnext", "resnet"))
+# How the papers and torchvision's documentation write the architectures the profiles ship.
+NETWORK_NAMES = {"resnet18": "ResNet18", "resnet50": "ResNet50", "convnext_tiny": "ConvNeXt-T", "vit_b_16": "ViT-B/16"}
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,11 @@ class Model:
     weights: str
     weights_sha256: str
     profile: str
+
+    @property
+    def name(self) -> str:
+        """The network as a title names it: torchvision's name for the shipped architectures, else ``arch``."""
+        return NETWORK_NAMES.get(self.arch, self.arch)
 
     def same_as(self, other: "Model") -> bool:
         """Same architecture and the same weights: stores that differ only in how they were computed."""

@@ -52,7 +52,7 @@ from repro import images as imgs
 from repro import profiles, resources
 from repro.errors import UserError
 from repro.settings import AlignmentSettings, Profile, as_profile
-from repro.model import ModelSpec, block_widths, load_model, run as run_model
+from repro.model import ModelSpec, block_widths, family_of, load_model, run as run_model
 from repro.sae import SAESettings, train_sae, train_supervised_sae
 from repro import device as devices
 from repro.stage import Group, Part, Stage, run_stage
@@ -350,6 +350,16 @@ def load_partner(profile: Mapping, settings: Settings) -> tuple[torch.nn.Module,
     return load_model(ModelSpec.from_profile(partner_model_table(profile, settings)))
 
 
+def check_partner_image_size(partner: torch.nn.Module, profile: Mapping) -> None:
+    """A partner that runs at one image size only (a ViT's positional embedding) must run at the store's: both
+    networks see the store's cached images."""
+    own = int(profile["model"]["image_size"])
+    size = getattr(partner, "image_size", None)
+    if family_of(partner).fixed_image_size and size is not None and int(size) != own:
+        raise UserError(f"alignment.partner_profile: the partner network runs at {int(size)} px only, and the "
+                        f"images both networks see are this profile's {own} px: choose a partner of that image size")
+
+
 def partner_blocks(partner: torch.nn.Module, settings: Settings, blocks: Sequence[str]) -> list[str]:
     """The partner's blocks paired with ``blocks``, checked against the partner (one line when they do not fit)."""
     chosen = list(settings.partner_blocks or blocks)
@@ -424,6 +434,8 @@ class AlignmentStage(Stage):
         self.blocks = list(settings.blocks or self.profile.model.blocks)
         has_partner = bool(settings.partner_weights or settings.partner_profile)
         self.partner, self.partner_record = load_partner(profile, settings) if has_partner else (None, {})
+        if has_partner:
+            check_partner_image_size(self.partner, profile)
         self.partner_blocks = partner_blocks(self.partner, settings, self.blocks) if has_partner else list(self.blocks)
         if self.partner is not None:
             if store.fresh:

@@ -674,7 +674,7 @@ class Store:
             damage += [Damage(path.name, "", "its metadata (zarr.json) is missing", "group")
                        for path in sorted(self.path.iterdir())
                        if path.is_dir() and not path.name.startswith(("_", ".")) and not (path / "zarr.json").exists()]
-        for group in groups or self.groups():
+        for group in self.groups() if groups is None else groups:  # an empty list checks nothing
             if self.has(group):
                 damage += self._group_damage(group, units)
         return damage

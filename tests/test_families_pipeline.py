@@ -64,6 +64,9 @@ def test_every_stage_lands_and_the_report_builds(built):
     for group in ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "ablation", "alignment"):
         assert xr.open_zarr(store, group=group).attrs["complete"], group
     assert (out / "_site" / "index.html").is_file()
+    arch = profiles.load(name)["model"]["arch"]  # the title names the store's network, not the papers'
+    assert f"Residual stream of {arch}" in (out / "_site" / "index.html").read_text()
+    assert "ResNet18" not in (out / "_quarto.yml").read_text()
 
 
 def test_the_metrics_have_a_mix_ratio_for_every_block(built):
@@ -146,3 +149,15 @@ def test_partner_blocks_must_pair_with_the_blocks_compared(tmp_path):
     result = CliRunner().invoke(main, ["alignment", "--profile", here_profile(tmp_path, "tiny", uneven),
                                        "--store", str(tmp_path / "twin.zarr")])
     assert result.exit_code == 2 and "pair them one to one" in result.output
+
+
+def test_a_partner_of_one_fixed_image_size_refuses_another_in_one_line(tmp_path):
+    """A ViT partner (32 px only) for a 48 px store: one line before anything is computed."""
+    other_size = TWIN.replace('partner_profile = "tiny_convnext"', 'partner_profile = "tiny_vit"').replace(
+        '["1.0", "2.0", "3.1", "4.0"]', '["0.attn", "0.mlp", "1.attn", "1.mlp"]') + "[model]\nimage_size = 48\n"
+    store = tmp_path / "twin.zarr"
+    result = CliRunner().invoke(main, ["alignment", "--profile", here_profile(tmp_path, "tiny", other_size),
+                                       "--store", str(store)])
+    assert result.exit_code == 2, result.output
+    assert "runs at 32 px only" in result.stderr and "48 px" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not store.exists()

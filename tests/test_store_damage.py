@@ -332,6 +332,17 @@ def test_an_out_of_space_error_names_the_store(small_profile, tmp_path, monkeypa
     assert f"no space left on the device at {store}" in message
 
 
+def test_a_stage_without_inputs_checks_no_other_group(copy):
+    """The FZ and natural stages read no group: damage elsewhere (or another process's unit half-written
+    there) is not theirs to refuse on; ``check`` of an empty list checks nothing, of None everything."""
+    chunk = next(p for p in _damage_targets(copy / "ablation") if "/c/" in p.as_posix())
+    chunk.unlink()
+    store = Store(copy)
+    assert store.check(["ablation"]) and store.check()
+    assert store.check([]) == []
+    store.require_intact([])
+
+
 # ---------------------------------------------------------------- widened: random damage, random kills
 
 

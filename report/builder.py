@@ -496,7 +496,9 @@ def chapter_qmd(chapter: str, artifacts: Sequence[Artifact], results: Sequence[v
 
 def _groups_table(store) -> str:
     rows = ["| group | present | state | units done | finished |", "|---|---|---|---|---|"]
-    for group in ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "metrics_aliased", "ablation"):
+    known = ("fz", "fz_channel", "natural", "image_cache", "responses", "metrics", "fz_aliased", "responses_aliased",
+             "metrics_aliased", "ablation", "alignment")  # the pipeline's order; any others after them
+    for group in known + tuple(group for group in store.groups() if group not in known):
         attrs = store.group_attrs(group) if store.has(group) else {}
         state = store.group_state(group).state if store.has(group) else ""
         rows.append(f"| {group} | {'yes' if store.has(group) else 'no'} | {state} | "

@@ -99,3 +99,13 @@ def test_the_readme_slicing_example_runs_on_the_store(built):
     section = readme.split("## Slicing the store", 1)[1]
     example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(example.replace("build/toy.zarr", str(store)), {})
+
+
+def test_the_groups_table_lists_every_group_of_the_store(built):
+    import re
+    from repro.store import Store
+
+    _, _, store, out = built
+    rows = re.findall(r"^\| (\w+) \| (yes|no) \|", (out / "index.qmd").read_text(), re.M)
+    present = {group for group, state in rows if state == "yes"}
+    assert {"fz_aliased", "alignment"} <= present and present == set(Store(store).groups()), rows

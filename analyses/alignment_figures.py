@@ -13,6 +13,8 @@ from the same numbers.
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -300,9 +302,20 @@ def plot_networks(alignment: xr.Dataset, metrics=NETWORK_METRICS) -> Figure:
         ax.set_xlabel("block (both networks)")
     axes[0].legend(fontsize=7, loc="upper left")
     attrs = alignment.attrs
-    figure.suptitle(f"Toy network vs its seed-1 twin, same block: {attrs.get('network_images', '?')} images' center "
+    figure.suptitle(f"The store's network vs {partner_name(attrs)}, matching blocks: "
+                    f"{attrs.get('network_images', '?')} images' center "
                     f"neurons; {attrs.get('bootstrap', '?')} bootstrap resamples (95 % percentile intervals)", fontsize=9)
     return figure
+
+
+def partner_name(attrs: dict) -> str:
+    """The partner network as the alignment group records it: its profile, else its weights' file name."""
+    try:
+        profile = json.loads(attrs.get("profile") or "{}")
+    except (TypeError, ValueError):
+        profile = {}
+    named = (profile.get("alignment") or {}).get("partner_profile") or ""
+    return Path(named).stem or Path(str(attrs.get("partner_weights") or "")).name or "its partner"
 
 
 def plot_cross_blocks(alignment: xr.Dataset, metric: str = "cka_debiased") -> Figure:
@@ -607,7 +620,8 @@ FIGURES = [
      "function": recovery_table, "inputs": STORE},
     {"kind": "figure", "id": "fig-alignment-networks",
      "title": "Two trained networks: raw vs SAE latents at matching blocks",
-     "caption": "Group alignment: the toy network and its twin trained with another seed, at the same block's "
+     "caption": "Group alignment: the store's network and its partner (on the toy, its twin trained with another "
+                "seed; the title names it), at matching blocks' "
                 "post-ReLU output (center neurons over the store's images); SAE latents from an unsupervised TopK "
                 "SAE per network and block. 95 % percentile bootstrap intervals over images (SAEs fixed). Matching "
                 "scores are biased upwards in a resample (copies of an image raise chance correlations), so their "
@@ -618,7 +632,8 @@ FIGURES = [
                 "bootstrap interval of their difference.",
      "function": networks_table, "inputs": STORE},
     {"kind": "figure", "id": "fig-alignment-cross-blocks", "title": "Two trained networks across blocks",
-     "caption": "Group alignment: debiased CKA between every block of the toy network and every block of its twin, "
+     "caption": "Group alignment: debiased CKA between every block of the store's network and every block of its "
+                "partner (on the toy, its twin trained with another seed), "
                 "raw and SAE latents, and the SAE − raw difference (marked where its 95 % bootstrap interval "
                 "excludes 0).",
      "function": plot_cross_blocks, "inputs": STORE},

@@ -351,13 +351,14 @@ def load_partner(profile: Mapping, settings: Settings) -> tuple[torch.nn.Module,
 
 
 def check_partner_image_size(partner: torch.nn.Module, profile: Mapping) -> None:
-    """A partner that runs at one image size only (a ViT's positional embedding) must run at the store's: both
-    networks see the store's cached images."""
-    own = int(profile["model"]["image_size"])
+    """A partner that runs at one image size only (a ViT's positional embedding) must take the images both
+    networks are shown: the store's natural images at ``natural.crop``."""
+    _, shown = imgs.natural_sizes(profile)
     size = getattr(partner, "image_size", None)
-    if family_of(partner).fixed_image_size and size is not None and int(size) != own:
-        raise UserError(f"alignment.partner_profile: the partner network runs at {int(size)} px only, and the "
-                        f"images both networks see are this profile's {own} px: choose a partner of that image size")
+    if family_of(partner).fixed_image_size and size is not None and int(size) != shown:
+        raise UserError(f"alignment.partner_profile: the partner network runs at {int(size)} px only, and both "
+                        f"networks are shown the natural images at natural.crop = {shown} px: choose a partner of "
+                        "that image size or another crop")
 
 
 def partner_blocks(partner: torch.nn.Module, settings: Settings, blocks: Sequence[str]) -> list[str]:

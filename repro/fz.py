@@ -498,6 +498,11 @@ class FZStage(Stage):
         self.batch = profile.fz.channel_batch
         self.weights_record = weights_record
 
+    def inputs(self) -> list[str]:
+        """The group it copies FZs from: checked intact before a copy, and a newer version of it makes the
+        copies stale."""
+        return [self.reuse] if self.reuse else []
+
     def groups(self) -> list[Group]:
         same_fz = [" = ".join(f"{b}:{t}" for b, t in job.labels) for job in self.every_job if len(job.labels) > 1]
         attrs = {"objective": self.objective, "aliased": self.profile.model.aliased,

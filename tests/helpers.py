@@ -75,7 +75,7 @@ def fresh_rng(label: str) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-# Two-sided false-alarm rate of one Monte-Carlo comparison: about twenty of them run per suite.
+# Two-sided false-alarm rate of one Monte-Carlo comparison: about forty of them run per suite.
 MC_FALSE_ALARM = 1e-4
 
 

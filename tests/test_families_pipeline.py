@@ -66,7 +66,7 @@ def test_every_stage_lands_and_the_report_builds(built):
     assert (out / "_site" / "index.html").is_file()
     arch = profiles.load(name)["model"]["arch"]  # the title names the store's network, not the papers'
     assert f"Residual stream of {arch}" in (out / "_site" / "index.html").read_text()
-    assert "ResNet18" not in (out / "_quarto.yml").read_text()
+    assert f'title: "Residual stream of {arch}"' in (out / "_quarto.yml").read_text()
 
 
 def test_the_metrics_have_a_mix_ratio_for_every_block(built):
@@ -142,6 +142,8 @@ def test_a_resnet_aligns_with_a_convnext_twin(tmp_path):
     matching = alignment.network.isel(pair=slice(0, 4)).sel(representation="raw", metric=list(ab.METRICS))
     assert bool(matching.notnull().all()), matching
     assert alignment.attrs["partner_state_sha256"]
+    from analyses.alignment_figures import partner_name
+    assert partner_name(alignment.attrs) == "tiny_convnext"  # the figure's title names the partner
 
 
 def test_partner_blocks_must_pair_with_the_blocks_compared(tmp_path):
@@ -152,12 +154,12 @@ def test_partner_blocks_must_pair_with_the_blocks_compared(tmp_path):
 
 
 def test_a_partner_of_one_fixed_image_size_refuses_another_in_one_line(tmp_path):
-    """A ViT partner (32 px only) for a 48 px store: one line before anything is computed."""
+    """A ViT partner (32 px only) shown 48 px natural images: one line before anything is computed."""
     other_size = TWIN.replace('partner_profile = "tiny_convnext"', 'partner_profile = "tiny_vit"').replace(
-        '["1.0", "2.0", "3.1", "4.0"]', '["0.attn", "0.mlp", "1.attn", "1.mlp"]') + "[model]\nimage_size = 48\n"
+        '["1.0", "2.0", "3.1", "4.0"]', '["0.attn", "0.mlp", "1.attn", "1.mlp"]') + "[natural]\nresize = 55\ncrop = 48\n"
     store = tmp_path / "twin.zarr"
     result = CliRunner().invoke(main, ["alignment", "--profile", here_profile(tmp_path, "tiny", other_size),
                                        "--store", str(store)])
     assert result.exit_code == 2, result.output
-    assert "runs at 32 px only" in result.stderr and "48 px" in result.stderr
+    assert "runs at 32 px only" in result.stderr and "natural.crop = 48 px" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not store.exists()

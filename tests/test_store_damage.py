@@ -333,14 +333,25 @@ def test_an_out_of_space_error_names_the_store(small_profile, tmp_path, monkeypa
 
 
 def test_a_stage_without_inputs_checks_no_other_group(copy):
-    """The FZ and natural stages read no group: damage elsewhere (or another process's unit half-written
-    there) is not theirs to refuse on; ``check`` of an empty list checks nothing, of None everything."""
+    """The FZ stage (true reading) and the natural stage read no group: damage elsewhere (or another process's
+    unit half-written there) is not theirs to refuse on; ``check`` of an empty list checks nothing."""
     chunk = next(p for p in _damage_targets(copy / "ablation") if "/c/" in p.as_posix())
     chunk.unlink()
     store = Store(copy)
     assert store.check(["ablation"]) and store.check()
     assert store.check([]) == []
     store.require_intact([])
+
+
+def test_the_aliased_stage_refuses_to_copy_from_a_damaged_fz(copy, small_profile):
+    """The aliased FZs copy the taps they read truly from ``fz``: a done chunk missing there stops the copy
+    (a fill value would otherwise be copied in as an FZ)."""
+    chunk = next(p for p in _damage_targets(copy / "fz") if "/image/c/" in p.as_posix())
+    chunk.unlink()
+    shutil.rmtree(copy / "fz_aliased")
+    message = one_line(run("pipeline", "--profile", small_profile, "--store", copy))
+    assert "is damaged (fz" in message and "repro check" in message, message
+    assert not Store(copy).done("fz_aliased")
 
 
 # ---------------------------------------------------------------- widened: random damage, random kills

@@ -108,15 +108,20 @@ def test_imagefolder_is_readable_by_torchvision(tmp_path):
 def test_concurrent_writers_of_a_split_leave_one_whole_split_and_other_settings_are_replaced(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
+    data.write_split(tmp_path, data.generate(WORLD, 3, "heldout", 1))  # another setting's split is there
+    abandoned = tmp_path / ".heldout-999999999-killed"  # a writer killed mid-write (no such process)
+    (abandoned / "c00_disc").mkdir(parents=True)
     split = data.generate(WORLD, 2, "heldout", 2)
     with ThreadPoolExecutor(4) as pool:
         written = set(pool.map(lambda _: data.write_split(tmp_path, split), range(4)))
     assert written == {tmp_path / "heldout"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["heldout"]  # no staging folder left behind
+    assert data.read_manifest(tmp_path / "heldout")["seed"] == 2
     assert len(ImageFolder(str(tmp_path / "heldout"))) == 2 * len(WORLD.classes)
-    data.write_split(tmp_path, data.generate(WORLD, 3, "heldout", 1))
-    assert data.read_manifest(tmp_path / "heldout")["seed"] == 3
-    assert len(ImageFolder(str(tmp_path / "heldout"))) == len(WORLD.classes)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["heldout"]
+    kept = (tmp_path / "heldout").stat().st_ino
+    data.write_split(tmp_path, split)  # an equal split already there stays, untouched
+    assert (tmp_path / "heldout").stat().st_ino == kept
+    assert (tmp_path / "heldout").stat().st_mode & 0o777 == tmp_path.stat().st_mode & 0o777
 
 
 def test_wrong_weights_hash_is_refused(toy_profile):

@@ -12,7 +12,7 @@ the same bytes as generation in order.
 """
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -325,42 +325,62 @@ def manifest(split: ToySplit) -> dict:
 def write_split(root: Path, split: ToySplit) -> Path:
     """``root/<split>/<class folder>/<index:05d>.png`` plus ``root/<split>/toy_manifest.json``.
 
-    Written in a staging folder beside it and moved in whole, so a reader (a second run on the same machine)
-    never sees a half-written split; of two writers of the same split the first to move in wins."""
+    Written in a staging folder beside it and swapped in whole under a lock, so a reader (a second run on the
+    same machine) never sees a half-written split, and of two writers of the same split the first one's stays."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     split_dir = root / split.name
-    staging = Path(tempfile.mkdtemp(prefix=f".{split.name}-", dir=root))
+    _remove_abandoned_staging(root, split.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{split.name}-{os.getpid()}-", dir=root))
     try:
+        os.chmod(staging, root.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide the split from other users
         for folder in split.world.folders:
             (staging / folder).mkdir(parents=True, exist_ok=True)
         for index, pixels in enumerate(split.images):
             Image.fromarray(pixels).save(staging / split.relative_path(index), optimize=False)
         # ImageFolder takes only directories as classes, so a file beside them is not mistaken for one.
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest(split)))
-        _replace_folder(staging, split_dir)
+        with open(root / f".{split.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _swap_in(staging, split_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return split_dir
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``, setting aside what ``target`` held (another split's settings, or a
-    half-written one from an older version); a concurrent writer's equal split moved in first is kept."""
-    manifest_text = (new / MANIFEST_NAME).read_text()
-    with contextlib.suppress(OSError):
-        if (target / MANIFEST_NAME).read_text() == manifest_text:
-            return
-    if target.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(target, aside / target.name)
-        shutil.rmtree(aside, ignore_errors=True)
+def _swap_in(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target`` (the caller holds the split's lock). An equal split already there is kept;
+    another (other settings, or a half-written one from an older version) is moved aside, then removed."""
     try:
-        os.rename(new, target)
+        if (target / MANIFEST_NAME).read_text() == (new / MANIFEST_NAME).read_text():
+            return
     except OSError:
-        if (target / MANIFEST_NAME).read_text() != manifest_text:
-            raise
+        pass
+    aside = None
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-{os.getpid()}-", dir=target.parent))
+        os.replace(target, aside / target.name)
+    os.rename(new, target)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_abandoned_staging(root: Path, name: str) -> None:
+    """Staging folders of writers that no longer run (killed mid-write): ``.<name>-<pid>-*``."""
+    for folder in root.glob(f".{name}-*-*"):
+        pid = folder.name.split("-")[-2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_imagefolder(root: Path, seed: int, per_class: Mapping[str, int], world: ToyWorld = ToyWorld(),

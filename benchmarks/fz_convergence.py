@@ -108,9 +108,10 @@ def main() -> None:
                          .format(args.profile, steps, lr, args.channels, " ".join(map(str, args.seeds)),
                                  f" --blocks {' '.join(args.blocks)}" if args.blocks else "")}
     RESULTS.mkdir(exist_ok=True)
-    stem = f"fz_convergence-{args.profile}-steps{steps}-lr{lr:g}" + (f"-blocks{'-'.join(args.blocks)}" if args.blocks else "")
+    # A profile given as a path is named by its file (results/fz_convergence-toy_narrow-...).
+    stem = f"fz_convergence-{Path(args.profile).stem}-steps{steps}-lr{lr:g}" + (f"-blocks{'-'.join(args.blocks)}" if args.blocks else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = [f"# FZ convergence: {args.profile}, {steps} vs {4 * steps} steps, lr {lr:g}", "",
+    lines = [f"# FZ convergence: {Path(args.profile).stem}, {steps} vs {4 * steps} steps, lr {lr:g}", "",
              f"`{record['command']}`; load average before {load_before[0]:.2f}, after {record['load_after'][0]:.2f}; "
              f"{record['seconds']} s.", "",
              f"| taps | jitter | {' | '.join(f'median a({k})' for k in rows[0]['trend'])} | q25 (n={steps}) | FZs |",

@@ -130,7 +130,9 @@ def test_wrong_weights_hash_is_refused(toy_profile):
         load_model(spec)
 
 
-def test_shipped_network_reaches_its_recorded_accuracy(toy_profile):
+@pytest.mark.parametrize("name", ["toy", "toy_seed1"])
+def test_shipped_network_reaches_its_recorded_accuracy(name):
+    toy_profile = profiles.load(name)
     weights = Path(toy_profile["model"]["weights"])
     record = json.loads(weights.with_suffix(".json").read_text())
     assert toy_profile["model"]["weights_sha256"] == record["sha256"] == file_sha256(weights)

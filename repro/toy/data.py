@@ -12,6 +12,7 @@ the same bytes as generation in order.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -351,11 +352,9 @@ def write_split(root: Path, split: ToySplit) -> Path:
 def _swap_in(new: Path, target: Path) -> None:
     """Put ``new`` at ``target`` (the caller holds the split's lock). An equal split already there is kept;
     another (other settings, or a half-written one from an older version) is moved aside, then removed."""
-    try:
+    with contextlib.suppress(OSError):
         if (target / MANIFEST_NAME).read_text() == (new / MANIFEST_NAME).read_text():
             return
-    except OSError:
-        pass
     aside = None
     if target.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-{os.getpid()}-", dir=target.parent))
@@ -375,11 +374,11 @@ def _remove_abandoned_staging(root: Path, name: str) -> None:
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: it runs, as another user
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -711,6 +711,10 @@ class Store:
             if marker is None:
                 damage.append(Damage(group, node.name, "its marker is not a valid marker", "marker"))
                 continue
+            outside = _region_problem(marker["region"], arrays.values())
+            if outside:
+                damage.append(Damage(group, marker["unit"], outside))
+                continue
             for name in marker["variables"]:
                 problem, chunk = (self._chunks_problem(group, arrays[name], marker["region"]) if name in arrays
                                   else (f"array {name} is missing", None))
@@ -850,6 +854,20 @@ def _valid_marker(node: Path) -> dict | None:
             for span in region.values()):
         return None
     return attrs
+
+
+def _region_problem(region: Mapping[str, list[int]], arrays: Iterable[zarr.Array]) -> str:
+    """Why a marker's region cannot be the region its unit wrote (a dim the group's arrays lack, or a span
+    outside the dim), else "": a damaged name or bound would mark other values done."""
+    sizes = {}
+    for array in arrays:
+        sizes.update(zip(array.metadata.dimension_names or (), array.shape))
+    for dim, (start, stop) in region.items():
+        if dim not in sizes:
+            return f"its marker's region names {dim!r}, which is not a dim of the group"
+        if not start <= stop <= sizes[dim]:
+            return f"its marker's region {dim} [{start}, {stop}] lies outside the dim's 0-{sizes[dim]}"
+    return ""
 
 
 def _declared_only(attrs: Mapping, markers: Iterable[Mapping]) -> list[str]:

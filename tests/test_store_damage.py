@@ -195,6 +195,27 @@ def test_a_garbage_marker_is_found_and_its_unit_recomputed(small_profile, copy, 
     assert Store(copy).done("fz") == Store(done).done("fz")
 
 
+@pytest.mark.parametrize("damage", ["dim name", "span"])
+def test_a_marker_whose_region_lies_outside_the_group_is_found_and_its_unit_recomputed(damage, small_profile, copy,
+                                                                                        done):
+    """A valid-looking marker with a damaged region (a dim renamed by one byte, a bound past the dim) would mark
+    other values done: check names it, repair un-marks the unit, the rerun remakes it."""
+    marker = sorted((copy / "fz" / UNITS).glob("*/zarr.json"))[3]
+    node = json.loads(marker.read_text())
+    region = node["attributes"]["region"]
+    if damage == "dim name":
+        region["bl5ck"] = region.pop("block")
+    else:
+        region["channel"] = [region["channel"][0], 10_000]
+    marker.write_text(json.dumps(node))
+    found = run("check", "--store", copy)
+    assert found.exit_code == 1 and "its marker's region" in found.output, found.output
+    assert run("check", "--store", copy, "--repair").exit_code == 0
+    rerun(small_profile, copy)
+    assert digests(copy) == digests(done)
+    assert Store(copy).done("fz") == Store(done).done("fz")
+
+
 # ---------------------------------------------------------------- 3. finishing is part of the protocol
 
 
